@@ -1,0 +1,124 @@
+"""The `streamreplay` command: a thin click layer over the Python API."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from typing import Any
+
+import click
+
+from streamreplay.store import DEFAULT_DB, Store
+
+db_option = click.option(
+    "--db", default=lambda: os.environ.get("STREAMREPLAY_DB", DEFAULT_DB), show_default=DEFAULT_DB,
+    help="SQLite file of recordings (env STREAMREPLAY_DB).",
+)
+
+
+def say(line: str) -> None:
+    click.echo(line)
+    sys.stdout.flush()
+
+
+def serve_until_signal(server: Any, banner: str) -> None:
+    """Run an AppServer until SIGINT/SIGTERM, then stop it cleanly (the store flushed)."""
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await server.start()
+        say(banner.format(base_url=server.base_url))
+        await stop.wait()
+        await server.stop()
+
+    asyncio.run(run())
+
+
+@click.group()
+@click.version_option(package_name="streamreplay")
+def main() -> None:
+    """Record streamed OpenAI-compatible answers chunk by chunk, replay them byte-exact, explain cutoffs."""
+
+
+@main.command()
+@click.option("--upstream", required=True, help="The real API's base URL, e.g. https://api.openai.com/v1.")
+@db_option
+@click.option("--tape", help="Tape name for this session (default: rec-YYYYmmdd-HHMMSS).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", default=8900, show_default=True, help="Port to bind; 0 picks a free one.")
+@click.option("--upstream-timeout", default=600.0, show_default=True,
+              help="Seconds of upstream silence before the exchange ends as upstream_timeout.")
+@click.option("--on-client-disconnect", type=click.Choice(["drain", "abort"]), default="drain", show_default=True,
+              help="drain: keep reading upstream so the recording is whole; abort: stop reading.")
+@click.option("--redact-header", multiple=True, help="Another header whose value never reaches disk.")
+@click.option("--redact-field", multiple=True, help="A request body field stored as [redacted].")
+@click.option("--max-body", default=32 * 1024 * 1024, show_default=True, help="Largest request body, bytes.")
+def record(upstream: str, db: str, tape: str | None, host: str, port: int, upstream_timeout: float,
+           on_client_disconnect: str, redact_header: tuple[str, ...], redact_field: tuple[str, ...],
+           max_body: int) -> None:
+    """Forward every request to UPSTREAM untouched and store each chunk with its timing."""
+    from streamreplay.proxy import RecordingProxy
+    from streamreplay.proxy.recorder import RecordOptions
+
+    options = RecordOptions(
+        upstream=upstream, db=db, tape=tape, upstream_timeout=upstream_timeout,
+        on_client_disconnect=on_client_disconnect, redact_headers=redact_header, redact_fields=redact_field,
+        max_body=max_body, log=say,
+    )
+    try:
+        proxy = RecordingProxy(options, host=host, port=port)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    serve_until_signal(proxy, f"streamreplay: base_url {{base_url}} (recording {upstream} into {db}, "
+                              f"tape {proxy.tape})")
+
+
+@main.command("ls")
+@db_option
+@click.option("--tape", help="Only this tape.")
+@click.option("--cause", help="Only this end cause, e.g. client_left.")
+@click.option("--limit", type=int, help="At most this many exchanges.")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table.")
+def ls_command(db: str, tape: str | None, cause: str | None, limit: int | None, as_json: bool) -> None:
+    """List recorded exchanges."""
+    from streamreplay.report import LS_COLUMNS, exchange_json, ls_rows, table
+
+    exchanges = Store(db).exchanges(tape=tape, cause=cause, limit=limit)
+    if as_json:
+        for ex in exchanges:
+            say(json.dumps(exchange_json(ex)))
+        return
+    say(table(LS_COLUMNS, ls_rows(exchanges)))
+
+
+@main.command()
+@click.argument("exchange_id", type=int)
+@db_option
+@click.option("--json", "as_json", is_flag=True, help="The exchange and its chunks as JSON.")
+def show(exchange_id: int, db: str, as_json: bool) -> None:
+    """One exchange, chunk by chunk: offsets, gaps, bytes, the text each chunk added, and the ending."""
+    from streamreplay.report import chunk_deltas, exchange_json, show_lines
+
+    store = Store(db)
+    try:
+        ex = store.exchange(exchange_id)
+    except KeyError as exc:
+        raise click.ClickException(exc.args[0]) from exc
+    chunks = store.chunks(exchange_id)
+    if as_json:
+        data = exchange_json(ex)
+        data["chunks"] = [
+            {"index": c.index, "t_ns": c.t_ns, "bytes": len(c.data), "delta": d,
+             "data": c.data.decode("utf-8", "replace")}
+            for c, d in zip(chunks, chunk_deltas(chunks), strict=False)
+        ]
+        say(json.dumps(data, indent=2))
+        return
+    for line in show_lines(ex, chunks):
+        say(line)

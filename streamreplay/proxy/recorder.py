@@ -1,0 +1,373 @@
+"""The recording proxy.
+
+Every read from the upstream is written to the client at once and handed to the store's queue;
+nothing on this path parses more than the few bytes needed to see `data: [DONE]`. The client
+sees the ending the upstream gave: a clean end, an unfinished body, or a reset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from yarl import URL
+
+from streamreplay.endcause import EndCause
+from streamreplay.proxy.endings import classify_read_error, clean_end_cause
+from streamreplay.serving import AppServer
+from streamreplay.sse import find_done
+from streamreplay.store import DEFAULT_DB, ExchangeHandle, StoreWriter, now_iso
+from streamreplay.wire import (
+    close_mid_body,
+    forwardable,
+    openai_error,
+    redact_headers,
+    redact_query,
+    reset_connection,
+)
+
+DEFAULT_UPSTREAM_TIMEOUT = 600.0
+DEFAULT_MAX_BODY = 32 * 1024 * 1024
+
+
+@dataclass
+class RecordOptions:
+    """Options of `streamreplay record`, each with the help text the CLI shows."""
+
+    upstream: str
+    db: str = DEFAULT_DB  # SQLite file the recordings go to
+    tape: str | None = None  # tape name; default: a timestamped one
+    upstream_timeout: float = DEFAULT_UPSTREAM_TIMEOUT  # seconds of upstream silence before giving up
+    on_client_disconnect: str = "drain"  # drain: keep reading upstream so the recording is whole; abort: stop
+    redact_headers: tuple[str, ...] = ()  # more header names whose values never reach disk
+    redact_fields: tuple[str, ...] = ()  # request body fields replaced by [redacted] before storing
+    max_body: int = DEFAULT_MAX_BODY  # largest request body accepted, in bytes
+    tape_source: str = ""  # free text stored with the tape, e.g. where it was recorded from
+    log: Callable[[str], None] | None = None  # one line per finished exchange
+
+    def tape_name(self) -> str:
+        return self.tape or datetime.now().strftime("rec-%Y%m%d-%H%M%S")
+
+
+@dataclass
+class _Flow:
+    """The state of one exchange while its body passes through."""
+
+    handle: ExchangeHandle
+    t0: int
+    stream: bool = False
+    status: int = 0
+    index: int = 0
+    size: int = 0
+    delivered: int = 0
+    ttfb_ns: int | None = None
+    saw_done: bool = False
+    tail: bytes = b""
+    left_ns: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def elapsed(self) -> int:
+        return time.perf_counter_ns() - self.t0
+
+
+class RecordingProxy(AppServer):
+    """`async with RecordingProxy(RecordOptions(upstream=...)) as proxy:` then use `proxy.base_url`."""
+
+    shutdown_timeout = 2.0
+
+    def __init__(self, options: RecordOptions, host: str = "127.0.0.1", port: int = 0) -> None:
+        super().__init__(host, port)
+        self.options = options
+        self.upstream = URL(options.upstream.rstrip("/"))
+        if self.upstream.scheme not in ("http", "https") or not self.upstream.host:
+            raise ValueError(f"--upstream must be an http(s) URL, got {options.upstream!r}")
+        self.prefix = self.upstream.path.rstrip("/")  # the local base path mirrors the upstream's
+        self.tape = options.tape_name()
+        self.writer = StoreWriter(options.db, self.tape, options.tape_source or str(self.upstream))
+        self._session: aiohttp.ClientSession | None = None
+        self._draining: set[asyncio.Task[None]] = set()
+        self._open: set[ExchangeHandle] = set()
+        self._stopping = False
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.origin}{self.prefix}"
+
+    def build_app(self) -> web.Application:
+        app = web.Application(client_max_size=self.options.max_body)
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        return app
+
+    async def on_start(self) -> None:
+        self.writer.on_end = self._log_exchange
+        self.writer.start()
+        self._session = aiohttp.ClientSession(
+            auto_decompress=False,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=self.options.upstream_timeout),
+            connector=aiohttp.TCPConnector(limit=0, force_close=False),
+        )
+
+    async def stop(self) -> None:
+        self._stopping = True
+        await super().stop()
+
+    async def on_stop(self) -> None:
+        if self._draining:
+            await asyncio.wait(self._draining, timeout=self.shutdown_timeout)
+            for task in self._draining:
+                task.cancel()
+        if self._session is not None:
+            await self._session.close()
+        self.writer.close()
+
+    def _log_exchange(self, summary: dict[str, Any]) -> None:
+        if self.options.log:
+            self.options.log(format_exchange_line(summary))
+
+    # -- the request path -------------------------------------------------------------------------
+
+    def _target(self, request: web.Request) -> URL | web.Response:
+        if request.method == "CONNECT" or not request.raw_path.startswith("/"):
+            return openai_error(400, "streamreplay is not an open proxy: only paths under its base URL are served",
+                                code="not_a_proxy")
+        raw_path = request.raw_path.split("?", 1)[0]
+        if any(seg in ("..", ".") for seg in request.path.split("/")) or "%2e" in raw_path.lower():
+            return openai_error(400, "path leaves the base URL", code="bad_path")
+        if self.prefix and not (raw_path == self.prefix or raw_path.startswith(self.prefix + "/")):
+            return openai_error(404, f"path {request.path} is not under the base path {self.prefix}",
+                                code="not_under_base")
+        rel = raw_path[len(self.prefix):]
+        query = request.query_string
+        upstream = str(self.upstream) + rel + (f"?{query}" if query else "")
+        return URL(upstream, encoded=True)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        target = self._target(request)
+        if isinstance(target, web.Response):
+            return target
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return openai_error(413, f"request body over {self.options.max_body} bytes", code="body_too_large")
+        rel_path = target.path[len(self.upstream.path.rstrip("/")):] or "/"
+        handle = self.writer.begin(self._request_row(request, rel_path, body))
+        self._open.add(handle)
+        headers = forwardable(request.headers.items(), drop=("host", "content-length", "accept-encoding"))
+        headers["Accept-Encoding"] = "identity"  # stored bytes must be the bytes the client gets
+        assert self._session is not None
+        flow = _Flow(handle, time.perf_counter_ns())
+        try:
+            upstream = await self._session.request(
+                request.method, target, data=body or None, headers=headers, allow_redirects=False
+            )
+        except asyncio.CancelledError:
+            self._end(flow, self._cancel_cause(flow), "the client left before the upstream answered")
+            raise
+        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            return self._answer_error(flow, EndCause.UPSTREAM_TIMEOUT, 504, f"upstream timed out: {exc!r}")
+        except aiohttp.ClientError as exc:
+            return self._answer_error(flow, EndCause.UPSTREAM_UNREACHABLE, 502, f"upstream unreachable: {exc}")
+        return await self._relay(request, upstream, flow)
+
+    def _request_row(self, request: web.Request, rel_path: str, body: bytes) -> dict[str, Any]:
+        stored_body = redact_body(body, self.options.redact_fields)
+        stream, model = _stream_and_model(stored_body)
+        return {
+            "started_at": now_iso(),
+            "method": request.method,
+            "path": rel_path,
+            "query": redact_query(request.query.items()) if request.query_string else "",
+            "request_headers": json.dumps(redact_headers(request.headers.items(), self.options.redact_headers)),
+            "request_body": stored_body,
+            "stream": int(stream),
+            "model": model,
+            "client": request.headers.get("User-Agent"),
+            "upstream": str(self.upstream),
+        }
+
+    def _answer_error(self, flow: _Flow, cause: EndCause, status: int, message: str) -> web.Response:
+        """Answer for an upstream that never answered, and store that answer so replay gives it too."""
+        response = openai_error(status, message, type="upstream_error", code=cause.value)
+        data = response.body
+        assert isinstance(data, bytes)
+        self.writer.chunk(flow.handle, 0, flow.elapsed(), data)
+        flow.index, flow.size, flow.status = 1, len(data), status
+        self.writer.end(flow.handle, {
+            "status": status,
+            "response_headers": json.dumps([[k, v] for k, v in response.headers.items()]),
+            "end_cause": cause.value, "upstream_end": cause.value, "end_detail": message,
+            "duration_ns": flow.elapsed(), "chunk_count": 1, "byte_count": len(data),
+        })
+        self._open.discard(flow.handle)
+        return response
+
+    async def _relay(self, request: web.Request, upstream: aiohttp.ClientResponse, flow: _Flow) -> web.StreamResponse:
+        flow.status = upstream.status
+        flow.stream = "text/event-stream" in upstream.headers.get("Content-Type", "")
+        head_ns = flow.elapsed()
+        raw_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in upstream.raw_headers]
+        self.writer.update(flow.handle, {
+            "status": upstream.status,
+            "response_headers": json.dumps([[k, v] for k, v in raw_headers]),
+            "headers_ns": head_ns,
+        })
+        protocol = upstream.connection.protocol if upstream.connection else None
+        resp = web.StreamResponse(status=upstream.status, reason=upstream.reason,
+                                  headers=forwardable(raw_headers))
+        try:
+            await resp.prepare(request)
+            await self._pump(upstream, flow, resp)
+        except asyncio.CancelledError:
+            flow.left_ns = flow.elapsed()
+            if self._stopping:
+                upstream.release()
+                self._end(flow, EndCause.INTERRUPTED, "the daemon stopped mid-exchange")
+            elif self.options.on_client_disconnect == "drain":
+                task = asyncio.ensure_future(self._drain(upstream, flow, protocol))
+                self._draining.add(task)
+                task.add_done_callback(self._draining.discard)
+            else:
+                upstream.close()
+                self._end(flow, EndCause.CLIENT_LEFT, "the client left; --on-client-disconnect abort stopped reading")
+            raise
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
+            cause = classify_read_error(exc, protocol)
+            upstream.release()
+            if flow.left_ns is None:
+                (reset_connection if cause is EndCause.UPSTREAM_RESET else close_mid_body)(request)
+                self._end(flow, cause, f"{type(exc).__name__}: {exc}", upstream_end=cause)
+            else:
+                self._end_left(flow, cause)
+            return resp
+        upstream.release()
+        cause = clean_end_cause(flow.status, flow.stream, flow.saw_done)
+        if flow.left_ns is not None:
+            self._end_left(flow, cause)
+            return resp
+        try:
+            await resp.write_eof()
+        except ConnectionError:
+            flow.left_ns = flow.elapsed()
+            self._end_left(flow, cause)
+            return resp
+        self._end(flow, cause, None, upstream_end=cause)
+        return resp
+
+    async def _pump(self, upstream: aiohttp.ClientResponse, flow: _Flow, resp: web.StreamResponse | None) -> None:
+        """Read the upstream until its end, storing each read and (while the client is there) writing it."""
+        content = upstream.content
+        while True:
+            data = await content.readany()
+            if not data:
+                return
+            now = flow.elapsed()
+            if flow.ttfb_ns is None:
+                flow.ttfb_ns = now
+            self.writer.chunk(flow.handle, flow.index, now, data)
+            flow.index += 1
+            flow.size += len(data)
+            if not flow.saw_done:
+                flow.saw_done = find_done(flow.tail + data)
+                flow.tail = data[-16:]
+            if resp is not None and flow.left_ns is None:
+                try:
+                    await resp.write(data)
+                    flow.delivered += 1
+                except ConnectionError:
+                    flow.left_ns = flow.elapsed()
+
+    async def _drain(self, upstream: aiohttp.ClientResponse, flow: _Flow, protocol: object | None) -> None:
+        """After the client left: read the rest so the recording is whole."""
+        try:
+            await self._pump(upstream, flow, None)
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
+            self._end_left(flow, classify_read_error(exc, protocol))
+        except asyncio.CancelledError:
+            self._end(flow, EndCause.CLIENT_LEFT, "the client left; the daemon stopped before the upstream ended")
+            raise
+        else:
+            self._end_left(flow, clean_end_cause(flow.status, flow.stream, flow.saw_done))
+        finally:
+            upstream.release()
+
+    def _cancel_cause(self, flow: _Flow) -> EndCause:
+        flow.left_ns = flow.elapsed()
+        return EndCause.INTERRUPTED if self._stopping else EndCause.CLIENT_LEFT
+
+    def _end_left(self, flow: _Flow, upstream_end: EndCause) -> None:
+        assert flow.left_ns is not None
+        detail = (f"the client left after {flow.delivered} of {flow.index} chunks at {flow.left_ns / 1e9:.3f} s; "
+                  f"the upstream ended: {upstream_end.value}")
+        self._end(flow, EndCause.CLIENT_LEFT, detail, upstream_end=upstream_end)
+
+    def _end(self, flow: _Flow, cause: EndCause, detail: str | None,
+             upstream_end: EndCause | None = None) -> None:
+        updates: dict[str, Any] = {
+            "end_cause": cause.value,
+            "end_detail": detail,
+            "upstream_end": upstream_end.value if upstream_end else None,
+            "ttfb_ns": flow.ttfb_ns,
+            "duration_ns": flow.elapsed(),
+            "chunk_count": flow.index,
+            "byte_count": flow.size,
+            "done": int(flow.saw_done),
+        }
+        if flow.left_ns is not None:
+            updates["client_left_at_chunk"] = flow.delivered
+            updates["client_left_ns"] = flow.left_ns
+        self.writer.end(flow.handle, updates)
+        self._open.discard(flow.handle)
+
+    async def settle(self, timeout: float = 10.0) -> None:
+        """Wait until every exchange so far has ended and is committed (for tests and tools)."""
+        deadline = time.monotonic() + timeout
+        while self._open and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        await asyncio.to_thread(self.writer.flush)
+
+
+def _stream_and_model(body: bytes) -> tuple[bool, str | None]:
+    try:
+        payload = json.loads(body) if body else None
+    except ValueError:
+        return False, None
+    if not isinstance(payload, dict):
+        return False, None
+    model = payload.get("model")
+    return bool(payload.get("stream")), model if isinstance(model, str) else None
+
+
+def redact_body(body: bytes, fields: Iterable[str]) -> bytes:
+    """The body as stored: named top-level JSON fields replaced by [redacted]."""
+    fields = tuple(fields)
+    if not fields or not body:
+        return body
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return body
+    if not isinstance(payload, dict) or not any(f in payload for f in fields):
+        return body
+    for name in fields:
+        if name in payload:
+            payload[name] = "[redacted]"
+    return json.dumps(payload).encode()
+
+
+def format_exchange_line(s: dict[str, Any]) -> str:
+    """`#12 POST /chat/completions gpt-4o-mini 200 stream 14 chunks 0.62s complete`."""
+    dur = (s.get("duration_ns") or 0) / 1e9
+    kind = "stream" if s.get("stream") else "json"
+    left = ""
+    if s.get("client_left_at_chunk") is not None:
+        left = f" (client left at chunk {s['client_left_at_chunk']}, {s['client_left_ns'] / 1e9:.3f}s)"
+    return (f"#{s.get('id')} {s.get('method')} {s.get('path')} {s.get('model') or '-'} {s.get('status') or '-'} "
+            f"{kind} {s.get('chunk_count') or 0} chunks {dur:.2f}s {s.get('end_cause')}{left}")
+

@@ -1,0 +1,120 @@
+"""Request matching, VCR-style: small named matchers, and on a miss, the first field that differs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+#: fields that change how an answer is delivered, not what it says
+DEFAULT_IGNORED = ("stream", "stream_options")
+
+
+def canonical_body(body: bytes, ignore: Iterable[str] = DEFAULT_IGNORED) -> Any:
+    """The request body as the matchers see it: parsed JSON minus ignored top-level fields.
+
+    A body that is not JSON is compared as its bytes.
+    """
+    if not body:
+        return None
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return body
+    if isinstance(value, dict):
+        dropped = set(ignore)
+        value = {k: v for k, v in value.items() if k not in dropped}
+    return value
+
+
+def request_key(method: str, path: str, body: bytes, ignore: Iterable[str] = DEFAULT_IGNORED) -> str:
+    """A stable key for identical requests: method, path and the canonical body, sorted keys."""
+    canon = canonical_body(body, ignore)
+    if isinstance(canon, bytes):
+        blob = canon
+    else:
+        blob = json.dumps(canon, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    digest = hashlib.sha256(blob).hexdigest()[:16]
+    return f"{method.upper()} {path} {digest}"
+
+
+@dataclass(frozen=True)
+class Request:
+    """What the matchers compare: an incoming request or a recorded one."""
+
+    method: str
+    path: str
+    body: Any  # canonical body
+
+
+def first_difference(recorded: Any, incoming: Any, where: str = "") -> str | None:
+    """The first field where two JSON values differ, as `messages[2].content: 'hi' != 'hello'`."""
+    if isinstance(recorded, dict) and isinstance(incoming, dict):
+        for key in sorted(set(recorded) | set(incoming)):
+            path = f"{where}.{key}" if where else key
+            if key not in incoming:
+                return f"{path}: recorded {_short(recorded[key])}, missing in the request"
+            if key not in recorded:
+                return f"{path}: {_short(incoming[key])} in the request, not in the recording"
+            found = first_difference(recorded[key], incoming[key], path)
+            if found:
+                return found
+        return None
+    if isinstance(recorded, list) and isinstance(incoming, list):
+        for i, (a, b) in enumerate(zip(recorded, incoming, strict=False)):
+            found = first_difference(a, b, f"{where}[{i}]")
+            if found:
+                return found
+        if len(recorded) != len(incoming):
+            return f"{where or 'body'}: {len(incoming)} items in the request, {len(recorded)} recorded"
+        return None
+    if recorded != incoming or type(recorded) is not type(incoming):
+        return f"{where or 'body'}: {_short(incoming)} != {_short(recorded)} (request != recording)"
+    return None
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value) if not isinstance(value, (dict, list)) else json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def difference_count(recorded: Any, incoming: Any) -> int:
+    """How many leaf fields differ: the measure of which recording came closest."""
+    if isinstance(recorded, dict) and isinstance(incoming, dict):
+        return sum(
+            difference_count(recorded.get(k), incoming.get(k)) if k in recorded and k in incoming else 1
+            for k in set(recorded) | set(incoming)
+        )
+    if isinstance(recorded, list) and isinstance(incoming, list):
+        return sum(difference_count(a, b) for a, b in zip(recorded, incoming, strict=False)) + abs(len(recorded) - len(incoming))
+    return 0 if recorded == incoming else 1
+
+
+Matcher = Callable[[Request, Request], str | None]
+
+
+def method(recorded: Request, incoming: Request) -> str | None:
+    return None if recorded.method == incoming.method else f"method: {incoming.method} != {recorded.method}"
+
+
+def path(recorded: Request, incoming: Request) -> str | None:
+    return None if recorded.path == incoming.path else f"path: {incoming.path} != {recorded.path}"
+
+
+def body(recorded: Request, incoming: Request) -> str | None:
+    return first_difference(recorded.body, incoming.body)
+
+
+#: the default matchers, in the order a miss is explained
+MATCHERS: list[Matcher] = [method, path, body]
+
+
+def explain(recorded: Request, incoming: Request, matchers: list[Matcher] = MATCHERS) -> str | None:
+    """None when the requests match, else the first matcher's account of the difference."""
+    for matcher in matchers:
+        why = matcher(recorded, incoming)
+        if why:
+            return f"{matcher.__name__} differs: {why}"
+    return None

@@ -1,0 +1,115 @@
+"""Plain-text and JSON views of recordings: what `ls` and `show` print."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import Any
+
+from streamreplay.sse import Assembler, SSEParser
+from streamreplay.store import Chunk, Exchange
+
+
+def _ms(ns: int | None) -> str:
+    return "-" if ns is None else f"{ns / 1e6:.0f}"
+
+
+def _words(text: str | None, limit: int = 40) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def exchange_json(ex: Exchange) -> dict[str, Any]:
+    data = asdict(ex)
+    data["request_body"] = ex.request_body.decode("utf-8", "replace")
+    return data
+
+
+LS_COLUMNS = ("id", "tape", "started", "request", "model", "stream", "chunks", "ttfb_ms", "ms", "end", "text")
+
+
+def ls_rows(exchanges: list[Exchange]) -> list[tuple[str, ...]]:
+    rows = []
+    for ex in exchanges:
+        end = ex.end_cause or "open"
+        if ex.client_left_at_chunk is not None:
+            end += f"@{ex.client_left_at_chunk}"
+        rows.append((
+            str(ex.id), ex.tape, (ex.started_at or "")[11:19], f"{ex.method} {ex.path}", ex.model or "-",
+            "yes" if ex.stream else "no", str(ex.chunk_count), _ms(ex.ttfb_ns), _ms(ex.duration_ns), end,
+            _words(ex.text),
+        ))
+    return rows
+
+
+def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=False)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def chunk_deltas(chunks: list[Chunk]) -> list[str]:
+    """For each chunk, the text its completed events add (what a user would see arrive)."""
+    parser = SSEParser()
+    out = []
+    for chunk in chunks:
+        pieces = []
+        for event in parser.feed(chunk.data):
+            if event.data.startswith("[DONE]"):
+                pieces.append("[DONE]")
+                continue
+            one = Assembler()
+            one.feed_event(event)
+            result = one.result()
+            if result.text:
+                pieces.append(result.text)
+            elif result.finish_reason:
+                pieces.append(f"<finish_reason={result.finish_reason}>")
+            elif result.error:
+                pieces.append(f"<error {result.error.get('message', '')}>")
+            elif result.tool_calls:
+                fn = result.tool_calls[0]["function"]
+                pieces.append(f"<tool_call {fn.get('name') or ''}{fn.get('arguments') or ''}>")
+        out.append("".join(pieces))
+    return out
+
+
+def show_lines(ex: Exchange, chunks: list[Chunk]) -> list[str]:
+    req = ex.request_json()
+    lines = [
+        f"exchange {ex.id}  tape {ex.tape}  #{ex.seq}  {ex.started_at or ''}",
+        f"request   {ex.method} {ex.path}{'?' + ex.query if ex.query else ''}  model {ex.model or '-'}  "
+        f"stream {'yes' if ex.stream else 'no'}  client {ex.client or '-'}",
+    ]
+    if isinstance(req, dict) and isinstance(req.get("messages"), list) and req["messages"]:
+        last = req["messages"][-1]
+        if isinstance(last, dict):
+            lines.append(f"last msg  {last.get('role')}: {_words(str(last.get('content')), 70)}")
+    lines.append(f"response  {ex.status or '-'}  {ex.response_header('content-type') or ''}  "
+                 f"headers {_ms(ex.headers_ns)} ms  first byte {_ms(ex.ttfb_ns)} ms")
+    lines.append("")
+    lines.append(f"{'chunk':>5} {'at ms':>9} {'gap ms':>8} {'bytes':>6}  delta")
+    prev = 0
+    deltas = chunk_deltas(chunks)
+    for chunk, delta in zip(chunks, deltas, strict=False):
+        left = ""
+        if ex.client_left_at_chunk is not None and chunk.index == ex.client_left_at_chunk:
+            left = f"   <- client had left at {ex.client_left_ns / 1e6:.1f} ms"  # type: ignore[operator]
+        lines.append(f"{chunk.index:>5} {chunk.t_ns / 1e6:>9.1f} {(chunk.t_ns - prev) / 1e6:>8.1f} "
+                     f"{len(chunk.data):>6}  {json.dumps(delta, ensure_ascii=False)[1:-1]}{left}")
+        prev = chunk.t_ns
+    lines.append("")
+    lines.append(f"end       {ex.end_cause or 'open'}" + (f"  ({ex.end_detail})" if ex.end_detail else ""))
+    if ex.upstream_end and ex.upstream_end != ex.end_cause:
+        lines.append(f"upstream  {ex.upstream_end}")
+    lines.append(f"done      {'[DONE] seen' if ex.done else 'no [DONE]'}  finish_reason {ex.finish_reason}  "
+                 f"{ex.chunk_count} chunks  {ex.byte_count} bytes  {_ms(ex.duration_ns)} ms")
+    if ex.usage:
+        lines.append(f"usage     {json.dumps(ex.usage)}")
+    for call in ex.tool_calls:
+        lines.append(f"tool call {call['function'].get('name')}({call['function'].get('arguments')})")
+    lines.append(f"message   {ex.text!r}")
+    for problem in ex.problems:
+        lines.append(f"problem   {problem}")
+    return lines

@@ -1,0 +1,437 @@
+"""The SQLite store: tapes, exchanges and chunks (DESIGN.md, "Data model").
+
+Reads go through sqlite-utils. Writes from the proxy go through `StoreWriter`, a thread of its
+own that commits in batches, so that the event loop forwarding chunks never waits on the disk,
+and a killed daemon loses at most what arrived since the last commit (well under 100 ms).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from streamreplay.endcause import EndCause
+from streamreplay.summary import Summarizer
+
+DEFAULT_DB = "recordings/streamreplay.db"
+SCHEMA_VERSION = 1
+
+#: the longest the writer holds received chunks before committing them
+COMMIT_INTERVAL = 0.05
+
+EXCHANGE_COLUMNS: dict[str, Any] = {
+    "id": int,
+    "tape": str,
+    "seq": int,  # order within the tape
+    "started_at": str,
+    "method": str,
+    "path": str,  # relative to the base_url, e.g. /chat/completions
+    "query": str,
+    "request_headers": str,  # JSON [[name, value], ...], secrets redacted
+    "request_body": str,
+    "request_key": str,
+    "stream": int,
+    "model": str,
+    "client": str,  # User-Agent, for telling which client sent it
+    "upstream": str,
+    "status": int,
+    "response_headers": str,
+    "headers_ns": int,  # response head received, since the request was sent upstream
+    "ttfb_ns": int,  # first body byte
+    "duration_ns": int,
+    "chunk_count": int,
+    "byte_count": int,
+    "end_cause": str,
+    "end_detail": str,
+    "upstream_end": str,  # how the upstream ended, even when the client left first
+    "client_left_at_chunk": int,  # chunks the client had been sent when it went away
+    "client_left_ns": int,
+    "done": int,  # saw data: [DONE]
+    "finish_reason": str,
+    "text": str,
+    "tool_calls": str,
+    "usage": str,
+    "problems": str,
+    "recorder_pid": int,
+}
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+@dataclass
+class Chunk:
+    index: int
+    t_ns: int
+    data: bytes
+
+
+@dataclass
+class Exchange:
+    """One recorded request/response, as stored."""
+
+    id: int
+    tape: str
+    seq: int
+    method: str
+    path: str
+    query: str = ""
+    request_headers: list[list[str]] = field(default_factory=list)
+    request_body: bytes = b""
+    request_key: str = ""
+    stream: bool = False
+    model: str | None = None
+    client: str | None = None
+    upstream: str | None = None
+    started_at: str | None = None
+    status: int | None = None
+    response_headers: list[list[str]] = field(default_factory=list)
+    headers_ns: int | None = None
+    ttfb_ns: int | None = None
+    duration_ns: int | None = None
+    chunk_count: int = 0
+    byte_count: int = 0
+    end_cause: str | None = None
+    end_detail: str | None = None
+    upstream_end: str | None = None
+    client_left_at_chunk: int | None = None
+    client_left_ns: int | None = None
+    done: bool = False
+    finish_reason: str | None = None
+    text: str | None = None
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    usage: dict[str, Any] | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Exchange:
+        body = row.get("request_body") or b""
+        return cls(
+            id=row["id"],
+            tape=row["tape"],
+            seq=row["seq"] or 0,
+            method=row["method"],
+            path=row["path"],
+            query=row.get("query") or "",
+            request_headers=json.loads(row.get("request_headers") or "[]"),
+            request_body=body.encode() if isinstance(body, str) else body,
+            request_key=row.get("request_key") or "",
+            stream=bool(row.get("stream")),
+            model=row.get("model"),
+            client=row.get("client"),
+            upstream=row.get("upstream"),
+            started_at=row.get("started_at"),
+            status=row.get("status"),
+            response_headers=json.loads(row.get("response_headers") or "[]"),
+            headers_ns=row.get("headers_ns"),
+            ttfb_ns=row.get("ttfb_ns"),
+            duration_ns=row.get("duration_ns"),
+            chunk_count=row.get("chunk_count") or 0,
+            byte_count=row.get("byte_count") or 0,
+            end_cause=row.get("end_cause"),
+            end_detail=row.get("end_detail"),
+            upstream_end=row.get("upstream_end"),
+            client_left_at_chunk=row.get("client_left_at_chunk"),
+            client_left_ns=row.get("client_left_ns"),
+            done=bool(row.get("done")),
+            finish_reason=row.get("finish_reason"),
+            text=row.get("text"),
+            tool_calls=json.loads(row.get("tool_calls") or "[]"),
+            usage=json.loads(row["usage"]) if row.get("usage") else None,
+            problems=json.loads(row.get("problems") or "[]"),
+        )
+
+    def request_json(self) -> Any:
+        """The request body as JSON, or None when it is not JSON."""
+        try:
+            return json.loads(self.request_body) if self.request_body else None
+        except ValueError:
+            return None
+
+    def response_header(self, name: str) -> str | None:
+        for k, v in self.response_headers:
+            if k.lower() == name.lower():
+                return v
+        return None
+
+
+def _body_for_db(body: bytes) -> str | bytes:
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        return body
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Store:
+    """Reads and schema. One per thread: sqlite3 connections stay on the thread that made them."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if str(path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite_utils.Database(str(path))
+        self.db.conn.execute("PRAGMA busy_timeout = 5000")
+        self.ensure_schema()
+
+    def ensure_schema(self) -> None:
+        db = self.db
+        if str(self.path) != ":memory:":
+            db.enable_wal()
+        if "tapes" not in db.table_names():
+            db["tapes"].create({"name": str, "created_at": str, "source": str}, pk="name")
+        if "exchanges" not in db.table_names():
+            db["exchanges"].create(EXCHANGE_COLUMNS, pk="id", not_null={"tape", "method", "path"})
+            db["exchanges"].create_index(["tape", "seq"])
+            db["exchanges"].create_index(["end_cause"])
+        if "chunks" not in db.table_names():
+            db["chunks"].create(
+                {"exchange_id": int, "idx": int, "t_ns": int, "data": bytes},
+                pk=("exchange_id", "idx"),
+                foreign_keys=[("exchange_id", "exchanges", "id")],
+            )
+        db.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def tapes(self) -> list[dict[str, Any]]:
+        return list(
+            self.db.query(
+                "select t.name, t.created_at, t.source, count(e.id) as exchanges "
+                "from tapes t left join exchanges e on e.tape = t.name group by t.name order by t.created_at"
+            )
+        )
+
+    def exchanges(
+        self, tape: str | None = None, cause: str | None = None, limit: int | None = None
+    ) -> list[Exchange]:
+        where, params = [], []
+        if tape:
+            where.append("tape = ?")
+            params.append(tape)
+        if cause:
+            where.append("end_cause = ?")
+            params.append(cause)
+        sql = "select * from exchanges"
+        if where:
+            sql += " where " + " and ".join(where)
+        sql += " order by id"
+        if limit:
+            sql += f" limit {int(limit)}"
+        return [Exchange.from_row(r) for r in self.db.query(sql, params)]
+
+    def exchange(self, exchange_id: int) -> Exchange:
+        rows = list(self.db.query("select * from exchanges where id = ?", [exchange_id]))
+        if not rows:
+            raise KeyError(f"no exchange {exchange_id} in {self.path}")
+        return Exchange.from_row(rows[0])
+
+    def chunks(self, exchange_id: int) -> list[Chunk]:
+        return list(self.iter_chunks(exchange_id))
+
+    def iter_chunks(self, exchange_id: int) -> Iterator[Chunk]:
+        cursor = self.db.conn.execute(
+            "select idx, t_ns, data from chunks where exchange_id = ? order by idx", [exchange_id]
+        )
+        for idx, t_ns, data in cursor:
+            yield Chunk(idx, t_ns, bytes(data))
+
+    def latest_tape(self) -> str | None:
+        row = self.db.execute("select tape from exchanges order by id desc limit 1").fetchone()
+        return row[0] if row else None
+
+    # -- maintenance --------------------------------------------------------------------------
+
+    def mark_interrupted(self) -> list[int]:
+        """Exchanges left open by a daemon that is no longer running become `interrupted`."""
+        rows = self.db.execute(
+            "select id, recorder_pid from exchanges where end_cause is null"
+        ).fetchall()
+        dead = [eid for eid, pid in rows if not (pid and pid != os.getpid() and _pid_alive(pid))]
+        with self.db.conn:
+            for eid in dead:
+                count, size, last = self.db.execute(
+                    "select count(*), coalesce(sum(length(data)), 0), max(t_ns) from chunks where exchange_id = ?",
+                    [eid],
+                ).fetchone()
+                self.db.execute(
+                    "update exchanges set end_cause = ?, end_detail = ?, chunk_count = ?, byte_count = ?, "
+                    "duration_ns = ? where id = ?",
+                    [EndCause.INTERRUPTED.value, "the recording daemon stopped mid-exchange", count, size, last, eid],
+                )
+        return dead
+
+    def integrity_ok(self) -> bool:
+        return self.db.execute("pragma integrity_check").fetchone()[0] == "ok"
+
+
+class ExchangeHandle:
+    """The proxy's reference to an exchange whose row the writer thread has not inserted yet."""
+
+    __slots__ = ("id", "tape", "seq")
+
+    def __init__(self, tape: str, seq: int) -> None:
+        self.id: int | None = None
+        self.tape = tape
+        self.seq = seq
+
+
+class StoreWriter:
+    """The only writer of a recording session: a thread fed through a queue.
+
+    `begin`, `chunk` and `end` only enqueue; they never touch the disk, so they are safe to call
+    on the forwarding path. The thread applies whatever has queued up in one transaction.
+    """
+
+    def __init__(self, path: str | Path, tape: str, source: str = "") -> None:
+        self.path = Path(path)
+        self.tape = tape
+        self.source = source
+        self._queue: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._seq = 0
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self.committed_chunks = 0
+        #: called on the writer thread with each finished exchange's row, once it is committed
+        self.on_end: Callable[[dict[str, Any]], None] | None = None
+        self._summaries: dict[ExchangeHandle, Summarizer] = {}
+
+    # -- called from the event loop -------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="streamreplay-store", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._error:
+            raise self._error
+
+    def begin(self, row: dict[str, Any]) -> ExchangeHandle:
+        handle = ExchangeHandle(self.tape, self._seq)
+        self._seq += 1
+        self._queue.put(("begin", handle, row))
+        return handle
+
+    def chunk(self, handle: ExchangeHandle, index: int, t_ns: int, data: bytes) -> None:
+        self._queue.put(("chunk", handle, index, t_ns, data))
+
+    def update(self, handle: ExchangeHandle, updates: dict[str, Any]) -> None:
+        self._queue.put(("update", handle, updates))
+
+    def end(self, handle: ExchangeHandle, updates: dict[str, Any]) -> None:
+        """The last update of an exchange: the writer adds the assembled summary and calls `on_end`."""
+        self._queue.put(("end", handle, updates))
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Wait until everything queued so far is committed."""
+        done = threading.Event()
+        self._queue.put(("flush", done))
+        done.wait(timeout)
+
+    def close(self) -> None:
+        if self._thread is None:
+            return
+        self._queue.put(None)
+        self._thread.join()
+        self._thread = None
+
+    # -- the writer thread ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            store = Store(self.path)
+            store.mark_interrupted()
+            db = store.db
+            if not db["tapes"].count_where("name = ?", [self.tape]):
+                db["tapes"].insert({"name": self.tape, "created_at": now_iso(), "source": self.source})
+            row = db.execute("select coalesce(max(seq) + 1, 0) from exchanges where tape = ?", [self.tape]).fetchone()
+            self._seq = row[0]
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        conn: sqlite3.Connection = db.conn
+        pid = os.getpid()
+        stopping = False
+        while not stopping:
+            item = self._queue.get()
+            batch = [item]
+            deadline = time.monotonic() + COMMIT_INTERVAL
+            # take whatever else is already queued, but commit within the interval
+            while time.monotonic() < deadline:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            chunk_rows: list[tuple[int, int, int, bytes]] = []
+            flushes: list[threading.Event] = []
+            finished: list[int] = []
+            with conn:
+                for msg in batch:
+                    if msg is None:
+                        stopping = True
+                        continue
+                    kind = msg[0]
+                    if kind == "chunk":
+                        _, handle, index, t_ns, data = msg
+                        chunk_rows.append((handle.id, index, t_ns, data))
+                        self._summaries[handle].feed(data)
+                    elif kind == "begin":
+                        self._flush_chunks(conn, chunk_rows)
+                        _, handle, row = msg
+                        row = dict(row, tape=handle.tape, seq=handle.seq, recorder_pid=pid)
+                        if isinstance(row.get("request_body"), bytes):
+                            row["request_body"] = _body_for_db(row["request_body"])
+                        cur = conn.execute(
+                            f"insert into exchanges ({', '.join(row)}) values ({', '.join('?' * len(row))})",
+                            list(row.values()),
+                        )
+                        handle.id = cur.lastrowid
+                        self._summaries[handle] = Summarizer(bool(row.get("stream")))
+                    elif kind in ("update", "end"):
+                        self._flush_chunks(conn, chunk_rows)
+                        _, handle, updates = msg
+                        if kind == "end":
+                            updates = {**updates, **self._summaries.pop(handle).columns(updates.get("status"))}
+                        sets = ", ".join(f"{k} = ?" for k in updates)
+                        conn.execute(f"update exchanges set {sets} where id = ?", [*updates.values(), handle.id])
+                        if kind == "end":
+                            finished.append(handle.id)
+                    elif kind == "flush":
+                        flushes.append(msg[1])
+                self._flush_chunks(conn, chunk_rows)
+            for event in flushes:
+                event.set()
+            if self.on_end is not None:
+                for exchange_id in finished:
+                    row = next(db.query("select * from exchanges where id = ?", [exchange_id]))
+                    self.on_end(row)
+        db.close()
+
+    def _flush_chunks(self, conn: sqlite3.Connection, rows: list[tuple[int, int, int, bytes]]) -> None:
+        if rows:
+            conn.executemany("insert into chunks (exchange_id, idx, t_ns, data) values (?, ?, ?, ?)", rows)
+            self.committed_chunks += len(rows)
+            rows.clear()

@@ -1,0 +1,87 @@
+"""HTTP details shared by the recording proxy, the replay server and the scripted upstream."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import struct
+from collections.abc import Iterable, Mapping
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+# RFC 9110 section 7.6.1, plus headers whose value stops being true once a hop re-frames the body.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+
+SECRET_HEADERS = frozenset({"authorization", "api-key", "x-api-key", "openai-api-key", "proxy-authorization"})
+SECRET_QUERY_PARAMS = frozenset({"api-key", "api_key", "key", "access_token", "token"})
+REDACTED = "[redacted]"
+
+FAULT_HEADER = "X-Streamreplay-Fault"
+
+
+def forwardable(headers: Iterable[tuple[str, str]], drop: Iterable[str] = ()) -> CIMultiDict[str]:
+    """Headers minus hop-by-hop ones and any named in `drop` (lower case)."""
+    dropped = HOP_BY_HOP | frozenset(drop)
+    return CIMultiDict((k, v) for k, v in headers if k.lower() not in dropped)
+
+
+def redact_headers(headers: Iterable[tuple[str, str]], secret: Iterable[str] = ()) -> list[list[str]]:
+    """Headers as stored: secrets replaced, order and repeats kept."""
+    names = SECRET_HEADERS | {s.lower() for s in secret}
+    return [[k, REDACTED if k.lower() in names else v] for k, v in headers]
+
+
+def redact_query(query: Mapping[str, str] | Iterable[tuple[str, str]], secret: Iterable[str] = ()) -> str:
+    """A query string as stored: values of secret-looking parameters replaced."""
+    from urllib.parse import urlencode
+
+    names = SECRET_QUERY_PARAMS | {s.lower() for s in secret}
+    items = query.items() if isinstance(query, Mapping) else query
+    return urlencode([(k, REDACTED if k.lower() in names else v) for k, v in items])
+
+
+def openai_error(
+    status: int, message: str, *, type: str = "invalid_request_error", code: str | None = None,
+    param: str | None = None,
+) -> web.Response:
+    """An error answered by streamreplay itself, in the shape OpenAI clients parse."""
+    body = {"error": {"message": message, "type": type, "param": param, "code": code}}
+    return web.Response(
+        status=status,
+        body=json.dumps(body).encode(),
+        content_type="application/json",
+        headers={"x-streamreplay-error": code or type},
+    )
+
+
+def reset_connection(request: web.BaseRequest) -> None:
+    """Abort the client's connection with a TCP reset (SO_LINGER 0), never a clean FIN."""
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
+def close_mid_body(request: web.BaseRequest) -> None:
+    """Close the connection after what was written, without ending the body (no chunked terminator)."""
+    transport = request.transport
+    if transport is not None:
+        transport.close()

@@ -1,0 +1,274 @@
+"""Record mode, end to end on real sockets: scripted upstream -> recording proxy -> real openai SDK."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from click.testing import CliRunner
+
+from streamreplay.cli import main
+from streamreplay.proxy import RecordingProxy
+from streamreplay.proxy.recorder import RecordOptions
+from streamreplay.store import Store
+from streamreplay.testing import Script, ScriptedUpstream
+from tests.conftest import SECRET
+
+MESSAGES = [{"role": "user", "content": "Say hello"}]
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def recorded_body(db_path: Path, exchange_id: int) -> bytes:
+    return b"".join(c.data for c in Store(db_path).chunks(exchange_id))
+
+
+async def raw_stream(base_url: str, payload: dict, headers: dict | None = None) -> tuple[int, bytes, str | None]:
+    """What a client receives on the wire: status, body bytes, and the error that ended it, if any."""
+    received = bytearray()
+    async with httpx.AsyncClient(timeout=10) as client:
+        try:
+            async with client.stream("POST", f"{base_url}/chat/completions", json=payload,
+                                     headers=headers or {}) as resp:
+                async for data in resp.aiter_raw():
+                    received += data
+                return resp.status_code, bytes(received), None
+        except httpx.HTTPError as exc:
+            return 0, bytes(received), type(exc).__name__
+
+
+async def test_openai_async_stream_is_byte_exact(upstream: ScriptedUpstream, proxy: RecordingProxy, db_path: Path):
+    upstream.queue(Script(gap=0.02))
+    client = openai.AsyncOpenAI(base_url=proxy.base_url, api_key=SECRET, max_retries=0)
+    async with client.chat.completions.with_streaming_response.create(
+        model="gpt-4o-mini", messages=MESSAGES, stream=True
+    ) as resp:
+        received = b"".join([data async for data in resp.iter_bytes()])
+    await proxy.settle()
+    (ex,) = Store(db_path).exchanges()
+    assert sha(received) == upstream.sent[0].sha256 == sha(recorded_body(db_path, ex.id))
+    assert ex.end_cause == "complete" and ex.done and ex.finish_reason == "stop"
+    assert ex.text == "Hello! How can I help you today?"
+    # one stored chunk per upstream write: the gaps keep TCP from merging them
+    assert ex.chunk_count == len(upstream.sent[0].writes)
+    offsets = [c.t_ns for c in Store(db_path).chunks(ex.id)]
+    assert offsets == sorted(offsets) and offsets[-1] - offsets[0] >= 0.02 * 1e9 * (len(offsets) - 2)
+
+
+def test_openai_sync_client_through_proxy(upstream: ScriptedUpstream, db_path: Path):
+    with ScriptedUpstream(Script(gap=0.005, split_events=True)) as up, RecordingProxy(
+        RecordOptions(upstream=up.base_url, db=str(db_path), tape="sync")
+    ) as proxy:
+        client = openai.OpenAI(base_url=proxy.base_url, api_key=SECRET, max_retries=0)
+        stream = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        reply = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+        proxy.call(proxy.settle())
+        sent = [s.sha256 for s in up.sent]
+    assert text == reply.choices[0].message.content == "Hello! How can I help you today?"
+    streamed, plain = Store(db_path).exchanges()
+    assert [sha(recorded_body(db_path, e.id)) for e in (streamed, plain)] == sent
+    assert streamed.stream and not plain.stream and plain.end_cause == "complete"
+    assert streamed.client.startswith("OpenAI/Python")
+
+
+@pytest.mark.parametrize(
+    ("script", "cause", "client_error"),
+    [
+        (Script(), "complete", None),
+        (Script(ending="no_done"), "eof_without_done", None),
+        (Script(ending="close", gap=0.01), "upstream_closed", "RemoteProtocolError"),
+        (Script(ending="reset", gap=0.01), "upstream_reset", "ReadError"),
+        (Script(status=429), "http_error", None),
+        (Script(status=500), "http_error", None),
+    ],
+)
+async def test_each_ending_reaches_the_client_unchanged(
+    upstream: ScriptedUpstream, proxy: RecordingProxy, db_path: Path, script: Script, cause: str,
+    client_error: str | None,
+):
+    upstream.queue(script)
+    status, received, error = await raw_stream(proxy.base_url, {"model": "m", "messages": MESSAGES, "stream": True})
+    await proxy.settle()
+    (ex,) = Store(db_path).exchanges()
+    assert ex.end_cause == cause
+    assert error == client_error
+    assert sha(received) == upstream.sent[0].sha256 == sha(recorded_body(db_path, ex.id))
+    if script.status >= 400:
+        assert status == script.status == ex.status
+
+
+async def test_the_same_endings_through_the_openai_sdk(upstream: ScriptedUpstream, proxy: RecordingProxy):
+    client = openai.AsyncOpenAI(base_url=proxy.base_url, api_key=SECRET, max_retries=0)
+
+    async def outcome() -> tuple[str, str | None]:
+        text = ""
+        try:
+            async for chunk in await client.chat.completions.create(model="m", messages=MESSAGES, stream=True):
+                text += chunk.choices[0].delta.content or "" if chunk.choices else ""
+        except Exception as exc:  # the type is the outcome under test
+            return text, type(exc).__name__
+        return text, None
+
+    upstream.queue(Script(ending="close", gap=0.01), Script(ending="reset", gap=0.01), Script(status=500))
+    assert await outcome() == ("Hello! How can I help you ", "RemoteProtocolError")
+    assert await outcome() == ("Hello! How can I help you ", "ReadError")
+    assert await outcome() == ("", "InternalServerError")
+
+
+async def test_client_that_breaks_after_first_chunk(upstream: ScriptedUpstream, proxy: RecordingProxy, db_path: Path):
+    upstream.queue(Script(gap=0.05))
+    client = openai.AsyncOpenAI(base_url=proxy.base_url, api_key=SECRET, max_retries=0)
+    stream = await client.chat.completions.create(model="m", messages=MESSAGES, stream=True)
+    async for _chunk in stream:
+        break
+    await stream.close()
+    await asyncio.sleep(0.1)
+    await proxy.settle()
+    (ex,) = Store(db_path).exchanges()
+    assert ex.end_cause == "client_left"
+    assert ex.client_left_at_chunk == 1
+    assert 0 < ex.client_left_ns < 0.05e9
+    # the proxy kept reading: the recording is whole
+    assert ex.upstream_end == "complete" and ex.done
+    assert sha(recorded_body(db_path, ex.id)) == upstream.sent[0].sha256
+
+
+async def test_abort_mode_stops_reading_when_the_client_leaves(upstream: ScriptedUpstream, db_path: Path):
+    upstream.queue(Script(gap=0.05))
+    options = RecordOptions(upstream=upstream.base_url, db=str(db_path), tape="t", on_client_disconnect="abort")
+    async with RecordingProxy(options) as proxy:
+        async with httpx.AsyncClient() as client, client.stream(
+            "POST", f"{proxy.base_url}/chat/completions", json={"model": "m", "stream": True}
+        ) as resp:
+            async for _ in resp.aiter_raw():
+                break
+        await asyncio.sleep(0.1)
+        await proxy.settle()
+    (ex,) = Store(db_path).exchanges()
+    assert ex.end_cause == "client_left" and ex.upstream_end is None
+    assert ex.chunk_count < len(upstream.sent[0].writes) or not upstream.sent[0].finished
+
+
+async def test_upstream_unreachable_is_a_502_in_openai_shape(db_path: Path):
+    async with ScriptedUpstream() as dead:
+        port = dead.port
+    options = RecordOptions(upstream=f"http://127.0.0.1:{port}/v1", db=str(db_path), tape="t")
+    async with RecordingProxy(options) as proxy:
+        client = openai.AsyncOpenAI(base_url=proxy.base_url, api_key=SECRET, max_retries=0)
+        with pytest.raises(openai.InternalServerError) as caught:
+            await client.chat.completions.create(model="m", messages=MESSAGES)
+        await proxy.settle()
+    assert caught.value.status_code == 502
+    assert caught.value.body["code"] == "upstream_unreachable"
+    (ex,) = Store(db_path).exchanges()
+    assert ex.end_cause == "upstream_unreachable" and ex.status == 502
+
+
+async def test_upstream_timeout_before_headers(upstream: ScriptedUpstream, db_path: Path):
+    upstream.queue(Script(first_delay=1.0))
+    options = RecordOptions(upstream=upstream.base_url, db=str(db_path), tape="t", upstream_timeout=0.3)
+    async with RecordingProxy(options) as proxy:
+        status, body, _ = await raw_stream(proxy.base_url, {"model": "m", "stream": True})
+        await proxy.settle()
+    assert status == 504 and json.loads(body)["error"]["code"] == "upstream_timeout"
+    (ex,) = Store(db_path).exchanges()
+    assert ex.end_cause == "upstream_timeout"
+
+
+async def test_long_silence_mid_stream_reaches_the_client_as_silence(upstream: ScriptedUpstream, proxy: RecordingProxy):
+    """A client read timeout shorter than an upstream gap fires on the client, after the early chunks arrived."""
+    upstream.queue(Script(pauses={3: 1.0}))
+    client = openai.AsyncOpenAI(base_url=proxy.base_url, api_key=SECRET, max_retries=0, timeout=0.4)
+    text = ""
+    with pytest.raises(httpx.ReadTimeout):
+        async for chunk in await client.chat.completions.create(model="m", messages=MESSAGES, stream=True):
+            text += chunk.choices[0].delta.content or ""
+    assert text == "Hello! How "
+    await asyncio.sleep(0.8)
+    await proxy.settle()
+
+
+async def test_forwarding_of_any_path_query_body_and_headers(upstream: ScriptedUpstream, proxy: RecordingProxy,
+                                                             db_path: Path):
+    async with httpx.AsyncClient() as client:
+        resp = await client.post(
+            f"{proxy.base_url}/embeddings?api-version=2024-10-21&x=1", content=b'{"input":"hi"}',
+            headers={"Authorization": f"Bearer {SECRET}", "api-key": SECRET, "X-Custom": "kept",
+                     "Connection": "keep-alive", "Content-Type": "application/json"},
+        )
+        models = await client.get(f"{proxy.base_url}/models")
+    echo = resp.json()
+    assert echo["path"] == "/v1/embeddings" and echo["query"] == "api-version=2024-10-21&x=1"
+    assert echo["body"] == '{"input":"hi"}'
+    assert echo["headers"]["authorization"] == f"Bearer {SECRET}" and echo["headers"]["api-key"] == SECRET
+    assert echo["headers"]["x-custom"] == "kept" and echo["headers"]["accept-encoding"] == "identity"
+    assert models.json()["data"][0]["id"] == "gpt-4o-mini"
+    await proxy.settle()
+    ex = Store(db_path).exchanges()[0]
+    headers = dict((k.lower(), v) for k, v in ex.request_headers)
+    assert headers["authorization"] == headers["api-key"] == "[redacted]" and headers["x-custom"] == "kept"
+
+
+async def test_not_an_open_proxy(proxy: RecordingProxy):
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    writer.write(b"GET http://example.com/v1/models HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n")
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 400") and b"not an open proxy" in answer
+    async with httpx.AsyncClient() as client:
+        outside = await client.get(f"{proxy.origin}/elsewhere")
+        traversal = await client.get(f"{proxy.origin}/v1/%2e%2e/admin")
+    assert outside.status_code == 404 and outside.json()["error"]["code"] == "not_under_base"
+    assert traversal.status_code == 400 and traversal.json()["error"]["code"] == "bad_path"
+
+
+async def test_secrets_never_reach_disk(upstream: ScriptedUpstream, tmp_path: Path, proxy_log: list[str]):
+    db_path = tmp_path / "secret.db"
+    options = RecordOptions(upstream=upstream.base_url, db=str(db_path), tape="t", log=proxy_log.append,
+                            redact_fields=("user",))
+    async with RecordingProxy(options) as proxy:
+        client = openai.AsyncOpenAI(base_url=proxy.base_url, api_key=SECRET, max_retries=0,
+                                    default_headers={"api-key": SECRET, "x-api-key": SECRET},
+                                    default_query={"api-key": SECRET})
+        await client.chat.completions.create(model="m", messages=MESSAGES, user=SECRET)
+        await proxy.settle()
+        assert upstream.sent[0].headers["authorization"] == f"Bearer {SECRET}"  # forwarded
+        files = [p for p in tmp_path.iterdir() if p.name.startswith("secret.db")]
+        assert any(p.name.endswith("-wal") for p in files)
+        for path in files:
+            assert SECRET.encode() not in path.read_bytes(), path
+    assert proxy_log and not any(SECRET in line for line in proxy_log)
+    assert SECRET.encode() not in db_path.read_bytes()
+
+
+def test_ls_and_show(upstream: ScriptedUpstream, db_path: Path):
+    with ScriptedUpstream(Script(gap=0.01)) as up, RecordingProxy(
+        RecordOptions(upstream=up.base_url, db=str(db_path), tape="demo")
+    ) as proxy:
+        client = openai.OpenAI(base_url=proxy.base_url, api_key=SECRET, max_retries=0)
+        list(client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True))
+        proxy.call(proxy.settle())
+    runner = CliRunner()
+    listing = runner.invoke(main, ["ls", "--db", str(db_path)])
+    assert listing.exit_code == 0, listing.output
+    assert "POST /chat/completions" in listing.output and "complete" in listing.output
+    assert "Hello! How can I help" in listing.output
+    shown = runner.invoke(main, ["show", "1", "--db", str(db_path)])
+    assert shown.exit_code == 0, shown.output
+    assert "<finish_reason=stop>" in shown.output and "[DONE]" in shown.output
+    assert "end       complete" in shown.output
+    as_json = json.loads(runner.invoke(main, ["show", "1", "--db", str(db_path), "--json"]).output)
+    assert "".join(c["data"] for c in as_json["chunks"]).encode() == up.sent[0].body
+    rows = [json.loads(line) for line in runner.invoke(main, ["ls", "--db", str(db_path), "--json"]).output.splitlines()]
+    assert rows[0]["end_cause"] == "complete" and rows[0]["tape"] == "demo"
+    missing = runner.invoke(main, ["show", "99", "--db", str(db_path)])
+    assert missing.exit_code == 1 and "no exchange 99" in missing.output
