@@ -122,3 +122,35 @@ def show(exchange_id: int, db: str, as_json: bool) -> None:
         return
     for line in show_lines(ex, chunks):
         say(line)
+
+
+@main.command()
+@db_option
+@click.option("--tape", help="Serve only this tape (default: every exchange in the DB, or the cassette).")
+@click.option("--speed", default=1.0, show_default=True, help="1 recorded timing, 2 twice as fast, 0 no waits.")
+@click.option("--fault", "faults", multiple=True, help="A fault for every request, e.g. cut:chunk=3 (repeatable).")
+@click.option("--match", type=click.Choice(["key", "sequence"]), default="key", show_default=True,
+              help="key: by method, path and body; sequence: the tape's exchanges in order, whatever the body.")
+@click.option("--ignore-field", multiple=True, help="A request body field matching ignores (repeatable).")
+@click.option("--no-repeat", is_flag=True, help="Answer a miss once identical requests have used up their recordings.")
+@click.option("--upstream", help="Forward a miss to this upstream and record it (VCR's new_episodes).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", default=8900, show_default=True, help="Port to bind; 0 picks a free one.")
+@click.option("--prefix", default="/v1", show_default=True, help="Base path the clients use.")
+def play(db: str, tape: str | None, speed: float, faults: tuple[str, ...], match: str,
+         ignore_field: tuple[str, ...], no_repeat: bool, upstream: str | None, host: str, port: int,
+         prefix: str) -> None:
+    """Serve recordings offline: same bytes, same chunk boundaries, same (or scaled) timing, same ending."""
+    from streamreplay.replay import FaultSpecError, ReplayServer
+
+    try:
+        server = ReplayServer(db, tape=tape, speed=speed, faults=faults, match=match, ignore_fields=ignore_field,
+                              repeat=not no_repeat, upstream=upstream, prefix=prefix, host=host, port=port, log=say)
+    except FaultSpecError as exc:
+        raise click.BadParameter(str(exc), param_hint="--fault") from exc
+    except (FileNotFoundError, LookupError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    count = len(server.index.exchanges)
+    extra = f", faults {' + '.join(f.spec() for f in server.faults)}" if server.faults else ""
+    serve_until_signal(server, f"streamreplay: base_url {{base_url}} (playing {count} exchanges from {db}"
+                               f"{', tape ' + tape if tape else ''}, speed {speed:g}{extra})")

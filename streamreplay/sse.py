@@ -186,9 +186,7 @@ class Assembled:
             "created": self.created if self.created is not None else 0,
             "model": self.model,
             "system_fingerprint": self.system_fingerprint,
-            "choices": [
-                {"index": 0, "message": message, "logprobs": None, "finish_reason": self.finish_reason}
-            ],
+            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": self.finish_reason}],
             "usage": self.usage,
         }
 
@@ -395,10 +393,10 @@ class Assembler:
             self.finish_reason = _str(choice.get("finish_reason")) or self.finish_reason
 
     def _response_event(self, etype: str, obj: dict) -> None:
-        self._set_kind("response")
-        if etype == "error":
+        if etype == "error":  # also a bare `event: error`, which says nothing about the API in use
             self.error = {k: v for k, v in obj.items() if k not in ("type", "sequence_number")}
             return
+        self._set_kind("response")
         if isinstance(obj.get("response"), dict):
             self._response_meta(obj["response"])
         if etype == "response.output_text.delta" and _str(obj.get("delta")):
@@ -415,9 +413,7 @@ class Assembler:
                 if not call["function"]["arguments"]:
                     call["function"]["arguments"] = _arguments(item.get("arguments"))
         elif etype == "response.function_call_arguments.delta":
-            self._response_call(obj.get("output_index"))["function"]["arguments"] += _arguments(
-                obj.get("delta")
-            )
+            self._response_call(obj.get("output_index"))["function"]["arguments"] += _arguments(obj.get("delta"))
         elif etype in _TERMINAL_RESPONSE_EVENTS:
             self.done = True
 

@@ -191,7 +191,8 @@ class Store:
         self.path = Path(path)
         if str(path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite_utils.Database(str(path))
+        # one thread at a time, but not always the one that opened it (a server started from sync code)
+        self.db = sqlite_utils.Database(sqlite3.connect(str(path), check_same_thread=False))
         self.db.conn.execute("PRAGMA busy_timeout = 5000")
         self.ensure_schema()
 

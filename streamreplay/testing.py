@@ -40,7 +40,7 @@ class Script:
     pauses: dict[int, float] = field(default_factory=dict)
     #: events per network write; 0 writes the whole stream at once
     events_per_write: int = 1
-    #: split every event in two writes (an event across reads)
+    #: split every event in two writes (an event across reads), half a gap apart
     split_events: bool = False
     #: "done", "no_done" (clean end without [DONE]), "close" (mid-body), "reset" (TCP reset)
     ending: str = "done"
@@ -284,7 +284,7 @@ class ScriptedUpstream(AppServer):
             data = b"".join(events[i : i + script.events_per_write])
             if script.split_events and len(data) > 1:
                 half = len(data) // 2
-                writes += [(pause, data[:half]), (0.0, data[half:])]
+                writes += [(pause, data[:half]), (script.gap / 2, data[half:])]
             else:
                 writes.append((pause, data))
         return writes

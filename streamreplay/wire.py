@@ -68,6 +68,18 @@ def openai_error(
     )
 
 
+def refuse_request(request: web.BaseRequest) -> web.Response | None:
+    """The answer to a request no streamreplay server serves: absolute URIs and CONNECT (it is not an
+    open proxy) and paths with dot segments (they would leave the base)."""
+    if request.method == "CONNECT" or not request.raw_path.startswith("/"):
+        return openai_error(400, "streamreplay is not an open proxy: only paths under its base URL are served",
+                            code="not_a_proxy")
+    raw_path = request.raw_path.split("?", 1)[0]
+    if any(seg in ("..", ".") for seg in request.path.split("/")) or "%2e" in raw_path.lower():
+        return openai_error(400, "path leaves the base URL", code="bad_path")
+    return None
+
+
 def reset_connection(request: web.BaseRequest) -> None:
     """Abort the client's connection with a TCP reset (SO_LINGER 0), never a clean FIN."""
     transport = request.transport

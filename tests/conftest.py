@@ -9,10 +9,7 @@ import pytest
 
 from streamreplay.proxy import RecordingProxy
 from streamreplay.proxy.recorder import RecordOptions
-from streamreplay.store import Store
 from streamreplay.testing import ScriptedUpstream
-
-SECRET = "sk-test-SECRET-7f3a9c"
 
 
 @pytest.fixture
@@ -36,7 +33,3 @@ async def proxy(upstream: ScriptedUpstream, db_path: Path, proxy_log: list[str])
     options = RecordOptions(upstream=upstream.base_url, db=str(db_path), tape="t", log=proxy_log.append)
     async with RecordingProxy(options) as server:
         yield server
-
-
-def stored(db_path: Path) -> Store:
-    return Store(db_path)

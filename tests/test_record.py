@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 from pathlib import Path
 
@@ -17,31 +16,7 @@ from streamreplay.proxy import RecordingProxy
 from streamreplay.proxy.recorder import RecordOptions
 from streamreplay.store import Store
 from streamreplay.testing import Script, ScriptedUpstream
-from tests.conftest import SECRET
-
-MESSAGES = [{"role": "user", "content": "Say hello"}]
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def recorded_body(db_path: Path, exchange_id: int) -> bytes:
-    return b"".join(c.data for c in Store(db_path).chunks(exchange_id))
-
-
-async def raw_stream(base_url: str, payload: dict, headers: dict | None = None) -> tuple[int, bytes, str | None]:
-    """What a client receives on the wire: status, body bytes, and the error that ended it, if any."""
-    received = bytearray()
-    async with httpx.AsyncClient(timeout=10) as client:
-        try:
-            async with client.stream("POST", f"{base_url}/chat/completions", json=payload,
-                                     headers=headers or {}) as resp:
-                async for data in resp.aiter_raw():
-                    received += data
-                return resp.status_code, bytes(received), None
-        except httpx.HTTPError as exc:
-            return 0, bytes(received), type(exc).__name__
+from tests.helpers import MESSAGES, SECRET, post, recorded_body, sha
 
 
 async def test_openai_async_stream_is_byte_exact(upstream: ScriptedUpstream, proxy: RecordingProxy, db_path: Path):
@@ -63,9 +38,10 @@ async def test_openai_async_stream_is_byte_exact(upstream: ScriptedUpstream, pro
 
 
 def test_openai_sync_client_through_proxy(upstream: ScriptedUpstream, db_path: Path):
-    with ScriptedUpstream(Script(gap=0.005, split_events=True)) as up, RecordingProxy(
-        RecordOptions(upstream=up.base_url, db=str(db_path), tape="sync")
-    ) as proxy:
+    with (
+        ScriptedUpstream(Script(gap=0.005, split_events=True)) as up,
+        RecordingProxy(RecordOptions(upstream=up.base_url, db=str(db_path), tape="sync")) as proxy,
+    ):
         client = openai.OpenAI(base_url=proxy.base_url, api_key=SECRET, max_retries=0)
         stream = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
         text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
@@ -91,11 +67,15 @@ def test_openai_sync_client_through_proxy(upstream: ScriptedUpstream, db_path: P
     ],
 )
 async def test_each_ending_reaches_the_client_unchanged(
-    upstream: ScriptedUpstream, proxy: RecordingProxy, db_path: Path, script: Script, cause: str,
+    upstream: ScriptedUpstream,
+    proxy: RecordingProxy,
+    db_path: Path,
+    script: Script,
+    cause: str,
     client_error: str | None,
 ):
     upstream.queue(script)
-    status, received, error = await raw_stream(proxy.base_url, {"model": "m", "messages": MESSAGES, "stream": True})
+    status, received, error = await post(proxy.base_url, {"model": "m", "messages": MESSAGES, "stream": True})
     await proxy.settle()
     (ex,) = Store(db_path).exchanges()
     assert ex.end_cause == cause
@@ -145,9 +125,10 @@ async def test_abort_mode_stops_reading_when_the_client_leaves(upstream: Scripte
     upstream.queue(Script(gap=0.05))
     options = RecordOptions(upstream=upstream.base_url, db=str(db_path), tape="t", on_client_disconnect="abort")
     async with RecordingProxy(options) as proxy:
-        async with httpx.AsyncClient() as client, client.stream(
-            "POST", f"{proxy.base_url}/chat/completions", json={"model": "m", "stream": True}
-        ) as resp:
+        async with (
+            httpx.AsyncClient() as client,
+            client.stream("POST", f"{proxy.base_url}/chat/completions", json={"model": "m", "stream": True}) as resp,
+        ):
             async for _ in resp.aiter_raw():
                 break
         await asyncio.sleep(0.1)
@@ -176,7 +157,7 @@ async def test_upstream_timeout_before_headers(upstream: ScriptedUpstream, db_pa
     upstream.queue(Script(first_delay=1.0))
     options = RecordOptions(upstream=upstream.base_url, db=str(db_path), tape="t", upstream_timeout=0.3)
     async with RecordingProxy(options) as proxy:
-        status, body, _ = await raw_stream(proxy.base_url, {"model": "m", "stream": True})
+        status, body, _ = await post(proxy.base_url, {"model": "m", "stream": True})
         await proxy.settle()
     assert status == 504 and json.loads(body)["error"]["code"] == "upstream_timeout"
     (ex,) = Store(db_path).exchanges()
@@ -196,13 +177,20 @@ async def test_long_silence_mid_stream_reaches_the_client_as_silence(upstream: S
     await proxy.settle()
 
 
-async def test_forwarding_of_any_path_query_body_and_headers(upstream: ScriptedUpstream, proxy: RecordingProxy,
-                                                             db_path: Path):
+async def test_forwarding_of_any_path_query_body_and_headers(
+    upstream: ScriptedUpstream, proxy: RecordingProxy, db_path: Path
+):
     async with httpx.AsyncClient() as client:
         resp = await client.post(
-            f"{proxy.base_url}/embeddings?api-version=2024-10-21&x=1", content=b'{"input":"hi"}',
-            headers={"Authorization": f"Bearer {SECRET}", "api-key": SECRET, "X-Custom": "kept",
-                     "Connection": "keep-alive", "Content-Type": "application/json"},
+            f"{proxy.base_url}/embeddings?api-version=2024-10-21&x=1",
+            content=b'{"input":"hi"}',
+            headers={
+                "Authorization": f"Bearer {SECRET}",
+                "api-key": SECRET,
+                "X-Custom": "kept",
+                "Connection": "keep-alive",
+                "Content-Type": "application/json",
+            },
         )
         models = await client.get(f"{proxy.base_url}/models")
     echo = resp.json()
@@ -233,12 +221,17 @@ async def test_not_an_open_proxy(proxy: RecordingProxy):
 
 async def test_secrets_never_reach_disk(upstream: ScriptedUpstream, tmp_path: Path, proxy_log: list[str]):
     db_path = tmp_path / "secret.db"
-    options = RecordOptions(upstream=upstream.base_url, db=str(db_path), tape="t", log=proxy_log.append,
-                            redact_fields=("user",))
+    options = RecordOptions(
+        upstream=upstream.base_url, db=str(db_path), tape="t", log=proxy_log.append, redact_fields=("user",)
+    )
     async with RecordingProxy(options) as proxy:
-        client = openai.AsyncOpenAI(base_url=proxy.base_url, api_key=SECRET, max_retries=0,
-                                    default_headers={"api-key": SECRET, "x-api-key": SECRET},
-                                    default_query={"api-key": SECRET})
+        client = openai.AsyncOpenAI(
+            base_url=proxy.base_url,
+            api_key=SECRET,
+            max_retries=0,
+            default_headers={"api-key": SECRET, "x-api-key": SECRET},
+            default_query={"api-key": SECRET},
+        )
         await client.chat.completions.create(model="m", messages=MESSAGES, user=SECRET)
         await proxy.settle()
         assert upstream.sent[0].headers["authorization"] == f"Bearer {SECRET}"  # forwarded
@@ -251,9 +244,10 @@ async def test_secrets_never_reach_disk(upstream: ScriptedUpstream, tmp_path: Pa
 
 
 def test_ls_and_show(upstream: ScriptedUpstream, db_path: Path):
-    with ScriptedUpstream(Script(gap=0.01)) as up, RecordingProxy(
-        RecordOptions(upstream=up.base_url, db=str(db_path), tape="demo")
-    ) as proxy:
+    with (
+        ScriptedUpstream(Script(gap=0.01)) as up,
+        RecordingProxy(RecordOptions(upstream=up.base_url, db=str(db_path), tape="demo")) as proxy,
+    ):
         client = openai.OpenAI(base_url=proxy.base_url, api_key=SECRET, max_retries=0)
         list(client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True))
         proxy.call(proxy.settle())
@@ -268,7 +262,9 @@ def test_ls_and_show(upstream: ScriptedUpstream, db_path: Path):
     assert "end       complete" in shown.output
     as_json = json.loads(runner.invoke(main, ["show", "1", "--db", str(db_path), "--json"]).output)
     assert "".join(c["data"] for c in as_json["chunks"]).encode() == up.sent[0].body
-    rows = [json.loads(line) for line in runner.invoke(main, ["ls", "--db", str(db_path), "--json"]).output.splitlines()]
+    rows = [
+        json.loads(line) for line in runner.invoke(main, ["ls", "--db", str(db_path), "--json"]).output.splitlines()
+    ]
     assert rows[0]["end_cause"] == "complete" and rows[0]["tape"] == "demo"
     missing = runner.invoke(main, ["show", "99", "--db", str(db_path)])
     assert missing.exit_code == 1 and "no exchange 99" in missing.output

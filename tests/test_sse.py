@@ -57,7 +57,11 @@ def test_openai_chat_stream_assembles_to_the_non_stream_answer() -> None:
     result = assemble_stream(OPENAI_CHAT)
     assert result.problems == []
     assert (result.kind, result.text, result.finish_reason, result.done, result.events) == (
-        "chat.completion", "Hello!", "stop", True, 6,
+        "chat.completion",
+        "Hello!",
+        "stop",
+        True,
+        6,
     )
     assert result.to_chat_completion() == {
         "id": "chatcmpl-1",
@@ -157,11 +161,31 @@ def test_tool_call_arguments_join_across_deltas_by_index() -> None:
     body = b"".join(
         [
             chunk({"role": "assistant", "content": None}),
-            chunk({"tool_calls": [{"index": 0, "id": "call_a", "type": "function",
-                                   "function": {"name": "get_weather", "arguments": ""}}]}),
+            chunk(
+                {
+                    "tool_calls": [
+                        {
+                            "index": 0,
+                            "id": "call_a",
+                            "type": "function",
+                            "function": {"name": "get_weather", "arguments": ""},
+                        }
+                    ]
+                }
+            ),
             chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"city":'}}]}),
-            chunk({"tool_calls": [{"index": 1, "id": "call_b", "type": "function",
-                                   "function": {"name": "get_time", "arguments": "{}"}}]}),
+            chunk(
+                {
+                    "tool_calls": [
+                        {
+                            "index": 1,
+                            "id": "call_b",
+                            "type": "function",
+                            "function": {"name": "get_time", "arguments": "{}"},
+                        }
+                    ]
+                }
+            ),
             chunk({"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]}),
             chunk({}, "tool_calls"),
             b"data: [DONE]\n\n",
@@ -169,8 +193,12 @@ def test_tool_call_arguments_join_across_deltas_by_index() -> None:
     )
     result = assemble_stream(body)
     assert result.tool_calls == [
-        {"index": 0, "id": "call_a", "type": "function",
-         "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}},
+        {
+            "index": 0,
+            "id": "call_a",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'},
+        },
         {"index": 1, "id": "call_b", "type": "function", "function": {"name": "get_time", "arguments": "{}"}},
     ]
     message = result.to_chat_completion()["choices"][0]["message"]
@@ -193,8 +221,10 @@ def test_legacy_function_call_becomes_a_tool_call() -> None:
 
 
 def test_other_choice_indices_are_ignored() -> None:
-    two = b'data: {"object":"chat.completion.chunk","choices":[{"index":1,"delta":{"content":"B"}},' \
-          b'{"index":0,"delta":{"content":"A"}}]}\n\n'
+    two = (
+        b'data: {"object":"chat.completion.chunk","choices":[{"index":1,"delta":{"content":"B"}},'
+        b'{"index":0,"delta":{"content":"A"}}]}\n\n'
+    )
     assert assemble_stream(two).text == "A"
 
 
@@ -208,7 +238,11 @@ def test_legacy_completions_stream() -> None:
     )
     result = assemble_stream(body)
     assert (result.kind, result.id, result.text, result.finish_reason, result.done) == (
-        "text_completion", "cmpl-1", "Once upon", "length", True,
+        "text_completion",
+        "cmpl-1",
+        "Once upon",
+        "length",
+        True,
     )
 
 
@@ -239,12 +273,20 @@ def test_responses_api_stream() -> None:
     result = assemble_stream(RESPONSES)
     assert result.problems == []
     assert (result.kind, result.id, result.model, result.created, result.text) == (
-        "response", "resp_1", "gpt-4o-mini", 1741290958, "Checking",
+        "response",
+        "resp_1",
+        "gpt-4o-mini",
+        1741290958,
+        "Checking",
     )
     # Numbered from 0 although the call was output item 1.
     assert result.tool_calls == [
-        {"index": 0, "id": "call_1", "type": "function",
-         "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}
+        {
+            "index": 0,
+            "id": "call_1",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'},
+        }
     ]
     assert (result.finish_reason, result.done) == ("tool_calls", True)
     assert result.usage == {"input_tokens": 10, "output_tokens": 5, "total_tokens": 15}
@@ -280,21 +322,37 @@ def test_assembler_is_incremental() -> None:
 
 def test_assemble_json_bodies() -> None:
     chat = {
-        "id": "chatcmpl-9", "object": "chat.completion", "created": 2, "model": "gpt-4o",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok", "refusal": None},
-                     "logprobs": None, "finish_reason": "stop"}],
+        "id": "chatcmpl-9",
+        "object": "chat.completion",
+        "created": 2,
+        "model": "gpt-4o",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "ok", "refusal": None},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
         "usage": USAGE,
     }
     result = assemble_json(json.dumps(chat).encode())
     assert (result.kind, result.text, result.done, result.usage) == ("chat.completion", "ok", True, USAGE)
 
-    text = {"id": "cmpl-2", "object": "text_completion", "choices": [{"text": "hi", "index": 0,
-            "finish_reason": "stop"}]}
+    text = {
+        "id": "cmpl-2",
+        "object": "text_completion",
+        "choices": [{"text": "hi", "index": 0, "finish_reason": "stop"}],
+    }
     assert assemble_json(json.dumps(text).encode()).text == "hi"
 
     response = {
-        "id": "resp_2", "object": "response", "created_at": 4, "status": "incomplete",
-        "incomplete_details": {"reason": "max_output_tokens"}, "model": "gpt-4o",
+        "id": "resp_2",
+        "object": "response",
+        "created_at": 4,
+        "status": "incomplete",
+        "incomplete_details": {"reason": "max_output_tokens"},
+        "model": "gpt-4o",
         "output": [{"type": "message", "content": [{"type": "output_text", "text": "partial"}]}],
         "usage": {"input_tokens": 1, "output_tokens": 2, "total_tokens": 3},
     }
@@ -312,7 +370,7 @@ def test_assemble_json_bodies() -> None:
 def test_assemble_picks_stream_or_json() -> None:
     assert assemble(OPENAI_CHAT, "text/event-stream; charset=utf-8").text == "Hello!"
     assert assemble(OPENAI_CHAT, None).text == "Hello!"  # sniffed
-    assert assemble(b'\n: keep-alive\n\n' + OPENAI_CHAT, "").text == "Hello!"
+    assert assemble(b"\n: keep-alive\n\n" + OPENAI_CHAT, "").text == "Hello!"
     assert assemble(b'{"object":"text_completion","choices":[{"text":"t"}]}', None).text == "t"
 
 
@@ -321,13 +379,30 @@ def test_assemble_picks_stream_or_json() -> None:
 
 def test_synthesize_chat_stream_wire_format_and_round_trip() -> None:
     completion = {
-        "id": "chatcmpl-7", "object": "chat.completion", "created": 9, "model": "gpt-4o-mini",
+        "id": "chatcmpl-7",
+        "object": "chat.completion",
+        "created": 9,
+        "model": "gpt-4o-mini",
         "system_fingerprint": "fp_7",
-        "choices": [{"index": 0, "logprobs": None, "finish_reason": "tool_calls", "message": {
-            "role": "assistant", "content": "Let me look that up.", "refusal": None,
-            "tool_calls": [{"id": "call_9", "type": "function",
-                            "function": {"name": "search", "arguments": '{"q":"weather in Paris"}'}}],
-        }}],
+        "choices": [
+            {
+                "index": 0,
+                "logprobs": None,
+                "finish_reason": "tool_calls",
+                "message": {
+                    "role": "assistant",
+                    "content": "Let me look that up.",
+                    "refusal": None,
+                    "tool_calls": [
+                        {
+                            "id": "call_9",
+                            "type": "function",
+                            "function": {"name": "search", "arguments": '{"q":"weather in Paris"}'},
+                        }
+                    ],
+                },
+            }
+        ],
         "usage": USAGE,
     }
     events = synthesize_chat_stream(completion, chunk_text_size=8)
@@ -343,7 +418,10 @@ def test_synthesize_chat_stream_wire_format_and_round_trip() -> None:
     again = assemble_stream(b"".join(events)).to_chat_completion()
     assert again["choices"] == completion["choices"]
     assert {k: again[k] for k in ("id", "created", "model", "system_fingerprint")} == {
-        "id": "chatcmpl-7", "created": 9, "model": "gpt-4o-mini", "system_fingerprint": "fp_7",
+        "id": "chatcmpl-7",
+        "created": 9,
+        "model": "gpt-4o-mini",
+        "system_fingerprint": "fp_7",
     }
     assert again["usage"] is None  # usage is not synthesized
 
@@ -351,8 +429,27 @@ def test_synthesize_chat_stream_wire_format_and_round_trip() -> None:
 # -- properties
 
 _TOKENS = [
-    b"data:", b"data: ", b"data", b"event: e", b"id: 7", b"id: \x00", b"retry: 15", b"retry: x", b": ping",
-    b":", b"x", b" ", b"{}", b"[DONE]", b"\r", b"\n", b"\r\n", b"\xef\xbb\xbf", b"\xff", b"\xc3", b"\xa9",
+    b"data:",
+    b"data: ",
+    b"data",
+    b"event: e",
+    b"id: 7",
+    b"id: \x00",
+    b"retry: 15",
+    b"retry: x",
+    b": ping",
+    b":",
+    b"x",
+    b" ",
+    b"{}",
+    b"[DONE]",
+    b"\r",
+    b"\n",
+    b"\r\n",
+    b"\xef\xbb\xbf",
+    b"\xff",
+    b"\xc3",
+    b"\xa9",
 ]
 sse_bytes = st.one_of(st.binary(max_size=64), st.lists(st.sampled_from(_TOKENS), max_size=40).map(b"".join))
 
@@ -375,18 +472,64 @@ def test_any_split_gives_the_same_result_as_the_whole(body: bytes, data: st.Data
         assemble(body, content_type)  # never raises
 
 
-_KEYS = st.sampled_from([
-    "id", "object", "type", "choices", "index", "delta", "message", "role", "content", "refusal", "text",
-    "tool_calls", "function", "function_call", "name", "arguments", "finish_reason", "usage", "error",
-    "response", "status", "output", "output_index", "item", "call_id", "incomplete_details", "reason",
-    "created", "created_at", "model",
-])
+_KEYS = st.sampled_from(
+    [
+        "id",
+        "object",
+        "type",
+        "choices",
+        "index",
+        "delta",
+        "message",
+        "role",
+        "content",
+        "refusal",
+        "text",
+        "tool_calls",
+        "function",
+        "function_call",
+        "name",
+        "arguments",
+        "finish_reason",
+        "usage",
+        "error",
+        "response",
+        "status",
+        "output",
+        "output_index",
+        "item",
+        "call_id",
+        "incomplete_details",
+        "reason",
+        "created",
+        "created_at",
+        "model",
+    ]
+)
 _SCALARS = st.one_of(
-    st.none(), st.booleans(), st.integers(-1, 2), st.sampled_from([
-        "", "x", "chat.completion", "chat.completion.chunk", "text_completion", "response", "error",
-        "response.output_item.added", "response.function_call_arguments.delta", "response.output_text.delta",
-        "response.completed", "function_call", "message", "output_text", "completed", "incomplete",
-    ]),
+    st.none(),
+    st.booleans(),
+    st.integers(-1, 2),
+    st.sampled_from(
+        [
+            "",
+            "x",
+            "chat.completion",
+            "chat.completion.chunk",
+            "text_completion",
+            "response",
+            "error",
+            "response.output_item.added",
+            "response.function_call_arguments.delta",
+            "response.output_text.delta",
+            "response.completed",
+            "function_call",
+            "message",
+            "output_text",
+            "completed",
+            "incomplete",
+        ]
+    ),
 )
 _JSON = st.recursive(
     _SCALARS, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_KEYS, inner, max_size=4), max_leaves=15

@@ -30,6 +30,7 @@ from streamreplay.wire import (
     openai_error,
     redact_headers,
     redact_query,
+    refuse_request,
     reset_connection,
 )
 
@@ -69,6 +70,7 @@ class _Flow:
     delivered: int = 0
     ttfb_ns: int | None = None
     saw_done: bool = False
+    done_delivered: bool = False
     tail: bytes = b""
     left_ns: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -133,29 +135,31 @@ class RecordingProxy(AppServer):
 
     # -- the request path -------------------------------------------------------------------------
 
-    def _target(self, request: web.Request) -> URL | web.Response:
-        if request.method == "CONNECT" or not request.raw_path.startswith("/"):
-            return openai_error(400, "streamreplay is not an open proxy: only paths under its base URL are served",
-                                code="not_a_proxy")
+    def _relative(self, request: web.Request) -> str | web.Response:
+        """The request's raw path relative to the base, or the error that refuses it."""
+        refusal = refuse_request(request)
+        if refusal is not None:
+            return refusal
         raw_path = request.raw_path.split("?", 1)[0]
-        if any(seg in ("..", ".") for seg in request.path.split("/")) or "%2e" in raw_path.lower():
-            return openai_error(400, "path leaves the base URL", code="bad_path")
         if self.prefix and not (raw_path == self.prefix or raw_path.startswith(self.prefix + "/")):
             return openai_error(404, f"path {request.path} is not under the base path {self.prefix}",
                                 code="not_under_base")
-        rel = raw_path[len(self.prefix):]
-        query = request.query_string
-        upstream = str(self.upstream) + rel + (f"?{query}" if query else "")
-        return URL(upstream, encoded=True)
+        return raw_path[len(self.prefix):]
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        target = self._target(request)
-        if isinstance(target, web.Response):
-            return target
+        rel = self._relative(request)
+        if isinstance(rel, web.Response):
+            return rel
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return openai_error(413, f"request body over {self.options.max_body} bytes", code="body_too_large")
+        return await self.forward(request, rel, body)
+
+    async def forward(self, request: web.Request, rel: str, body: bytes) -> web.StreamResponse:
+        """Send the request to upstream + `rel` (a raw path) and relay the answer while recording it."""
+        query = request.query_string
+        target = URL(str(self.upstream) + rel + (f"?{query}" if query else ""), encoded=True)
         rel_path = target.path[len(self.upstream.path.rstrip("/")):] or "/"
         handle = self.writer.begin(self._request_row(request, rel_path, body))
         self._open.add(handle)
@@ -280,6 +284,7 @@ class RecordingProxy(AppServer):
                 try:
                     await resp.write(data)
                     flow.delivered += 1
+                    flow.done_delivered = flow.saw_done
                 except ConnectionError:
                     flow.left_ns = flow.elapsed()
 
@@ -303,6 +308,12 @@ class RecordingProxy(AppServer):
 
     def _end_left(self, flow: _Flow, upstream_end: EndCause) -> None:
         assert flow.left_ns is not None
+        if flow.done_delivered:
+            # The openai SDK closes the connection as soon as it reads [DONE], before the body's
+            # terminator: the client had the whole answer, so this is the upstream's ending.
+            detail = f"the client closed the connection after [DONE], at {flow.left_ns / 1e9:.3f} s"
+            self._end(flow, upstream_end, detail, upstream_end=upstream_end)
+            return
         detail = (f"the client left after {flow.delivered} of {flow.index} chunks at {flow.left_ns / 1e9:.3f} s; "
                   f"the upstream ended: {upstream_end.value}")
         self._end(flow, EndCause.CLIENT_LEFT, detail, upstream_end=upstream_end)

@@ -88,7 +88,8 @@ def difference_count(recorded: Any, incoming: Any) -> int:
             for k in set(recorded) | set(incoming)
         )
     if isinstance(recorded, list) and isinstance(incoming, list):
-        return sum(difference_count(a, b) for a, b in zip(recorded, incoming, strict=False)) + abs(len(recorded) - len(incoming))
+        paired = sum(difference_count(a, b) for a, b in zip(recorded, incoming, strict=False))
+        return paired + abs(len(recorded) - len(incoming))
     return 0 if recorded == incoming else 1
 
 
@@ -118,3 +119,80 @@ def explain(recorded: Request, incoming: Request, matchers: list[Matcher] = MATC
         if why:
             return f"{matcher.__name__} differs: {why}"
     return None
+
+
+@dataclass
+class Miss:
+    """No recording to serve, and why, for the 404 and the log."""
+
+    reason: str
+    closest: Any = None  # the Exchange that came closest
+
+
+class Index:
+    """Finds the recording for a request.
+
+    `key` mode: identical requests (canonical key) are served in recorded order, the last one
+    repeating once all were used unless `repeat` is off. `sequence` mode: the tape's exchanges
+    in order, whatever the request says.
+    """
+
+    def __init__(self, exchanges: list[Any], ignore: Iterable[str] = (), mode: str = "key",
+                 repeat: bool = True) -> None:
+        if mode not in ("key", "sequence"):
+            raise ValueError(f"match mode must be key or sequence, not {mode!r}")
+        self.ignore = tuple(DEFAULT_IGNORED) + tuple(ignore)
+        self.mode = mode
+        self.repeat = repeat
+        self.exchanges = list(exchanges)
+        self._by_key: dict[str, list[Any]] = {}
+        for ex in self.exchanges:
+            self._by_key.setdefault(self.key(ex.method, ex.path, ex.request_body), []).append(ex)
+        self._used: dict[str, int] = {}
+        self._next = 0
+        self.served: set[int] = set()
+
+    def key(self, method: str, path: str, body: bytes) -> str:
+        return request_key(method, path, body, self.ignore)
+
+    def lookup(self, method: str, path: str, body: bytes) -> Any:
+        """The Exchange to serve, or a Miss."""
+        if self.mode == "sequence":
+            if self._next < len(self.exchanges):
+                ex = self.exchanges[self._next]
+                self._next += 1
+            elif self.repeat and self.exchanges:
+                ex = self.exchanges[-1]
+            else:
+                return Miss(f"the tape's {len(self.exchanges)} exchanges were all served (sequence mode)")
+            self.served.add(ex.id)
+            return ex
+        key = self.key(method, path, body)
+        candidates = self._by_key.get(key)
+        if not candidates:
+            return self.closest(method, path, body)
+        used = self._used.get(key, 0)
+        if used >= len(candidates) and not self.repeat:
+            return Miss(f"all {len(candidates)} recordings of this request were used, and repeat is off",
+                        candidates[-1])
+        self._used[key] = used + 1
+        ex = candidates[min(used, len(candidates) - 1)]
+        self.served.add(ex.id)
+        return ex
+
+    def closest(self, method: str, path: str, body: bytes) -> Miss:
+        incoming = Request(method.upper(), path, canonical_body(body, self.ignore))
+        if not self.exchanges:
+            return Miss(f"no recording matches {method} {path}: the tape is empty")
+        best, best_score, best_why = None, None, ""
+        for ex in self.exchanges:
+            recorded = Request(ex.method.upper(), ex.path, canonical_body(ex.request_body, self.ignore))
+            score = (1000 if recorded.method != incoming.method else 0) + (100 if recorded.path != incoming.path else 0)
+            score += difference_count(recorded.body, incoming.body)
+            if best_score is None or score < best_score:
+                best, best_score, best_why = ex, score, explain(recorded, incoming) or ""
+        return Miss(f"no recording matches {method} {path}; closest is exchange {best.id} "
+                    f"(tape {best.tape}, #{best.seq}): {best_why}", best)
+
+    def unused(self) -> list[Any]:
+        return [ex for ex in self.exchanges if ex.id not in self.served]

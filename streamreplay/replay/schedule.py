@@ -1,0 +1,121 @@
+"""The chunk schedule: what replay writes, when, and how it ends. Faults transform it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+
+from streamreplay.endcause import EndCause, Ending
+from streamreplay.sse import assemble_stream, synthesize_chat_stream
+from streamreplay.store import Chunk, Exchange
+from streamreplay.wire import HOP_BY_HOP
+
+#: recorded response headers replay does not repeat: the framing is replay's own
+NOT_REPLAYED = HOP_BY_HOP | {"date", "content-length"}
+
+
+@dataclass
+class Piece:
+    """One write: bytes at `t_ns` of recorded time (scaled by speed) plus `extra_ns` of wall time
+    (added by faults such as stall, which must stall even at speed 0)."""
+
+    t_ns: int
+    data: bytes
+    extra_ns: int = 0
+
+
+@dataclass
+class Schedule:
+    status: int
+    headers: list[tuple[str, str]]
+    pieces: list[Piece]
+    ending: Ending
+    head_ns: int = 0
+    head_extra_ns: int = 0
+    #: what was done to the recording on the way, for the log: fault specs, conversions
+    applied: list[str] = field(default_factory=list)
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(p.data for p in self.pieces)
+
+    def copy(self, **changes: object) -> Schedule:
+        fresh: dict[str, object] = {"pieces": list(self.pieces), "applied": list(self.applied), **changes}
+        return replace(self, **fresh)  # type: ignore[arg-type]
+
+    def header(self, name: str) -> str | None:
+        for k, v in self.headers:
+            if k.lower() == name.lower():
+                return v
+        return None
+
+    def set_header(self, name: str, value: str) -> None:
+        self.headers = [(k, v) for k, v in self.headers if k.lower() != name.lower()] + [(name, value)]
+
+
+def recorded_ending(ex: Exchange) -> Ending:
+    """The wire ending the upstream gave. A client that left does not change it: replay gives what
+    the upstream sent, and the client may leave again."""
+    if ex.response_header("x-streamreplay-error"):
+        return Ending.CLEAN  # the proxy's own error answer (unreachable, timeout before headers)
+    cause = ex.upstream_end or ex.end_cause
+    if cause in (EndCause.UPSTREAM_CLOSED, EndCause.UPSTREAM_TIMEOUT, EndCause.INTERRUPTED, EndCause.CLIENT_LEFT):
+        return Ending.CLOSE
+    if cause == EndCause.UPSTREAM_RESET:
+        return Ending.RESET
+    return Ending.CLEAN
+
+
+def recorded_schedule(ex: Exchange, chunks: list[Chunk]) -> Schedule:
+    headers = [(k, v) for k, v in ex.response_headers if k.lower() not in NOT_REPLAYED]
+    return Schedule(
+        status=ex.status or 502,
+        headers=headers,
+        pieces=[Piece(c.t_ns, c.data) for c in chunks],
+        ending=recorded_ending(ex),
+        head_ns=ex.headers_ns or (chunks[0].t_ns if chunks else 0),
+    )
+
+
+def is_event_stream(schedule: Schedule) -> bool:
+    return "text/event-stream" in (schedule.header("content-type") or "")
+
+
+def as_completion(schedule: Schedule) -> Schedule:
+    """A streamed chat recording answered as the `chat.completion` JSON a `stream: false` call gets."""
+    result = assemble_stream(schedule.body)
+    body = json.dumps(result.to_chat_completion()).encode()
+    last = schedule.pieces[-1].t_ns if schedule.pieces else schedule.head_ns
+    out = schedule.copy(pieces=[Piece(last, body)], head_ns=last)
+    out.set_header("Content-Type", "application/json")
+    out.applied.append("stream->json")
+    return out
+
+
+def as_stream(schedule: Schedule) -> Schedule:
+    """A non-stream chat recording answered as a stream: events spread from the head to the answer's time."""
+    completion = json.loads(schedule.body)
+    events = synthesize_chat_stream(completion)
+    start = schedule.head_ns
+    end = schedule.pieces[-1].t_ns if schedule.pieces else start
+    step = (end - start) // max(len(events) - 1, 1)
+    out = schedule.copy(pieces=[Piece(start + i * step, e) for i, e in enumerate(events)])
+    out.set_header("Content-Type", "text/event-stream; charset=utf-8")
+    out.applied.append("json->stream")
+    return out
+
+
+def convert_for_request(schedule: Schedule, want_stream: bool | None) -> Schedule:
+    """Stream and non-stream served from one recording (the 'turn streaming off' step, offline)."""
+    if want_stream is None or not 200 <= schedule.status < 300:
+        return schedule
+    streamed = is_event_stream(schedule)
+    if want_stream and not streamed and "json" in (schedule.header("content-type") or ""):
+        try:
+            if json.loads(schedule.body).get("object") == "chat.completion":
+                return as_stream(schedule)
+        except (ValueError, AttributeError):
+            return schedule
+    if not want_stream and streamed and assemble_stream(schedule.body).kind == "chat.completion":
+        return as_completion(schedule)
+    return schedule

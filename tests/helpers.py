@@ -1,0 +1,55 @@
+"""Helpers shared by the tests: record through the real proxy, read what a client got on the wire."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from streamreplay.proxy import RecordingProxy
+from streamreplay.proxy.recorder import RecordOptions
+from streamreplay.store import Store
+from streamreplay.testing import Script, ScriptedUpstream
+
+SECRET = "sk-test-SECRET-7f3a9c"
+MESSAGES = [{"role": "user", "content": "Say hello"}]
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def chat(content: str = "Say hello", stream: bool = True, **extra: Any) -> dict[str, Any]:
+    return {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}], "stream": stream, **extra}
+
+
+async def record(db_path: Path, scripts: list[Script], payloads: list[dict[str, Any]], tape: str = "t") -> list[bytes]:
+    """Record each payload through the proxy from a scripted upstream; returns what the upstream sent."""
+    async with ScriptedUpstream() as upstream:
+        upstream.queue(*scripts)
+        async with RecordingProxy(RecordOptions(upstream=upstream.base_url, db=str(db_path), tape=tape)) as proxy:
+            for payload in payloads:
+                await post(proxy.base_url, payload)
+            await proxy.settle()
+        return [s.body for s in upstream.sent]
+
+
+async def post(
+    base_url: str, payload: dict[str, Any], headers: dict[str, str] | None = None, path: str = "/chat/completions"
+) -> tuple[int, bytes, str | None]:
+    """POST and read the raw body: status, bytes received, and the name of the error that ended it."""
+    received = bytearray()
+    async with httpx.AsyncClient(timeout=10) as client:
+        try:
+            async with client.stream("POST", f"{base_url}{path}", json=payload, headers=headers or {}) as resp:
+                async for data in resp.aiter_raw():
+                    received += data
+                return resp.status_code, bytes(received), None
+        except httpx.HTTPError as exc:
+            return 0, bytes(received), type(exc).__name__
+
+
+def recorded_body(db_path: Path, exchange_id: int) -> bytes:
+    return b"".join(c.data for c in Store(db_path).chunks(exchange_id))
