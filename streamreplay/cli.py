@@ -154,3 +154,34 @@ def play(db: str, tape: str | None, speed: float, faults: tuple[str, ...], match
     extra = f", faults {' + '.join(f.spec() for f in server.faults)}" if server.faults else ""
     serve_until_signal(server, f"streamreplay: base_url {{base_url}} (playing {count} exchanges from {db}"
                                f"{', tape ' + tape if tape else ''}, speed {speed:g}{extra})")
+
+
+@main.command("export")
+@click.argument("tape")
+@db_option
+@click.option("-o", "--output", help="Cassette file to write (default: recordings/TAPE.jsonl).")
+def export_command(tape: str, db: str, output: str | None) -> None:
+    """Write TAPE as a JSONL cassette: text, diff-friendly, secrets already absent."""
+    from streamreplay.cassette import CassetteError, export_tape
+
+    try:
+        path = output or f"recordings/{tape}.jsonl"
+        count = export_tape(db, tape, path)
+    except (CassetteError, LookupError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    say(f"exported {count} exchanges of tape {tape} to {path}")
+
+
+@main.command("import")
+@click.argument("cassette", type=click.Path(exists=True, dir_okay=False))
+@db_option
+@click.option("--tape", help="Tape name in the DB (default: the cassette's).")
+def import_command(cassette: str, db: str, tape: str | None) -> None:
+    """Load a JSONL cassette into the DB."""
+    from streamreplay.cassette import CassetteError, import_cassette
+
+    try:
+        name, count = import_cassette(cassette, db, tape)
+    except CassetteError as exc:
+        raise click.ClickException(str(exc)) from exc
+    say(f"imported {count} exchanges into {db} as tape {name}")

@@ -167,7 +167,7 @@ class Exchange:
         return None
 
 
-def _body_for_db(body: bytes) -> str | bytes:
+def body_for_db(body: bytes) -> str | bytes:
     try:
         return body.decode("utf-8")
     except UnicodeDecodeError:
@@ -404,7 +404,7 @@ class StoreWriter:
                         _, handle, row = msg
                         row = dict(row, tape=handle.tape, seq=handle.seq, recorder_pid=pid)
                         if isinstance(row.get("request_body"), bytes):
-                            row["request_body"] = _body_for_db(row["request_body"])
+                            row["request_body"] = body_for_db(row["request_body"])
                         cur = conn.execute(
                             f"insert into exchanges ({', '.join(row)}) values ({', '.join('?' * len(row))})",
                             list(row.values()),

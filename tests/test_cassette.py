@@ -1,0 +1,90 @@
+"""Cassettes: export, import and replay are byte-identical to what the upstream sent."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from streamreplay.cassette import CassetteError, CassetteSource, export_tape, import_cassette
+from streamreplay.cli import main
+from streamreplay.replay import ReplayServer
+from streamreplay.store import Store
+from streamreplay.testing import Script
+from tests.helpers import SECRET, chat, post, record, sha
+
+NOT_UTF8 = [b'data: {"bad": "\xff\xfe"}\n\n', b"data: [DONE]\n\n"]
+
+
+@pytest.fixture
+async def recorded(db_path: Path) -> list[bytes]:
+    scripts = [
+        Script(gap=0.01, split_events=True),
+        Script(ending="reset", gap=0.01),
+        Script(raw=NOT_UTF8, gap=0.01),
+        Script(status=429),
+    ]
+    payloads = [chat("one"), chat("two"), chat("three"), chat("four")]
+    return await record(db_path, scripts, payloads, tape="mixed")
+
+
+async def test_export_import_replay_are_byte_identical(db_path: Path, tmp_path: Path, recorded: list[bytes]):
+    cassette = tmp_path / "mixed.jsonl"
+    assert export_tape(db_path, "mixed", cassette) == 4
+    text = cassette.read_text()
+    assert SECRET not in text and '"b64"' in text and '"host"' not in text.lower()
+    lines = [json.loads(line) for line in text.splitlines()]
+    assert lines[0]["format"] == "streamreplay-cassette" and lines[0]["tape"] == "mixed"
+    assert all(list(line) == sorted(line) for line in lines)
+
+    source = CassetteSource(cassette)
+    assert [sha(b"".join(c.data for c in source.chunks(ex))) for ex in source.exchanges()] == [sha(b) for b in recorded]
+    original = Store(db_path).exchanges()
+    for ex, again in zip(original, source.exchanges(), strict=True):
+        assert [(c.index, c.t_ns) for c in Store(db_path).chunks(ex.id)] == [
+            (c.index, c.t_ns) for c in source.chunks(again)
+        ]
+        assert (again.end_cause, again.upstream_end, again.status) == (ex.end_cause, ex.upstream_end, ex.status)
+
+    copy_db = tmp_path / "copy.db"
+    assert import_cassette(cassette, copy_db) == ("mixed", 4)
+    imported = Store(copy_db).exchanges()
+    assert [e.text for e in imported] == [e.text for e in original]
+    assert [e.end_cause for e in imported] == ["complete", "upstream_reset", "complete", "http_error"]
+    export_tape(copy_db, "mixed", tmp_path / "again.jsonl")
+    assert (tmp_path / "again.jsonl").read_text() == text  # stable: nothing volatile
+
+    for source_path in (cassette, copy_db):
+        async with ReplayServer(source_path, speed=0) as srv:
+            got = [await post(srv.base_url, chat(word)) for word in ("one", "two", "three", "four")]
+        assert [sha(body) for _, body, _ in got] == [sha(b) for b in recorded]
+        assert [error for _, _, error in got] == [None, "ReadError", None, None]
+
+
+def test_tape_names_that_would_leave_the_directory_are_refused(db_path: Path, tmp_path: Path):
+    for bad in ("../evil", "a/b", "..", ".hidden", ""):
+        with pytest.raises(CassetteError, match="cannot be a file name"):
+            export_tape(db_path, bad, tmp_path / "x.jsonl")
+
+
+async def test_cli_export_and_import(db_path: Path, tmp_path: Path, recorded: list[bytes], monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    out = runner.invoke(main, ["export", "mixed", "--db", str(db_path)])
+    assert out.exit_code == 0, out.output
+    assert out.output.strip() == "exported 4 exchanges of tape mixed to recordings/mixed.jsonl"
+    again = runner.invoke(main, ["import", "recordings/mixed.jsonl", "--db", "other.db", "--tape", "copy"])
+    assert again.output.strip() == "imported 4 exchanges into other.db as tape copy"
+    twice = runner.invoke(main, ["import", "recordings/mixed.jsonl", "--db", "other.db", "--tape", "copy"])
+    assert twice.exit_code == 1 and "already exists" in twice.output
+    missing = runner.invoke(main, ["export", "nope", "--db", str(db_path)])
+    assert missing.exit_code == 1 and "no tape 'nope'" in missing.output and "mixed" in missing.output
+
+
+def test_a_broken_cassette_names_its_line(tmp_path: Path):
+    path = tmp_path / "broken.jsonl"
+    path.write_text('{"format":"streamreplay-cassette","tape":"b","version":1}\n{"type":"chunk","seq":0}\n')
+    with pytest.raises(CassetteError, match=r"broken.jsonl:2"):
+        CassetteSource(path)
