@@ -70,9 +70,12 @@ ensure_model() {
 
 answers() { curl -sf -m 2 "$1/models" >/dev/null 2>&1; }
 
+# The pid in the pid file is alive and still our server (after a reboot the number may belong to another process).
+ours() { grep -qa llama_cpp.server "/proc/$1/cmdline" 2>/dev/null; }
+
 running_url() {
     [[ -f $PIDFILE && -f $URLFILE ]] || return 1
-    kill -0 "$(cat "$PIDFILE")" 2>/dev/null || return 1
+    ours "$(cat "$PIDFILE")" || return 1
     local url; url=$(cat "$URLFILE")
     answers "$url" || return 1
     echo "$url"
@@ -102,7 +105,7 @@ cmd_start() {
     say "started pid $(cat "$PIDFILE") on $url, waiting for it to answer (log: $LOG)"
     local deadline=$((SECONDS + 120))
     until answers "$url"; do
-        if ! kill -0 "$(cat "$PIDFILE")" 2>/dev/null || ((SECONDS >= deadline)); then
+        if ! ours "$(cat "$PIDFILE")" || ((SECONDS >= deadline)); then
             tail -n 30 "$LOG" >&2 || true
             cmd_stop >/dev/null 2>&1 || true
             die "the server did not answer on $url (log tail above)"
@@ -115,7 +118,7 @@ cmd_start() {
 cmd_stop() {
     if [[ -f $PIDFILE ]]; then
         local pid; pid=$(cat "$PIDFILE")
-        if kill "$pid" 2>/dev/null; then
+        if ours "$pid" && kill "$pid" 2>/dev/null; then
             # Wait for it to exit (not our child any more, so poll); SIGKILL after 10 s.
             for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
             kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null || true

@@ -105,12 +105,12 @@ def streamreplay(request: pytest.FixtureRequest) -> Iterator[StreamReplay]:
     cassette = directory / f"{tape}.jsonl"
     mode = _mode(config)
     upstream = config.getoption("--streamreplay-upstream")
-    records = mode == "all" or (mode in ("once", "new") and not cassette.exists()) or mode == "new"
+    records = mode in ("new", "all") or (mode == "once" and not cassette.exists())
     if records and not upstream:
-        if not cassette.exists():
-            pytest.fail(f"streamreplay: no cassette {cassette} (mode {mode}); record it with "
-                        f"--streamreplay-upstream URL, or add the file", pytrace=False)
         records = False
+    if not records and not cassette.exists():
+        pytest.fail(f"streamreplay: no cassette {cassette} (mode {mode}); record it with "
+                    f"--streamreplay-upstream URL, or add the file", pytrace=False)
     faults = args.get("fault") or ()
     options = dict(speed=args.get("speed", 0), faults=[faults] if isinstance(faults, str) else list(faults),
                    match=args.get("match", "key"), ignore_fields=args.get("ignore_fields", ()))
@@ -141,6 +141,8 @@ def _recording(request: pytest.FixtureRequest, tape: str, cassette: Path, mode: 
         yield fixture
         recorder = server if fixture.recording else server._recorder
         server.call(recorder.settle())
+        if not fixture.recording:
+            _report(request, fixture)
     if Store(db).exchanges(tape=tape, limit=1):
         export_tape(db, tape, cassette)
         request.node.user_properties.append(("streamreplay", f"{tape}: recorded into {cassette}"))
