@@ -59,9 +59,10 @@ def main() -> None:
 @click.option("--redact-header", multiple=True, help="Another header whose value never reaches disk.")
 @click.option("--redact-field", multiple=True, help="A request body field stored as [redacted].")
 @click.option("--max-body", default=32 * 1024 * 1024, show_default=True, help="Largest request body, bytes.")
+@click.option("--note", default="", help="Free text stored with the tape: where and how it was recorded.")
 def record(upstream: str, db: str, tape: str | None, host: str, port: int, upstream_timeout: float,
            on_client_disconnect: str, redact_header: tuple[str, ...], redact_field: tuple[str, ...],
-           max_body: int) -> None:
+           max_body: int, note: str) -> None:
     """Forward every request to UPSTREAM untouched and store each chunk with its timing."""
     from streamreplay.proxy import RecordingProxy
     from streamreplay.proxy.recorder import RecordOptions
@@ -69,7 +70,7 @@ def record(upstream: str, db: str, tape: str | None, host: str, port: int, upstr
     options = RecordOptions(
         upstream=upstream, db=db, tape=tape, upstream_timeout=upstream_timeout,
         on_client_disconnect=on_client_disconnect, redact_headers=redact_header, redact_fields=redact_field,
-        max_body=max_body, log=say,
+        max_body=max_body, log=say, tape_source=note,
     )
     try:
         proxy = RecordingProxy(options, host=host, port=port)
@@ -185,3 +186,29 @@ def import_command(cassette: str, db: str, tape: str | None) -> None:
     except CassetteError as exc:
         raise click.ClickException(str(exc)) from exc
     say(f"imported {count} exchanges into {db} as tape {name}")
+
+
+@main.command("faults")
+def faults_command() -> None:
+    """The faults `play --fault`, the X-Streamreplay-Fault header and /fault/<spec>/ take."""
+    from streamreplay.replay import FAULTS
+
+    width = max(len(cls.usage) for cls in FAULTS.values())
+    for cls in FAULTS.values():
+        say(f"{cls.usage.ljust(width)}  {cls.help}")
+
+
+@main.command()
+@click.option("--dir", "directory", help="Where the bundled cassettes are (default: ./recordings or the checkout's).")
+def demo(directory: str | None) -> None:
+    """Offline, no key: a real AutoGen agent replayed from a bundled recording, then under cutoff faults."""
+    from streamreplay.demo import main as run_demo
+
+    try:
+        run_demo(directory, say)
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+if __name__ == "__main__":
+    main()

@@ -241,9 +241,9 @@ async def test_client_behaviour_is_observed_and_a_retry_is_noticed(db_path: Path
         await asyncio.sleep(0.05)
         assert (await sdk_outcome(client))[0] == TEXT
     first, second = srv.requests
-    assert first.client_left_at_chunk == 1 and not first.finished and not first.retry
-    assert second.retry and second.finished and second.delivered == second.total
-    assert "client left at chunk 1" in first.line() and "a retry" in second.line()
+    assert first.client_left_at_chunk == 1 and not first.finished and first.retry_of is None
+    assert second.retry_of == 1 and second.finished and second.delivered == second.total
+    assert "the client left at chunk 1" in first.line() and "repeats #1 after it was cut" in second.line()
 
 
 async def test_misses_are_recorded_from_an_upstream(db_path: Path):

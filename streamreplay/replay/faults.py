@@ -32,6 +32,7 @@ def register(cls: type[Fault]) -> type[Fault]:
 @dataclass(frozen=True)
 class Fault:
     name: ClassVar[str]
+    usage: ClassVar[str]  # the spec as users write it
     help: ClassVar[str]
 
     def apply(self, schedule: Schedule) -> Schedule:
@@ -57,6 +58,7 @@ def _truncate(schedule: Schedule, chunks: int, ending: Ending, name: str) -> Sch
 @dataclass(frozen=True)
 class Cut(Fault):
     name = "cut"
+    usage = "cut:chunk=N  or  cut:byte=B"
     help = "deliver N chunks (or B bytes), then a clean end"
     chunk: int | None = None
     byte: int | None = None
@@ -84,6 +86,7 @@ class Cut(Fault):
 @dataclass(frozen=True)
 class Close(Fault):
     name = "close"
+    usage = "close:chunk=N"
     help = "deliver N chunks, then close the connection without ending the body"
     chunk: int = 0
 
@@ -95,6 +98,7 @@ class Close(Fault):
 @dataclass(frozen=True)
 class Reset(Fault):
     name = "reset"
+    usage = "reset:chunk=N"
     help = "deliver N chunks, then a TCP reset"
     chunk: int = 0
 
@@ -106,6 +110,7 @@ class Reset(Fault):
 @dataclass(frozen=True)
 class Stall(Fault):
     name = "stall"
+    usage = "stall:chunk=N,seconds=S"
     help = "pause S seconds (wall time, whatever the speed) before chunk N, then go on"
     chunk: int = 0
     seconds: float = 30.0
@@ -123,6 +128,7 @@ class Stall(Fault):
 @dataclass(frozen=True)
 class DelayFirst(Fault):
     name = "delay-first"
+    usage = "delay-first:seconds=S"
     help = "S more seconds before the first byte (the response head included)"
     seconds: float = 5.0
 
@@ -138,6 +144,7 @@ class DelayFirst(Fault):
 @dataclass(frozen=True)
 class GapScale(Fault):
     name = "gap-scale"
+    usage = "gap-scale:factor=F"
     help = "every gap between chunks multiplied by F"
     factor: float = 2.0
 
@@ -156,6 +163,7 @@ class GapScale(Fault):
 @dataclass(frozen=True)
 class Rechunk(Fault):
     name = "rechunk"
+    usage = "rechunk:size=B"
     help = "the same bytes, written B bytes at a time (each piece when its last byte was recorded)"
     size: int = 1
 
@@ -224,6 +232,7 @@ _DONE_EVENT = re.compile(rb"(?m)^data: ?\[DONE\][ \t]*(\r\n|\r|\n)(\r\n|\r|\n)?"
 @dataclass(frozen=True)
 class DropDone(Fault):
     name = "drop-done"
+    usage = "drop-done"
     help = "the data: [DONE] event removed (the upstream ends without [DONE])"
 
     def apply(self, schedule: Schedule) -> Schedule:
@@ -237,6 +246,7 @@ _FINISH = re.compile(rb'("finish_reason"\s*:\s*)"[^"]*"')
 @dataclass(frozen=True)
 class DropFinish(Fault):
     name = "drop-finish"
+    usage = "drop-finish"
     help = "every finish_reason in the stream set to null"
 
     def apply(self, schedule: Schedule) -> Schedule:
@@ -252,6 +262,7 @@ def error_body(message: str, code: int | None = None) -> bytes:
 @dataclass(frozen=True)
 class Status(Fault):
     name = "status"
+    usage = "status:code=C"
     help = "HTTP C with an OpenAI error JSON body instead of the recorded answer"
     code: int = 500
 
@@ -270,6 +281,7 @@ class Status(Fault):
 @dataclass(frozen=True)
 class ErrorEvent(Fault):
     name = "error-event"
+    usage = "error-event:chunk=N"
     help = 'deliver N chunks, then data: {"error": {...}}, then a clean end'
     chunk: int = 0
 
@@ -291,6 +303,7 @@ _DATA_JSON = re.compile(rb"data: ?(\{[^\r\n]*)")
 @dataclass(frozen=True)
 class Corrupt(Fault):
     name = "corrupt"
+    usage = "corrupt:chunk=N"
     help = "chunk N's JSON cut in half, the rest as recorded"
     chunk: int = 0
 

@@ -40,7 +40,7 @@ class Replayed:
     client_left_at_chunk: int | None = None
     client_left_ns: int | None = None
     done_delivered: bool = False
-    retry: bool = False
+    retry_of: int | None = None  # the earlier request this one repeats after it broke
     offsets_ns: list[int] = field(default_factory=list)  # when each chunk was written, since arrival
     miss: str | None = None
 
@@ -56,12 +56,16 @@ class Replayed:
     def line(self) -> str:
         target = f"exchange {self.exchange_id}" if self.exchange_id is not None else "no match"
         faults = f" [{' + '.join(self.applied)}]" if self.applied else ""
-        left = ""
-        if self.client_left_at_chunk is not None:
-            left = f", client left at chunk {self.client_left_at_chunk} ({self.client_left_ns / 1e9:.3f}s)"  # type: ignore[operator]
-        retry = ", a retry" if self.retry else ""
-        how = self.miss if self.miss else f"{self.delivered}/{self.total} chunks, ended {self.ending}"
-        return f"#{self.n} {self.method} {self.path} -> {target}{faults} {self.status}: {how}{left}{retry}"
+        if self.miss:
+            how = self.miss
+        elif self.client_left_at_chunk is not None and not self.done_delivered:
+            left_s = (self.client_left_ns or 0) / 1e9
+            how = (f"{self.delivered}/{self.total} chunks, the client left at chunk {self.client_left_at_chunk} "
+                   f"({left_s:.3f}s)")
+        else:
+            how = f"{self.delivered}/{self.total} chunks, ended {self.ending}"
+        retry = f", repeats #{self.retry_of} after it was cut (a retry)" if self.retry_of else ""
+        return f"#{self.n} {self.method} {self.path} -> {target}{faults} {self.status}: {how}{retry}"
 
 
 class ReplayServer(AppServer):
@@ -176,7 +180,7 @@ class ReplayServer(AppServer):
         rec.exchange_id = found.id
         key = self.index.key(request.method, rel, body)
         previous = self._last_by_key.get(key)
-        rec.retry = previous is not None and previous.broken
+        rec.retry_of = previous.n if previous is not None and previous.broken else None
         self._last_by_key[key] = rec
         schedule = recorded_schedule(found, self.source.chunks(found))
         schedule = convert_for_request(schedule, _wants_stream(body))
