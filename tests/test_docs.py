@@ -1,0 +1,27 @@
+"""The README shows what the code does: its example test file and its faults table are the real ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from streamreplay.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def test_the_ci_example_in_the_readme_is_the_file_the_suite_runs():
+    example = (ROOT / "tests" / "test_readme_example.py").read_text().rstrip()
+    assert f"```python\n{example}\n```" in README
+
+
+def test_the_faults_table_in_the_readme_is_the_registry():
+    table = CliRunner().invoke(main, ["faults"]).output.rstrip()
+    assert f"```\n{table}\n```" in README
+
+
+def test_every_bundled_tape_is_described():
+    for cassette in (ROOT / "recordings").glob("*.jsonl"):
+        assert f"| `{cassette.stem}` |" in README
