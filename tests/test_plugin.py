@@ -1,4 +1,8 @@
-"""The pytest plugin, driven through pytester: record modes, replay, misses, xdist, async tests."""
+"""The pytest plugin, driven through pytester: record modes, replay, misses, xdist, async tests.
+
+Each inner run is a subprocess: an in-process run drops the modules it imported when it ends, and
+the outer process then imports a second copy of httpcore whose exceptions httpx no longer maps.
+"""
 
 from __future__ import annotations
 
@@ -40,7 +44,8 @@ INI = "[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = funct
 
 @pytest.fixture
 def upstream_url() -> str:
-    with ScriptedUpstream(Script(gap=0.002)) as upstream:
+    # 10 ms between events: one event per network read, so chunk numbers in the tests are stable
+    with ScriptedUpstream(Script(gap=0.01)) as upstream:
         yield upstream.base_url
 
 
@@ -50,7 +55,7 @@ def test_once_records_a_missing_cassette_then_none_replays_it(
     monkeypatch.delenv("CI", raising=False)
     pytester.makeini(INI)
     pytester.makepyfile(test_sync=SYNC_TEST)
-    result = pytester.runpytest("--streamreplay-upstream", upstream_url)
+    result = pytester.runpytest_subprocess("--streamreplay-upstream", upstream_url)
     result.assert_outcomes(passed=1)
     cassette = Path(pytester.path, "recordings", "greeting.jsonl")
     assert cassette.exists() and "Hello! " in cassette.read_text()
@@ -58,7 +63,7 @@ def test_once_records_a_missing_cassette_then_none_replays_it(
 
     monkeypatch.setenv("CI", "true")  # default mode none: no upstream needed any more
     pytester.makepyfile(test_async=ASYNC_TEST)
-    result = pytester.runpytest("-p", "no:cacheprovider")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=2)
 
 
@@ -66,13 +71,15 @@ def test_none_mode_fails_on_a_missing_cassette_and_on_a_miss(pytester: pytest.Py
     monkeypatch.setenv("CI", "1")
     pytester.makeini(INI)
     pytester.makepyfile(test_sync=SYNC_TEST)
-    result = pytester.runpytest()
+    result = pytester.runpytest_subprocess()
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*no cassette*greeting.jsonl (mode none)*--streamreplay-upstream*"])
 
-    pytester.runpytest("--streamreplay-mode", "once", "--streamreplay-upstream", upstream_url).assert_outcomes(passed=1)
+    pytester.runpytest_subprocess(
+        "--streamreplay-mode", "once", "--streamreplay-upstream", upstream_url
+    ).assert_outcomes(passed=1)
     pytester.makepyfile(test_sync=SYNC_TEST.replace("Say hello", "Say goodbye"))
-    result = pytester.runpytest()
+    result = pytester.runpytest_subprocess()
     result.assert_outcomes(failed=1, errors=1)  # the app sees a 404; teardown names the miss
     result.stdout.fnmatch_lines(["*messages[[]0[]].content: 'Say goodbye' != 'Say hello'*"])
 
@@ -81,9 +88,9 @@ def test_new_mode_adds_misses_and_the_summary_lists_unused(pytester: pytest.Pyte
     monkeypatch.delenv("CI", raising=False)
     pytester.makeini(INI)
     pytester.makepyfile(test_sync=SYNC_TEST)
-    pytester.runpytest("--streamreplay-upstream", upstream_url).assert_outcomes(passed=1)
+    pytester.runpytest_subprocess("--streamreplay-upstream", upstream_url).assert_outcomes(passed=1)
     pytester.makepyfile(test_sync=SYNC_TEST.replace("Say hello", "Say hi"))
-    result = pytester.runpytest("--streamreplay-mode", "new", "--streamreplay-upstream", upstream_url)
+    result = pytester.runpytest_subprocess("--streamreplay-mode", "new", "--streamreplay-upstream", upstream_url)
     result.assert_outcomes(passed=1)
     cassette = Path(pytester.path, "recordings", "greeting.jsonl").read_text()
     assert "Say hello" in cassette and "Say hi" in cassette
@@ -94,7 +101,7 @@ def test_each_xdist_worker_gets_its_own_server(pytester: pytest.Pytester, upstre
     monkeypatch.delenv("CI", raising=False)
     pytester.makeini(INI)
     pytester.makepyfile(test_sync=SYNC_TEST)
-    pytester.runpytest("--streamreplay-upstream", upstream_url).assert_outcomes(passed=1)
+    pytester.runpytest_subprocess("--streamreplay-upstream", upstream_url).assert_outcomes(passed=1)
     many = "\n".join(SYNC_TEST.replace("def test_greeting", f"def test_greeting_{i}") for i in range(4))
     pytester.makepyfile(test_sync=many + "\n" + ASYNC_TEST)
     result = pytester.runpytest_subprocess("-n", "2", "--streamreplay-mode", "none")
