@@ -199,6 +199,27 @@ def faults_command() -> None:
 
 
 @main.command()
+@click.option("--cassette", type=click.Path(exists=True, dir_okay=False),
+              help="The recording to replay (default: the bundled openai-happy-path).")
+@click.option("--client", "clients", multiple=True, help="Only these clients (repeatable); default: all.")
+@click.option("--timeout", default=1.0, show_default=True, help="Each client's timeout, in seconds.")
+@click.option("--markdown", is_flag=True, help="A Markdown table.")
+def matrix(cassette: str | None, clients: tuple[str, ...], timeout: float, markdown: bool) -> None:
+    """Replay each ending and fault into each reference client and tabulate what the app got."""
+    from streamreplay.clients import CLIENTS, versions
+    from streamreplay.demo import find_recordings
+    from streamreplay.matrix import DEFAULT_TAPE
+    from streamreplay.matrix import main as run_matrix
+
+    unknown = [c for c in clients if c not in CLIENTS]
+    if unknown:
+        raise click.BadParameter(f"unknown client {unknown[0]!r}; known: {', '.join(CLIENTS)}", param_hint="--client")
+    path = cassette or str(find_recordings() / f"{DEFAULT_TAPE}.jsonl")
+    say("clients: " + ", ".join(f"{k} {v}" for k, v in versions().items()))
+    run_matrix(path, list(clients) or None, timeout, markdown, say)
+
+
+@main.command()
 @click.option("--dir", "directory", help="Where the bundled cassettes are (default: ./recordings or the checkout's).")
 def demo(directory: str | None) -> None:
     """Offline, no key: a real AutoGen agent replayed from a bundled recording, then under cutoff faults."""

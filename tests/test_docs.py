@@ -25,3 +25,8 @@ def test_the_faults_table_in_the_readme_is_the_registry():
 def test_every_bundled_tape_is_described():
     for cassette in (ROOT / "recordings").glob("*.jsonl"):
         assert f"| `{cassette.stem}` |" in README
+
+
+def test_the_readme_names_every_cli_command():
+    for name in main.commands:
+        assert f"streamreplay {name}" in README, name

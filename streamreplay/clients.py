@@ -1,0 +1,163 @@
+"""Reference clients: the ways real apps read a stream, each reduced to what the app ends up with.
+
+Used by the cause tests, `streamreplay matrix` and the demo. Every driver sends the same chat
+request through a real client library and reports an `Outcome`: the text the app got, the
+finish_reason if the client exposes one, and the exception it raised, if any.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+MODEL_INFO = {"vision": False, "function_calling": False, "json_output": False, "family": "unknown",
+              "structured_output": False}
+
+
+@dataclass
+class Outcome:
+    text: str
+    finish_reason: str | None = None
+    error: str | None = None  # "module.Type: message"
+    seconds: float = 0.0
+
+    @property
+    def error_type(self) -> str | None:
+        return self.error.split(":", 1)[0] if self.error else None
+
+
+def describe(exc: BaseException) -> str:
+    return f"{type(exc).__module__.split('.')[0]}.{type(exc).__name__}: {exc}"
+
+
+async def openai_async(base_url: str, messages: list[dict[str, Any]], timeout: float) -> Outcome:
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=base_url, api_key="not-needed", max_retries=0, timeout=timeout)
+    out = Outcome("")
+    try:
+        stream = await client.chat.completions.create(model="smollm2", messages=messages, stream=True)
+        async for chunk in stream:
+            if chunk.choices:
+                out.text += chunk.choices[0].delta.content or ""
+                out.finish_reason = chunk.choices[0].finish_reason or out.finish_reason
+    except Exception as exc:  # the outcome is what the app sees, exceptions included
+        out.error = describe(exc)
+    finally:
+        await client.close()
+    return out
+
+
+def _openai_sync(base_url: str, messages: list[dict[str, Any]], timeout: float) -> Outcome:
+    import openai
+
+    client = openai.OpenAI(base_url=base_url, api_key="not-needed", max_retries=0, timeout=timeout)
+    out = Outcome("")
+    try:
+        for chunk in client.chat.completions.create(model="smollm2", messages=messages, stream=True):
+            if chunk.choices:
+                out.text += chunk.choices[0].delta.content or ""
+                out.finish_reason = chunk.choices[0].finish_reason or out.finish_reason
+    except Exception as exc:  # see openai_async
+        out.error = describe(exc)
+    finally:
+        client.close()
+    return out
+
+
+async def openai_sync(base_url: str, messages: list[dict[str, Any]], timeout: float) -> Outcome:
+    return await asyncio.to_thread(_openai_sync, base_url, messages, timeout)
+
+
+async def autogen_create_stream(base_url: str, messages: list[dict[str, Any]], timeout: float) -> Outcome:
+    from autogen_core.models import CreateResult, SystemMessage, UserMessage
+    from autogen_ext.models.openai import OpenAIChatCompletionClient
+
+    client = OpenAIChatCompletionClient(model="smollm2", base_url=base_url, api_key="not-needed", max_retries=0,
+                                        timeout=timeout, model_info=MODEL_INFO)
+    history = [SystemMessage(content=m["content"]) if m["role"] == "system"
+               else UserMessage(content=m["content"], source="user") for m in messages]
+    out = Outcome("")
+    try:
+        async for item in client.create_stream(history):
+            if isinstance(item, str):
+                out.text += item
+            elif isinstance(item, CreateResult):
+                out.finish_reason = item.finish_reason
+    except Exception as exc:  # see openai_async
+        out.error = describe(exc)
+    finally:
+        await client.close()
+    return out
+
+
+class _QuietIO:
+    """AG2 prints every streamed token to stdout; a table of outcomes has no use for them."""
+
+    def print(self, *objects: Any, sep: str = " ", end: str = "\n", flush: bool = False) -> None:
+        pass
+
+    def send(self, message: Any) -> None:
+        pass
+
+    def input(self, prompt: str = "", *, password: bool = False) -> str:
+        return ""
+
+
+def _ag2_generate_reply(base_url: str, messages: list[dict[str, Any]], timeout: float) -> Outcome:
+    import logging
+
+    from autogen import ConversableAgent
+    from autogen.io import IOStream
+
+    logging.getLogger("autogen.oai.client").setLevel(logging.ERROR)  # "model not found, cost will be 0"
+
+    entry = {"model": "smollm2", "base_url": base_url, "api_key": "not-needed", "stream": True, "timeout": timeout,
+             "max_retries": 0}
+    agent = ConversableAgent("assistant", llm_config={"config_list": [entry], "cache_seed": None},
+                             human_input_mode="NEVER")
+    out = Outcome("")
+    try:
+        with IOStream.set_default(_QuietIO()):
+            reply = agent.generate_reply(messages=messages)
+        out.text = reply if isinstance(reply, str) else str((reply or {}).get("content", ""))
+    except Exception as exc:  # see openai_async
+        out.error = describe(exc)
+    return out
+
+
+async def ag2_generate_reply(base_url: str, messages: list[dict[str, Any]], timeout: float) -> Outcome:
+    return await asyncio.to_thread(_ag2_generate_reply, base_url, messages, timeout)
+
+
+Driver = Callable[[str, list[dict[str, Any]], float], Awaitable[Outcome]]
+
+#: name -> driver, in the order tables show them
+CLIENTS: dict[str, Driver] = {
+    "openai sync": openai_sync,
+    "openai async": openai_async,
+    "autogen-agentchat": autogen_create_stream,
+    "AG2": ag2_generate_reply,
+}
+
+
+async def run_client(name: str, base_url: str, messages: list[dict[str, Any]], timeout: float = 2.0) -> Outcome:
+    started = time.monotonic()
+    outcome = await CLIENTS[name](base_url, messages, timeout)
+    outcome.seconds = time.monotonic() - started
+    return outcome
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for package in ("openai", "httpx", "autogen-agentchat", "autogen-ext", "ag2"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = "not installed"
+    return found
