@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from streamreplay.requestkey import request_key
 from streamreplay.store import Chunk, Exchange, Store, body_for_db, now_iso
 from streamreplay.summary import Summarizer
 
@@ -140,6 +141,7 @@ def _read_line(line: dict[str, Any], exchanges: dict[int, Exchange], chunks: dic
             model=payload.get("model") if isinstance(payload.get("model"), str) else None,
             client=next((v for k, v in line.get("headers", []) if k.lower() == "user-agent"), None),
         )
+        exchanges[seq].request_key = request_key(line["method"], line["path"], raw)
         chunks[seq + 1] = []
         return
     ex = exchanges[seq]
@@ -194,6 +196,7 @@ def import_cassette(path: str | Path, db: str | Path, tape: str | None = None) -
                 "query": ex.query, "request_headers": json.dumps(ex.request_headers),
                 "request_body": body_for_db(ex.request_body), "stream": int(ex.stream),
                 "model": ex.model, "client": ex.client, "status": ex.status,
+                "request_key": request_key(ex.method, ex.path, ex.request_body),
                 "response_headers": json.dumps(ex.response_headers), "headers_ns": ex.headers_ns,
                 "ttfb_ns": ex.ttfb_ns, "duration_ns": ex.duration_ns, "chunk_count": ex.chunk_count,
                 "byte_count": ex.byte_count, "end_cause": ex.end_cause, "upstream_end": ex.upstream_end,

@@ -188,6 +188,25 @@ def import_command(cassette: str, db: str, tape: str | None) -> None:
     say(f"imported {count} exchanges into {db} as tape {name}")
 
 
+@main.command("diagnose")
+@click.argument("exchange_id", type=int)
+@db_option
+@click.option("--json", "as_json", is_flag=True, help="The diagnosis as JSON.")
+def diagnose_command(exchange_id: int, db: str, as_json: bool) -> None:
+    """Say who ended an exchange and when, which known cause it matches, and how to replay and fix it."""
+    from streamreplay.diagnose import diagnose
+
+    try:
+        found = diagnose(Store(db), exchange_id, db)
+    except KeyError as exc:
+        raise click.ClickException(exc.args[0]) from exc
+    if as_json:
+        say(json.dumps(found.to_json(), indent=2))
+        return
+    for line in found.lines():
+        say(line)
+
+
 @main.command("faults")
 def faults_command() -> None:
     """The faults `play --fault`, the X-Streamreplay-Fault header and /fault/<spec>/ take."""

@@ -22,6 +22,7 @@ from typing import Any
 import sqlite_utils
 
 from streamreplay.endcause import EndCause
+from streamreplay.requestkey import request_key
 from streamreplay.summary import Summarizer
 
 DEFAULT_DB = "recordings/streamreplay.db"
@@ -403,6 +404,8 @@ class StoreWriter:
                         self._flush_chunks(conn, chunk_rows)
                         _, handle, row = msg
                         row = dict(row, tape=handle.tape, seq=handle.seq, recorder_pid=pid)
+                        body = row.get("request_body") or b""
+                        row.setdefault("request_key", request_key(row["method"], row["path"], body))
                         if isinstance(row.get("request_body"), bytes):
                             row["request_body"] = body_for_db(row["request_body"])
                         cur = conn.execute(

@@ -2,42 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-#: fields that change how an answer is delivered, not what it says
-DEFAULT_IGNORED = ("stream", "stream_options")
-
-
-def canonical_body(body: bytes, ignore: Iterable[str] = DEFAULT_IGNORED) -> Any:
-    """The request body as the matchers see it: parsed JSON minus ignored top-level fields.
-
-    A body that is not JSON is compared as its bytes.
-    """
-    if not body:
-        return None
-    try:
-        value = json.loads(body)
-    except ValueError:
-        return body
-    if isinstance(value, dict):
-        dropped = set(ignore)
-        value = {k: v for k, v in value.items() if k not in dropped}
-    return value
-
-
-def request_key(method: str, path: str, body: bytes, ignore: Iterable[str] = DEFAULT_IGNORED) -> str:
-    """A stable key for identical requests: method, path and the canonical body, sorted keys."""
-    canon = canonical_body(body, ignore)
-    if isinstance(canon, bytes):
-        blob = canon
-    else:
-        blob = json.dumps(canon, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-    digest = hashlib.sha256(blob).hexdigest()[:16]
-    return f"{method.upper()} {path} {digest}"
+from streamreplay.requestkey import DEFAULT_IGNORED, canonical_body, request_key
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,201 @@
+"""`streamreplay diagnose`: what ended an exchange, the evidence, the command that replays it, the usual fix."""
+
+from __future__ import annotations
+
+import shlex
+import statistics
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from streamreplay.endcause import EndCause
+from streamreplay.store import Chunk, Exchange, Store
+
+#: a silence this long (and well above the stream's usual gaps) before the client left reads as a timeout
+TIMEOUT_SILENCE_S = 0.25
+#: leaving within this many chunks, with no long silence, reads as a consumer that stopped reading
+EARLY_CHUNKS = 3
+
+
+@dataclass
+class Diagnosis:
+    exchange_id: int
+    tape: str
+    cause: str  # a short name: consumer_stopped_reading, client_timeout, upstream_reset, ...
+    summary: str  # one sentence in plain words
+    ended_by: str  # client | upstream | daemon | nobody
+    chunk: int | None  # chunks delivered when it ended
+    chunks: int
+    at_s: float | None
+    gap_before_s: float | None
+    upstream_complete: bool
+    finish_reason: str | None
+    done: bool
+    evidence: list[str] = field(default_factory=list)
+    fix: str = ""
+    replay: str = ""
+    client: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def lines(self) -> list[str]:
+        out = [f"exchange {self.exchange_id} (tape {self.tape}): {self.summary}"]
+        if self.client:
+            out.append(f"client     {self.client}")
+        if self.chunk is not None and self.at_s is not None:
+            gap = f", {self.gap_before_s:.3f} s after the chunk before" if self.gap_before_s is not None else ""
+            out.append(f"ended by   the {self.ended_by}, at chunk {self.chunk} of {self.chunks}, "
+                       f"{self.at_s:.3f} s{gap}")
+        answer = "complete" if self.upstream_complete else "not complete"
+        out.append(f"upstream   answer {answer}: finish_reason {self.finish_reason}, "
+                   f"{'[DONE] seen' if self.done else 'no [DONE]'}")
+        out.append(f"cause      {self.cause}")
+        out += [f"evidence   {e}" for e in self.evidence]
+        if self.fix:
+            out.append(f"fix        {self.fix}")
+        out.append(f"replay     {self.replay}")
+        return out
+
+
+def _gaps(chunks: list[Chunk], head_ns: int) -> list[float]:
+    previous, gaps = head_ns, []
+    for chunk in chunks:
+        gaps.append((chunk.t_ns - previous) / 1e9)
+        previous = chunk.t_ns
+    return gaps
+
+
+def client_name(user_agent: str | None) -> str | None:
+    """The client recognised from a recorded User-Agent."""
+    if not user_agent:
+        return None
+    for prefix, kind in (("AsyncOpenAI/Python", "AsyncOpenAI"), ("OpenAI/Python", "OpenAI")):
+        if user_agent.startswith(prefix):
+            version = user_agent[len(prefix):].strip().split(" ")[0]  # "AsyncOpenAI/Python 2.54.0"
+            return f"openai-python {version}, {kind}"
+    return user_agent
+
+
+def diagnose(store: Store, exchange_id: int, db_label: str = "recordings/streamreplay.db") -> Diagnosis:
+    ex = store.exchange(exchange_id)
+    chunks = store.chunks(exchange_id)
+    tape = store.exchanges(tape=ex.tape)
+    return diagnose_exchange(ex, chunks, tape, db_label)
+
+
+def diagnose_exchange(ex: Exchange, chunks: list[Chunk], tape: list[Exchange], db_label: str) -> Diagnosis:
+    head_ns = ex.headers_ns or 0
+    gaps = _gaps(chunks, head_ns)
+    upstream_end = ex.upstream_end or ex.end_cause
+    upstream_complete = upstream_end == EndCause.COMPLETE and ex.finish_reason is not None
+    d = Diagnosis(
+        exchange_id=ex.id, tape=ex.tape, cause="", summary="", ended_by="nobody", chunk=None, chunks=len(chunks),
+        at_s=None, gap_before_s=None, upstream_complete=upstream_complete, finish_reason=ex.finish_reason,
+        done=ex.done, client=client_name(ex.client),
+        replay=f"streamreplay play --db {shlex.quote(db_label)} --tape {shlex.quote(ex.tape)}",
+    )
+    if ex.end_cause == EndCause.CLIENT_LEFT:
+        _client_left(d, ex, chunks, gaps)
+    elif ex.end_cause in (EndCause.UPSTREAM_CLOSED, EndCause.UPSTREAM_RESET, EndCause.UPSTREAM_TIMEOUT):
+        _upstream_broke(d, ex, chunks, gaps)
+    elif ex.end_cause == EndCause.EOF_WITHOUT_DONE:
+        d.ended_by, d.chunk, d.at_s = "upstream", len(chunks), (ex.duration_ns or 0) / 1e9
+        d.cause = "upstream_no_done"
+        if ex.finish_reason is None:
+            d.summary = "the upstream ended the stream cleanly but early: no finish_reason, no [DONE]"
+            d.evidence.append("clients take a clean end as the end of the answer: the app got a truncated "
+                              "answer and no error (see streamreplay matrix)")
+            d.fix = "check finish_reason in the app; treat a stream without it as failed, and retry"
+        else:
+            d.summary = f"the upstream finished the answer (finish_reason {ex.finish_reason}) but never sent [DONE]"
+            d.fix = "nothing is lost; a client that waits for [DONE] would hang or fail"
+    elif ex.end_cause in (EndCause.HTTP_ERROR, EndCause.UPSTREAM_UNREACHABLE):
+        d.ended_by, d.chunk, d.at_s = "upstream", len(chunks), (ex.duration_ns or 0) / 1e9
+        d.cause = "http_error" if ex.end_cause == EndCause.HTTP_ERROR else "upstream_unreachable"
+        body = b"".join(c.data for c in chunks)[:300].decode("utf-8", "replace")
+        d.summary = f"the upstream answered HTTP {ex.status} before any stream"
+        d.evidence.append(f"body: {body}")
+        d.fix = ("slow down or retry with backoff (429)" if ex.status == 429
+                 else "retry; the upstream failed before streaming")
+    elif ex.end_cause == EndCause.INTERRUPTED:
+        d.ended_by, d.cause = "daemon", "interrupted"
+        d.chunk, d.at_s = len(chunks), (chunks[-1].t_ns / 1e9 if chunks else 0.0)
+        d.summary = "the recording daemon stopped mid-exchange; the recording holds what had arrived"
+    else:
+        _completed(d, ex, chunks, tape)
+    _retries(d, ex, tape)
+    return d
+
+
+def _client_left(d: Diagnosis, ex: Exchange, chunks: list[Chunk], gaps: list[float]) -> None:
+    k = ex.client_left_at_chunk or 0
+    left_s = (ex.client_left_ns or 0) / 1e9
+    last_s = chunks[k - 1].t_ns / 1e9 if 0 < k <= len(chunks) else (ex.headers_ns or 0) / 1e9
+    silence = left_s - last_s
+    usual = statistics.median(gaps[1:]) if len(gaps) > 2 else 0.0
+    d.ended_by, d.chunk, d.at_s, d.gap_before_s = "client", k, left_s, silence
+    went_on = ex.upstream_end or "unknown"
+    d.evidence.append(f"the upstream went on to {len(chunks)} chunks and ended: {went_on}")
+    if silence >= TIMEOUT_SILENCE_S and silence > 3 * usual:
+        d.cause = "client_timeout"
+        d.summary = f"a client timeout of about {silence:.1f} s: the client left after {silence:.2f} s of silence"
+        d.evidence.append(f"the client left {silence:.3f} s after chunk {k - 1} arrived; the stream's usual gap "
+                          f"is {usual * 1000:.0f} ms")
+        if k < len(gaps):
+            d.evidence.append(f"the next chunk came {gaps[k]:.3f} s after chunk {k - 1}: longer than the client waited")
+        d.fix = f"raise the client's read timeout above the longest gap (here {max(gaps):.1f} s)"
+    else:
+        d.cause = "consumer_stopped_reading"
+        where = "right after the first chunk(s)" if k <= EARLY_CHUNKS else f"after {k} of {len(chunks)} chunks"
+        d.summary = f"a consumer that stopped reading: the client closed the stream {where} while the upstream went on"
+        d.evidence.append(f"no silence before it left ({silence * 1000:.0f} ms after chunk {k - 1}): the app, "
+                          "not the network, ended it (a break, a cancelled task, a web handler that returned)")
+        d.fix = "consume the stream to the end (or to finish_reason); await the task; keep the handler until it ends"
+
+
+def _upstream_broke(d: Diagnosis, ex: Exchange, chunks: list[Chunk], gaps: list[float]) -> None:
+    d.ended_by, d.chunk = "upstream", len(chunks)
+    d.at_s = (ex.duration_ns or 0) / 1e9
+    d.gap_before_s = gaps[-1] if gaps else None
+    words = {
+        EndCause.UPSTREAM_CLOSED: ("upstream_closed", "the upstream closed the connection mid-body (no chunked end)",
+                                   "clients raise httpx.RemoteProtocolError; retry the request"),
+        EndCause.UPSTREAM_RESET: ("upstream_reset", "the upstream reset the connection mid-stream",
+                                  "clients raise httpx.ReadError; retry the request"),
+        EndCause.UPSTREAM_TIMEOUT: ("upstream_timeout", "the upstream went silent past --upstream-timeout",
+                                    "raise the timeout, or find out why the upstream stalled"),
+    }
+    d.cause, d.summary, d.fix = words[EndCause(ex.end_cause)]
+    if ex.end_detail:
+        d.evidence.append(ex.end_detail)
+
+
+def _completed(d: Diagnosis, ex: Exchange, chunks: list[Chunk], tape: list[Exchange]) -> None:
+    d.ended_by, d.chunk, d.at_s = "nobody", len(chunks), (ex.duration_ns or 0) / 1e9
+    if ex.finish_reason == "length":
+        d.cause = "max_tokens"
+        d.summary = "the stream completed, but the answer was cut by the token limit (finish_reason length)"
+        d.fix = "raise max_tokens (or max_completion_tokens)"
+        return
+    if ex.stream and ex.finish_reason is None:
+        d.cause = "no_finish_reason"
+        d.summary = "the stream completed with [DONE], but no chunk carried a finish_reason"
+        d.fix = "an upstream quirk; AG2 raises on it (see streamreplay matrix)"
+        return
+    d.cause = "complete"
+    d.summary = "the exchange completed: the client read the whole answer"
+    if ex.client_left_ns is not None:
+        d.evidence.append(f"the client closed the connection after [DONE], at {ex.client_left_ns / 1e9:.3f} s "
+                          "(the openai SDK does this)")
+    complete = [e for e in tape if e.end_cause == EndCause.COMPLETE]
+    if len(tape) > 1 and len(complete) == len(tape) and ex.id == tape[-1].id:
+        d.cause = "round_limit"
+        d.summary = (f"every exchange completed; the tape ends after exactly {len(tape)} complete exchanges: "
+                     "if the conversation stopped short, a round or turn limit ended it, not the stream")
+        d.fix = "raise max_round / max_turns / the termination condition's message count"
+
+
+def _retries(d: Diagnosis, ex: Exchange, tape: list[Exchange]) -> None:
+    later = [e for e in tape if e.seq > ex.seq]
+    if later and later[0].request_key == ex.request_key and d.cause not in ("complete", "round_limit"):
+        d.evidence.append(f"the same request came again right after (exchange {later[0].id}): the client retried")

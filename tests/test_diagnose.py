@@ -1,0 +1,110 @@
+"""diagnose names the right cause for each ending recorded for real through the proxy."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import openai
+import pytest
+from click.testing import CliRunner
+
+from streamreplay.cli import main
+from streamreplay.diagnose import diagnose
+from streamreplay.proxy import RecordingProxy
+from streamreplay.proxy.recorder import RecordOptions
+from streamreplay.store import Store
+from streamreplay.testing import Script, ScriptedUpstream
+
+MESSAGES = [{"role": "user", "content": "Tell me a story."}]
+STORY = "Once upon a time a small robot learned to read streams to the very end."
+
+
+async def read(base_url: str, *, stop_after: int | None = None, **kw) -> None:
+    client = openai.AsyncOpenAI(base_url=base_url, api_key="sk-test", **{"max_retries": 0, **kw})
+    try:
+        stream = await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+        async for n, _chunk in _enumerate(stream):
+            if stop_after is not None and n + 1 >= stop_after:
+                break
+        await stream.close()
+    except Exception:  # the recording is under test, not the client
+        pass
+
+
+async def _enumerate(aiterable):
+    n = 0
+    async for item in aiterable:
+        yield n, item
+        n += 1
+
+
+async def recorded(db_path: Path, scripts: list[Script], runs: int = 1, **kw) -> Store:
+    async with ScriptedUpstream() as upstream:
+        upstream.queue(*scripts)
+        async with RecordingProxy(RecordOptions(upstream=upstream.base_url, db=str(db_path), tape="d")) as proxy:
+            for _ in range(runs):
+                await read(proxy.base_url, **kw)
+            await proxy.settle()
+    return Store(db_path)
+
+
+@pytest.mark.parametrize(
+    ("scripts", "kw", "cause", "ended_by"),
+    [
+        ([Script(text=STORY, gap=0.02)], {"stop_after": 2}, "consumer_stopped_reading", "client"),
+        ([Script(text=STORY, gap=0.01, pauses={5: 1.0})], {"timeout": 0.4}, "client_timeout", "client"),
+        ([Script(text=STORY, ending="no_done")], {}, "upstream_no_done", "upstream"),
+        ([Script(text=STORY, ending="reset", gap=0.01)], {}, "upstream_reset", "upstream"),
+        ([Script(text=STORY, ending="close", gap=0.01)], {}, "upstream_closed", "upstream"),
+        ([Script(status=500)], {}, "http_error", "upstream"),
+        ([Script(text=STORY, finish_reason="length")], {}, "max_tokens", "nobody"),
+        ([Script(text=STORY)], {}, "complete", "nobody"),
+    ],
+)
+async def test_diagnose_names_the_cause(db_path: Path, scripts, kw, cause: str, ended_by: str):
+    store = await recorded(db_path, scripts, **kw)
+    found = diagnose(store, 1)
+    assert (found.cause, found.ended_by) == (cause, ended_by), found.lines()
+    if cause == "client_timeout":
+        assert "a client timeout of about 0.4 s" in found.summary and found.chunk == 5
+        assert 0.35 < found.gap_before_s < 0.6
+        await asyncio.sleep(0.7)
+    if cause == "consumer_stopped_reading":
+        assert found.chunk == 2 and "right after the first chunk(s)" in found.summary
+        assert found.upstream_complete and "ended: complete" in found.evidence[0]
+    if cause == "complete":
+        assert found.summary == "the exchange completed: the client read the whole answer"
+
+
+async def test_truncated_without_finish_reason_is_called_truncated(db_path: Path):
+    store = await recorded(db_path, [Script(text=STORY, ending="no_done", stop_after=5)])
+    found = diagnose(store, 1)
+    assert found.cause == "upstream_no_done" and not found.upstream_complete
+    assert "cleanly but early" in found.summary and "check finish_reason" in found.fix
+
+
+async def test_round_limit_and_retry(db_path: Path):
+    store = await recorded(db_path, [Script(text="one"), Script(text="two"), Script(text="three")], runs=3)
+    assert diagnose(store, 3).cause == "round_limit"
+    assert "exactly 3 complete exchanges" in diagnose(store, 3).summary
+    retried = tmp = db_path.with_name("retry.db")
+    store = await recorded(tmp, [Script(status=429), Script(status=429)], max_retries=1)
+    found = diagnose(store, 1)
+    assert found.cause == "http_error" and "HTTP 429" in found.summary
+    assert any("the client retried" in e for e in found.evidence), found.evidence
+    assert retried.exists()
+
+
+async def test_diagnose_cli_text_and_json(db_path: Path):
+    await recorded(db_path, [Script(text=STORY, gap=0.02)], stop_after=2)
+    runner = CliRunner()
+    out = runner.invoke(main, ["diagnose", "1", "--db", str(db_path)])
+    assert out.exit_code == 0, out.output
+    assert "exchange 1 (tape d): a consumer that stopped reading" in out.output
+    assert "client     openai-python 2." in out.output and "AsyncOpenAI" in out.output
+    assert f"replay     streamreplay play --db {db_path} --tape d" in out.output
+    data = json.loads(runner.invoke(main, ["diagnose", "1", "--db", str(db_path), "--json"]).output)
+    assert data["cause"] == "consumer_stopped_reading" and data["chunk"] == 2
+    assert runner.invoke(main, ["diagnose", "9", "--db", str(db_path)]).exit_code == 1
