@@ -40,6 +40,25 @@ def serve_until_signal(server: Any, banner: str) -> None:
     asyncio.run(run())
 
 
+def run_cancellable(coro: Any) -> Any:
+    """Run a coroutine to its end; SIGINT or SIGTERM cancels it, so its `finally` blocks close servers
+    and kill child processes before the command exits (130)."""
+
+    async def main_task() -> Any:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        return await coro
+
+    try:
+        return asyncio.run(main_task())
+    except asyncio.CancelledError:
+        say("interrupted: servers closed, checks stopped")
+        sys.exit(130)
+
+
 @click.group()
 @click.version_option(package_name="streamreplay")
 def main() -> None:
@@ -205,6 +224,49 @@ def diagnose_command(exchange_id: int, db: str, as_json: bool) -> None:
         return
     for line in found.lines():
         say(line)
+
+
+@main.command("bisect")
+@click.argument("exchange_id", type=int)
+@db_option
+@click.option("--by", "axis", type=click.Choice(["chunk", "timing", "client"]), default="chunk", show_default=True,
+              help="chunk: where a cut flips it; timing: how long a stall it takes; client: which consumer matches.")
+@click.option("--check", help="Command that judges a run: exit 0 good, 125 skip, other bad (as git bisect run).")
+@click.option("--oracle", type=click.Choice(["exit", "client"]), default="exit", show_default=True,
+              help="exit: the check's exit status; client: good if the client read to the end and did not retry.")
+@click.option("--fault", "kind", type=click.Choice(["cut", "close", "reset", "error-event"]), default="cut",
+              show_default=True, help="The kind of cut for --by chunk.")
+@click.option("--at-chunk", type=int, help="Where to stall for --by timing (default: before the largest gap).")
+@click.option("--max", "maximum", default=60.0, show_default=True, help="Longest stall to try, in seconds.")
+@click.option("--resolution", default=0.1, show_default=True, help="Stop when the threshold is this narrow (s).")
+@click.option("--speed", default=0.0, show_default=True, help="Replay speed during the search (0: no waits).")
+@click.option("--check-timeout", type=float, help="Kill a check that runs longer than this (s): bad.")
+def bisect_command(exchange_id: int, db: str, axis: str, check: str | None, oracle: str, kind: str,
+                   at_chunk: int | None, maximum: float, resolution: float, speed: float,
+                   check_timeout: float | None) -> None:
+    """Find the chunk, the timing threshold or the client behaviour at which an app flips from good to bad."""
+    from streamreplay.bisect import Bisector, ClientOracle, CommandOracle
+
+    store = Store(db)
+    if axis == "client":
+        from streamreplay.clientcheck import main as by_client
+
+        by_client(store, exchange_id, say)
+        return
+    if not check:
+        raise click.UsageError("--by chunk and --by timing need --check COMMAND")
+    judge = (ClientOracle if oracle == "client" else CommandOracle)(check, check_timeout)
+    try:
+        bisector = Bisector(store, exchange_id, judge, speed=speed, progress=say, db_label=db)
+    except KeyError as exc:
+        raise click.ClickException(exc.args[0]) from exc
+    if axis == "chunk":
+        result = run_cancellable(bisector.by_chunk(kind))
+    else:
+        result = run_cancellable(bisector.by_timing(at_chunk, maximum, resolution))
+    say(f"{result.runs} runs: {result.answer}")
+    if result.replay:
+        say(f"replay the boundary: {result.replay}")
 
 
 @main.command("faults")

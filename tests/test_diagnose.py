@@ -89,12 +89,10 @@ async def test_round_limit_and_retry(db_path: Path):
     store = await recorded(db_path, [Script(text="one"), Script(text="two"), Script(text="three")], runs=3)
     assert diagnose(store, 3).cause == "round_limit"
     assert "exactly 3 complete exchanges" in diagnose(store, 3).summary
-    retried = tmp = db_path.with_name("retry.db")
-    store = await recorded(tmp, [Script(status=429), Script(status=429)], max_retries=1)
+    store = await recorded(db_path.with_name("retry.db"), [Script(status=429), Script(status=429)], max_retries=1)
     found = diagnose(store, 1)
     assert found.cause == "http_error" and "HTTP 429" in found.summary
     assert any("the client retried" in e for e in found.evidence), found.evidence
-    assert retried.exists()
 
 
 async def test_diagnose_cli_text_and_json(db_path: Path):

@@ -1,0 +1,226 @@
+"""`streamreplay bisect`: find where an app flips from good to bad, by chunk, by timing, or by client.
+
+Each step replays the one exchange under a candidate fault and asks an oracle: by default a
+command's exit status, as `git bisect run` reads it (0 good, 125 skip, anything else bad), run
+with OPENAI_BASE_URL and STREAMREPLAY_BASE_URL pointing at the replay; with the `client` oracle,
+what the replay server saw the client do. One server serves every step; the fault rides in the URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from streamreplay.replay import ReplayServer
+from streamreplay.sse import Assembler, SSEParser
+from streamreplay.store import Chunk, Exchange, Store
+
+GOOD, BAD, SKIP = "good", "bad", "skip"
+CUT_KINDS = ("cut", "close", "reset", "error-event")
+
+
+class OneExchange:
+    """A replay source with a single exchange, served to whatever request comes (sequence mode, repeat)."""
+
+    def __init__(self, exchange: Exchange, chunks: list[Chunk]) -> None:
+        self.exchange, self._chunks = exchange, chunks
+
+    def exchanges(self) -> list[Exchange]:
+        return [self.exchange]
+
+    def chunks(self, exchange: Exchange) -> list[Chunk]:
+        return self._chunks
+
+
+@dataclass
+class Step:
+    value: float
+    spec: str
+    verdict: str
+    seconds: float
+
+
+@dataclass
+class Result:
+    axis: str
+    answer: str
+    steps: list[Step] = field(default_factory=list)
+    boundary: dict[str, Any] = field(default_factory=dict)
+    replay: str = ""
+
+    @property
+    def runs(self) -> int:
+        return len(self.steps)
+
+
+class CommandOracle:
+    """Runs the check command against the replay; its exit status is the verdict."""
+
+    def __init__(self, command: str, timeout: float | None = None) -> None:
+        self.command = command
+        self.timeout = timeout
+
+    async def judge(self, base_url: str, server: ReplayServer) -> str:
+        env = dict(os.environ, OPENAI_BASE_URL=base_url, STREAMREPLAY_BASE_URL=base_url)
+        env.setdefault("OPENAI_API_KEY", "streamreplay-replay")
+        # its own process group, so that a timeout or a Ctrl-C takes the check's children down too
+        proc = await asyncio.create_subprocess_shell(self.command, env=env, start_new_session=True,
+                                                     stdout=asyncio.subprocess.DEVNULL,
+                                                     stderr=asyncio.subprocess.DEVNULL)
+        try:
+            code = await asyncio.wait_for(proc.wait(), self.timeout)
+        except BaseException:
+            _kill_group(proc)
+            await proc.wait()
+            raise
+        return GOOD if code == 0 else SKIP if code == 125 else BAD
+
+
+class ClientOracle(CommandOracle):
+    """Good when every request of the run was read to its end without leaving early or retrying."""
+
+    async def judge(self, base_url: str, server: ReplayServer) -> str:
+        before = len(server.requests)
+        await super().judge(base_url, server)
+        await asyncio.sleep(0.05)  # the server notes a client that left as the connection drops
+        seen = server.requests[before:]
+        if not seen:
+            return SKIP
+        return GOOD if all(r.finished and r.retry_of is None for r in seen) else BAD
+
+
+def _kill_group(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def chunk_text(chunks: list[Chunk], index: int) -> str:
+    """What chunk `index` carries, in words: its delta text, finish_reason or [DONE]."""
+    parser, described = SSEParser(), ""
+    for chunk in chunks[: index + 1]:
+        events = parser.feed(chunk.data)
+        if chunk.index != index:
+            continue
+        parts = []
+        for event in events:
+            if event.data.startswith("[DONE]"):
+                parts.append("[DONE]")
+                continue
+            one = Assembler()
+            one.feed_event(event)
+            result = one.result()
+            parts.append(repr(result.text) if result.text else
+                         f"finish_reason={result.finish_reason}" if result.finish_reason else "(no text)")
+        described = ", ".join(parts) or f"{len(chunk.data)} bytes, no whole event"
+    return described
+
+
+class Bisector:
+    def __init__(self, store: Store, exchange_id: int, oracle: CommandOracle, speed: float = 0.0,
+                 progress: Callable[[str], None] | None = None, db_label: str = "") -> None:
+        self.exchange = store.exchange(exchange_id)
+        self.chunks = store.chunks(exchange_id)
+        self.oracle = oracle
+        self.speed = speed
+        self.progress = progress or (lambda line: None)
+        self.db_label = db_label or str(store.path)
+        self.steps: list[Step] = []
+
+    async def _try(self, server: ReplayServer, value: float, spec: str) -> str:
+        started = time.monotonic()
+        verdict = await self.oracle.judge(server.fault_url(spec), server)
+        self.steps.append(Step(value, spec, verdict, time.monotonic() - started))
+        self.progress(f"step {len(self.steps)}: {spec:<28} {verdict}  ({time.monotonic() - started:.1f} s)")
+        return verdict
+
+    def _server(self) -> ReplayServer:
+        return ReplayServer(OneExchange(self.exchange, self.chunks), speed=self.speed, match="sequence")
+
+    def _replay(self, spec: str) -> str:
+        return f"streamreplay play --db {self.db_label} --tape {self.exchange.tape} --fault {spec}"
+
+    async def by_chunk(self, kind: str = "cut") -> Result:
+        """The smallest cut point at which the app is good: everything it needs is before it."""
+        if kind not in CUT_KINDS:
+            raise ValueError(f"--fault must be one of {', '.join(CUT_KINDS)}")
+        n = len(self.chunks)
+        result = Result("chunk", "")
+        async with self._server() as server:
+
+            def spec(k: int) -> str:
+                return f"{kind}:chunk={k}"
+
+            if await self._try(server, n, spec(n)) != GOOD:
+                result.answer = f"bad even with all {n} chunks delivered ({spec(n)}): the cut is not what breaks it"
+            elif await self._try(server, 0, spec(0)) != BAD:
+                result.answer = f"good even with no chunk delivered ({spec(0)}): the app does not depend on this stream"
+            else:
+                lo, hi = 0, n  # lo bad, hi good
+                while hi - lo > 1:
+                    mid = (lo + hi) // 2
+                    verdict = await self._try(server, mid, spec(mid))
+                    if verdict == SKIP:
+                        result.answer = f"the check skipped {spec(mid)}: cannot tell between {lo} and {hi}"
+                        break
+                    lo, hi = (lo, mid) if verdict == GOOD else (mid, hi)
+                else:
+                    needed = hi - 1
+                    what = chunk_text(self.chunks, needed)
+                    result.answer = (f"bad for {kind} at or before chunk {lo}, good from {hi}: the app needs chunk "
+                                     f"{needed} ({what})")
+                    result.boundary = {"bad": lo, "good": hi, "needed_chunk": needed, "chunk": what}
+                    result.replay = self._replay(spec(lo))
+        result.steps = self.steps
+        return result
+
+    def largest_gap_chunk(self) -> int:
+        previous, best, best_gap = self.exchange.headers_ns or 0, 0, -1
+        for chunk in self.chunks:
+            if chunk.t_ns - previous > best_gap:
+                best, best_gap = chunk.index, chunk.t_ns - previous
+            previous = chunk.t_ns
+        return best
+
+    async def by_timing(self, at_chunk: int | None = None, maximum: float = 60.0, resolution: float = 0.1) -> Result:
+        """The stall length at which the app flips: how long a silence it tolerates."""
+        chunk = self.largest_gap_chunk() if at_chunk is None else at_chunk
+        result = Result("timing", "")
+
+        def spec(seconds: float) -> str:
+            return f"stall:chunk={chunk},seconds={seconds:.3f}".rstrip("0").rstrip(".")
+
+        planned = math.ceil(math.log2(max(maximum / resolution, 1))) + 2
+        started = time.monotonic()
+        async with self._server() as server:
+            if await self._try(server, 0, spec(0)) != GOOD:
+                result.answer = "bad even without a stall: something else breaks it"
+            elif await self._try(server, maximum, spec(maximum)) != BAD:
+                result.answer = f"good even with a {maximum:g} s stall at chunk {chunk}: raise --max to find a limit"
+            else:
+                lo, hi = 0.0, maximum  # lo good, hi bad
+                while hi - lo > resolution:
+                    mid = (lo + hi) / 2
+                    done = len(self.steps)
+                    spent = time.monotonic() - started
+                    left = (planned - done) * spent / done if done else 0
+                    self.progress(f"  trying {mid:.3f} s; about {left:.0f} s left")
+                    verdict = await self._try(server, mid, spec(mid))
+                    if verdict == SKIP:
+                        result.answer = f"the check skipped {spec(mid)}: cannot tell between {lo:.3f} and {hi:.3f} s"
+                        break
+                    lo, hi = (mid, hi) if verdict == GOOD else (lo, mid)
+                else:
+                    result.answer = (f"good at {lo:.2f} s, bad at {hi:.2f} s of silence before chunk {chunk}: "
+                                     f"the client gives up after about {hi:.1f} s of silence")
+                    result.boundary = {"good_s": lo, "bad_s": hi, "at_chunk": chunk}
+                    result.replay = self._replay(spec(hi))
+        result.steps = self.steps
+        return result

@@ -1,0 +1,115 @@
+"""bisect finds the known threshold of an app, in the expected number of runs, and leaves nothing behind."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from streamreplay.bisect import Bisector, ClientOracle, CommandOracle
+from streamreplay.store import Store
+from streamreplay.testing import Script
+from tests.helpers import chat, record
+
+APP = Path(__file__).resolve().parent / "apps" / "agent.py"
+STORY = "Once upon a time a small robot learned to read streams to the very end."
+
+
+def check(*args: str) -> str:
+    return " ".join([sys.executable, str(APP), *args])
+
+
+@pytest.fixture
+async def story(db_path: Path) -> Store:
+    """One recorded stream: a role chunk, 15 words, the finish chunk, [DONE]: 18 chunks."""
+    await record(db_path, [Script(text=STORY, gap=0.01)], [chat("Tell me a story.")])
+    store = Store(db_path)
+    assert store.exchange(1).chunk_count == 18
+    return store
+
+
+def bound(n: int) -> int:
+    return math.ceil(math.log2(n)) + 2
+
+
+async def test_by_chunk_finds_the_finish_chunk(story: Store):
+    result = await Bisector(story, 1, CommandOracle(check("needs-finish"))).by_chunk()
+    assert result.boundary == {"bad": 16, "good": 17, "needed_chunk": 16, "chunk": "finish_reason=stop"}
+    assert result.answer == ("bad for cut at or before chunk 16, good from 17: the app needs chunk 16 "
+                             "(finish_reason=stop)")
+    # 2 end checks + the halvings of (0, 18]: 9, 13, 15, 16, 17 -> 7 runs
+    assert result.runs == 7 <= bound(18)
+    assert [s.spec for s in result.steps][:3] == ["cut:chunk=18", "cut:chunk=0", "cut:chunk=9"]
+
+
+async def test_by_chunk_finds_a_word_count_and_other_cut_kinds(story: Store):
+    result = await Bisector(story, 1, CommandOracle(check("needs-words", "5"))).by_chunk()
+    assert (result.boundary["bad"], result.boundary["good"]) == (5, 6)  # the role chunk + 5 words
+    assert result.boundary["chunk"] == "'a '" and result.runs <= bound(18)  # Once upon a time a
+    # under a reset the same app fails unless it reads [DONE] first (the SDK stops reading there)
+    result = await Bisector(story, 1, CommandOracle(check("needs-words", "5"))).by_chunk("reset")
+    assert result.boundary == {"bad": 17, "good": 18, "needed_chunk": 17, "chunk": "[DONE]"}
+
+
+async def test_by_chunk_with_the_client_oracle(story: Store):
+    # the app reads to the end whatever it gets: under a close the client cannot read to the end
+    result = await Bisector(story, 1, ClientOracle(check("needs-finish"))).by_chunk("close")
+    assert result.boundary["good"] == 18 and result.runs <= bound(18)
+
+
+async def test_by_timing_finds_the_client_timeout(story: Store):
+    progress: list[str] = []
+    bisector = Bisector(story, 1, CommandOracle(check("timeout", "0.5")), progress=progress.append)
+    result = await bisector.by_timing(at_chunk=4, maximum=2.0, resolution=0.1)
+    # the client's timer starts a little after the stall does, so the flip sits just above 0.5 s
+    assert 0.4 <= result.boundary["good_s"] < result.boundary["bad_s"] <= 0.65
+    assert result.boundary["bad_s"] - result.boundary["good_s"] <= 0.1
+    assert result.runs == math.ceil(math.log2(2.0 / 0.1)) + 2
+    assert "the client gives up after about" in result.answer
+    assert any("s left" in line for line in progress)
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+async def test_ctrl_c_leaves_no_server_and_no_child(story: Store, tmp_path: Path):
+    marker = tmp_path / "child.pid"
+    slow = f"sh -c 'echo $$ > {marker}; sleep 30'"
+    proc = subprocess.Popen([sys.executable, "-m", "streamreplay.cli", "bisect", "1", "--db", str(story.path),
+                             "--check", slow], stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 10
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child = int(marker.read_text())
+    ports = [int(p) for p in re.findall(r":(\d+)/", _listening(proc.pid))]
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=10)
+    time.sleep(0.2)
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)
+    assert ports and not any(_port_open(p) for p in ports)
+
+
+def _listening(pid: int) -> str:
+    """The replay's address, from the daemon's open sockets (ss is not everywhere; /proc is)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        target = os.readlink(fd)
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    found = []
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
+            found.append(f"127.0.0.1:{int(fields[1].split(':')[1], 16)}/")
+    return " ".join(found)
