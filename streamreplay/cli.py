@@ -269,6 +269,34 @@ def bisect_command(exchange_id: int, db: str, axis: str, check: str | None, orac
         say(f"replay the boundary: {result.replay}")
 
 
+@main.command("client")
+@click.argument("exchange_id", type=int)
+@db_option
+@click.option("--client", "client", default="openai async", show_default=True,
+              help="openai sync, openai async, autogen-agentchat or AG2.")
+@click.option("--behaviour", default="reads-to-end", show_default=True,
+              help="reads-to-end, stop:K, timeout:S, slow:S or stream-off (the other clients read to the end).")
+@click.option("--fault", help="A fault spec for the replay, e.g. cut:chunk=3.")
+@click.option("--speed", default=1.0, show_default=True, help="Replay speed.")
+def client_command(exchange_id: int, db: str, client: str, behaviour: str, fault: str | None, speed: float) -> None:
+    """Run one reference consumer against a replay of an exchange and print what it got."""
+    from streamreplay.clientcheck import Behaviour, run_one
+    from streamreplay.clients import CLIENTS
+    from streamreplay.replay import FaultSpecError, parse_faults
+
+    if client not in CLIENTS:
+        raise click.BadParameter(f"unknown client {client!r}; known: {', '.join(CLIENTS)}", param_hint="--client")
+    try:
+        chosen = Behaviour.parse(behaviour)
+        parse_faults(fault)
+    except (ValueError, FaultSpecError) as exc:
+        raise click.BadParameter(str(exc)) from exc
+    try:
+        run_one(Store(db), exchange_id, client, chosen, fault, speed, say)
+    except KeyError as exc:
+        raise click.ClickException(exc.args[0]) from exc
+
+
 @main.command("faults")
 def faults_command() -> None:
     """The faults `play --fault`, the X-Streamreplay-Fault header and /fault/<spec>/ take."""

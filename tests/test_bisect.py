@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import re
@@ -15,6 +16,8 @@ from pathlib import Path
 import pytest
 
 from streamreplay.bisect import Bisector, ClientOracle, CommandOracle
+from streamreplay.clientcheck import main as client_main
+from streamreplay.clientcheck import matches
 from streamreplay.store import Store
 from streamreplay.testing import Script
 from tests.helpers import chat, record
@@ -113,3 +116,28 @@ def _listening(pid: int) -> str:
         if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
             found.append(f"127.0.0.1:{int(fields[1].split(':')[1], 16)}/")
     return " ".join(found)
+
+
+async def test_by_client_names_the_consumer_that_left_like_the_recorded_one(db_path: Path):
+    from tests.test_diagnose import recorded
+
+    store = await recorded(db_path, [Script(text=STORY, gap=0.01, pauses={5: 1.0})], timeout=0.4)
+    lines: list[str] = []
+    observations = await asyncio.to_thread(client_main, store, 1, lines.append)
+    matching = [o.behaviour for o in observations if matches(store.exchange(1), o.seen)]
+    assert matching == ["read timeout 0.4 s"], lines
+    assert lines[-1].startswith("verdict: a consumer that read timeout 0.4 s leaves where the recorded one did")
+    whole = [o for o in observations if o.behaviour == "reads to the end"]
+    assert len(whole) == 4 and all(o.outcome.text == STORY for o in whole if o.client != "AG2")
+
+
+async def test_client_command_runs_one_reference_consumer(story: Store):
+    from click.testing import CliRunner
+
+    from streamreplay.cli import main
+
+    out = await asyncio.to_thread(CliRunner().invoke, main, [
+        "client", "1", "--db", str(story.path), "--behaviour", "stop:3"])  # speed 1: at 0 all is sent at once
+    assert out.exit_code == 0, out.output
+    assert "text       'Once upon '" in out.output
+    assert "the client left at chunk 3" in out.output
