@@ -14,6 +14,10 @@ from streamreplay.store import Chunk, Exchange, Store
 TIMEOUT_SILENCE_S = 0.25
 #: leaving within this many chunks, with no long silence, reads as a consumer that stopped reading
 EARLY_CHUNKS = 3
+#: total time limits people set (asyncio.wait_for, request deadlines); leaving mid-flow this long
+#: after the request, within DEADLINE_TOLERANCE, reads as a deadline shorter than the stream
+COMMON_DEADLINES_S = (0.5, 1, 2, 3, 5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300, 600)
+DEADLINE_TOLERANCE = 0.03
 
 
 @dataclass
@@ -44,8 +48,8 @@ class Diagnosis:
             out.append(f"client     {self.client}")
         if self.chunk is not None and self.at_s is not None:
             gap = f", {self.gap_before_s:.3f} s after the chunk before" if self.gap_before_s is not None else ""
-            out.append(f"ended by   the {self.ended_by}, at chunk {self.chunk} of {self.chunks}, "
-                       f"{self.at_s:.3f} s{gap}")
+            who = "ended      normally" if self.ended_by == "nobody" else f"ended by   the {self.ended_by}"
+            out.append(f"{who}, at chunk {self.chunk} of {self.chunks}, {self.at_s:.3f} s{gap}")
         answer = "complete" if self.upstream_complete else "not complete"
         out.append(f"upstream   answer {answer}: finish_reason {self.finish_reason}, "
                    f"{'[DONE] seen' if self.done else 'no [DONE]'}")
@@ -144,6 +148,15 @@ def _client_left(d: Diagnosis, ex: Exchange, chunks: list[Chunk], gaps: list[flo
         if k < len(gaps):
             d.evidence.append(f"the next chunk came {gaps[k]:.3f} s after chunk {k - 1}: longer than the client waited")
         d.fix = f"raise the client's read timeout above the longest gap (here {max(gaps):.1f} s)"
+    elif k > EARLY_CHUNKS and (deadline := _deadline_near(left_s)) is not None:
+        total = (ex.duration_ns or 0) / 1e9
+        d.cause = "client_deadline"
+        d.summary = (f"a total time limit of about {deadline:g} s: the client left {left_s:.3f} s into a stream "
+                     f"that needed {total:.2f} s, in the middle of steady chunks")
+        d.evidence.append(f"no silence before it left ({silence * 1000:.0f} ms after chunk {k - 1}), and it left "
+                          f"{left_s:.3f} s after the request: within {DEADLINE_TOLERANCE:.0%} of {deadline:g} s")
+        d.fix = (f"raise the overall deadline (asyncio.wait_for, the request's total timeout) above the stream's "
+                 f"length ({total:.1f} s), or bound silence with a read timeout instead")
     else:
         d.cause = "consumer_stopped_reading"
         where = "right after the first chunk(s)" if k <= EARLY_CHUNKS else f"after {k} of {len(chunks)} chunks"
@@ -151,6 +164,13 @@ def _client_left(d: Diagnosis, ex: Exchange, chunks: list[Chunk], gaps: list[flo
         d.evidence.append(f"no silence before it left ({silence * 1000:.0f} ms after chunk {k - 1}): the app, "
                           "not the network, ended it (a break, a cancelled task, a web handler that returned)")
         d.fix = "consume the stream to the end (or to finish_reason); await the task; keep the handler until it ends"
+
+
+def _deadline_near(seconds: float) -> float | None:
+    for deadline in COMMON_DEADLINES_S:
+        if abs(seconds - deadline) <= DEADLINE_TOLERANCE * deadline:
+            return deadline
+    return None
 
 
 def _upstream_broke(d: Diagnosis, ex: Exchange, chunks: list[Chunk], gaps: list[float]) -> None:

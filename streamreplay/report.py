@@ -32,7 +32,7 @@ def ls_rows(exchanges: list[Exchange]) -> list[tuple[str, ...]]:
     rows = []
     for ex in exchanges:
         end = ex.end_cause or "open"
-        if ex.client_left_at_chunk is not None:
+        if ex.end_cause == "client_left" and ex.client_left_at_chunk is not None:
             end += f"@{ex.client_left_at_chunk}"
         rows.append((
             str(ex.id), ex.tape, (ex.started_at or "")[11:19], f"{ex.method} {ex.path}", ex.model or "-",

@@ -106,3 +106,13 @@ async def test_diagnose_cli_text_and_json(db_path: Path):
     data = json.loads(runner.invoke(main, ["diagnose", "1", "--db", str(db_path), "--json"]).output)
     assert data["cause"] == "consumer_stopped_reading" and data["chunk"] == 2
     assert runner.invoke(main, ["diagnose", "9", "--db", str(db_path)]).exit_code == 1
+
+
+def test_a_deadline_on_a_bundled_real_recording(tmp_path: Path):
+    from streamreplay.cassette import import_cassette
+
+    db = tmp_path / "b.db"
+    import_cassette(Path(__file__).resolve().parent.parent / "recordings" / "client-timeout.jsonl", db)
+    found = diagnose(Store(db), 1)
+    assert found.cause == "client_deadline" and "a total time limit of about 1 s" in found.summary
+    assert found.chunk == 63 and found.upstream_complete
