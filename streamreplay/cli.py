@@ -11,12 +11,22 @@ from typing import Any
 
 import click
 
-from streamreplay.store import DEFAULT_DB, Store
+from streamreplay.store import DEFAULT_DB, Store, StoreError, open_store
 
 db_option = click.option(
     "--db", default=lambda: os.environ.get("STREAMREPLAY_DB", DEFAULT_DB), show_default=DEFAULT_DB,
     help="SQLite file of recordings (env STREAMREPLAY_DB).",
 )
+
+
+def store_at(path: str) -> Store:
+    """The store at `path`, or a one-line error that says what is wrong with it."""
+    if not os.path.exists(path):
+        raise click.ClickException(f"no recordings at {path}")
+    try:
+        return open_store(path)
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 def say(line: str) -> None:
@@ -37,7 +47,12 @@ def serve_until_signal(server: Any, banner: str) -> None:
         await stop.wait()
         await server.stop()
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except OSError as exc:  # the port is taken, the address is not ours
+        raise click.ClickException(f"cannot listen: {exc}") from exc
 
 
 def run_cancellable(coro: Any) -> Any:
@@ -109,7 +124,7 @@ def ls_command(db: str, tape: str | None, cause: str | None, limit: int | None, 
     """List recorded exchanges."""
     from streamreplay.report import LS_COLUMNS, exchange_json, ls_rows, table
 
-    exchanges = Store(db).exchanges(tape=tape, cause=cause, limit=limit)
+    exchanges = store_at(db).exchanges(tape=tape, cause=cause, limit=limit)
     if as_json:
         for ex in exchanges:
             say(json.dumps(exchange_json(ex)))
@@ -125,7 +140,7 @@ def show(exchange_id: int, db: str, as_json: bool) -> None:
     """One exchange, chunk by chunk: offsets, gaps, bytes, the text each chunk added, and the ending."""
     from streamreplay.report import chunk_deltas, exchange_json, show_lines
 
-    store = Store(db)
+    store = store_at(db)
     try:
         ex = store.exchange(exchange_id)
     except KeyError as exc:
@@ -168,7 +183,7 @@ def play(db: str, tape: str | None, speed: float, faults: tuple[str, ...], match
                               repeat=not no_repeat, upstream=upstream, prefix=prefix, host=host, port=port, log=say)
     except FaultSpecError as exc:
         raise click.BadParameter(str(exc), param_hint="--fault") from exc
-    except (FileNotFoundError, LookupError, ValueError) as exc:
+    except (FileNotFoundError, LookupError, ValueError, StoreError) as exc:
         raise click.ClickException(str(exc)) from exc
     count = len(server.index.exchanges)
     extra = f", faults {' + '.join(f.spec() for f in server.faults)}" if server.faults else ""
@@ -216,7 +231,7 @@ def diagnose_command(exchange_id: int, db: str, as_json: bool) -> None:
     from streamreplay.diagnose import diagnose
 
     try:
-        found = diagnose(Store(db), exchange_id, db)
+        found = diagnose(store_at(db), exchange_id, db)
     except KeyError as exc:
         raise click.ClickException(exc.args[0]) from exc
     if as_json:
@@ -247,7 +262,7 @@ def bisect_command(exchange_id: int, db: str, axis: str, check: str | None, orac
     """Find the chunk, the timing threshold or the client behaviour at which an app flips from good to bad."""
     from streamreplay.bisect import Bisector, ClientOracle, CommandOracle
 
-    store = Store(db)
+    store = store_at(db)
     if axis == "client":
         from streamreplay.clientcheck import main as by_client
 
@@ -292,7 +307,7 @@ def client_command(exchange_id: int, db: str, client: str, behaviour: str, fault
     except (ValueError, FaultSpecError) as exc:
         raise click.BadParameter(str(exc)) from exc
     try:
-        run_one(Store(db), exchange_id, client, chosen, fault, speed, say)
+        run_one(store_at(db), exchange_id, client, chosen, fault, speed, say)
     except KeyError as exc:
         raise click.ClickException(exc.args[0]) from exc
 

@@ -55,7 +55,8 @@ class AppServer:
             shutdown_timeout=self.shutdown_timeout,
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+        # a deep backlog: hundreds of clients may connect in the same instant (the load tests do)
+        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True, backlog=1024)
         await site.start()
         server = site._server  # aiohttp exposes the bound port only here
         assert server is not None and server.sockets

@@ -185,6 +185,21 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+class StoreError(Exception):
+    """A DB that cannot be used, said plainly: not a streamreplay DB, corrupt, locked, too new."""
+
+
+def open_store(path: str | Path) -> Store:
+    """A Store, or a StoreError saying why not (instead of a sqlite3 traceback)."""
+    try:
+        return Store(path)
+    except sqlite3.DatabaseError as exc:
+        text = str(exc)
+        if "locked" in text or "busy" in text:
+            raise StoreError(f"{path} is locked by another process (a recording daemon?): {text}") from None
+        raise StoreError(f"{path} is not a usable streamreplay database: {text}") from None
+
+
 class Store:
     """Reads and schema. One per thread: sqlite3 connections stay on the thread that made them."""
 
@@ -213,7 +228,19 @@ class Store:
                 pk=("exchange_id", "idx"),
                 foreign_keys=[("exchange_id", "exchanges", "id")],
             )
-        db.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        self.migrate()
+
+    def migrate(self) -> None:
+        """Bring a DB written by an older version up to this schema: columns are only ever added."""
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"{self.path} was written by a newer streamreplay (schema {version} > {SCHEMA_VERSION})")
+        existing = self.db["exchanges"].columns_dict
+        for name, kind in EXCHANGE_COLUMNS.items():
+            if name not in existing:
+                self.db["exchanges"].add_column(name, kind)
+        if version != SCHEMA_VERSION:
+            self.db.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -362,12 +389,16 @@ class StoreWriter:
 
     def _run(self) -> None:
         try:
-            store = Store(self.path)
-            store.mark_interrupted()
+            store = open_store(self.path)
             db = store.db
-            if not db["tapes"].count_where("name = ?", [self.tape]):
-                db["tapes"].insert({"name": self.tape, "created_at": now_iso(), "source": self.source})
-            row = db.execute("select coalesce(max(seq) + 1, 0) from exchanges where tape = ?", [self.tape]).fetchone()
+            try:
+                store.mark_interrupted()
+                if not db["tapes"].count_where("name = ?", [self.tape]):
+                    db["tapes"].insert({"name": self.tape, "created_at": now_iso(), "source": self.source})
+                row = db.execute("select coalesce(max(seq) + 1, 0) from exchanges where tape = ?",
+                                 [self.tape]).fetchone()
+            except sqlite3.DatabaseError as exc:
+                raise StoreError(f"{self.path} is locked by another process, or unusable: {exc}") from None
             self._seq = row[0]
         except BaseException as exc:
             self._error = exc

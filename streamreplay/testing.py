@@ -13,6 +13,7 @@ import itertools
 import json
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -177,10 +178,13 @@ def chat_completion(script: Script, model: str, completion_id: str) -> dict[str,
 class ScriptedUpstream(AppServer):
     """An OpenAI-compatible server that follows scripts. `queue()` scripts, read `sent`."""
 
-    def __init__(self, script: Script | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, script: Script | None = None, host: str = "127.0.0.1", port: int = 0,
+                 script_for: Callable[[dict[str, Any]], Script] | None = None) -> None:
         super().__init__(host, port)
         self.script = script or Script()
         self.scripts: deque[Script] = deque()
+        #: picks the script from the request body, when many requests run at once
+        self.script_for = script_for
         self.sent: list[Sent] = []
         self._ids = itertools.count(1)
 
@@ -215,8 +219,8 @@ class ScriptedUpstream(AppServer):
         return web.json_response(echo)
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
-        script = self._next()
         payload = await request.json()
+        script = self.script_for(payload) if self.script_for else self._next()
         sent = Sent(request.path, payload, {k.lower(): v for k, v in request.headers.items()})
         self.sent.append(sent)
         model = payload.get("model", "gpt-4o-mini")

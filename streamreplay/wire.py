@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import logging
 import socket
 import struct
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -31,6 +34,8 @@ SECRET_QUERY_PARAMS = frozenset({"api-key", "api_key", "key", "access_token", "t
 REDACTED = "[redacted]"
 
 FAULT_HEADER = "X-Streamreplay-Fault"
+
+log = logging.getLogger("streamreplay")
 
 
 def forwardable(headers: Iterable[tuple[str, str]], drop: Iterable[str] = ()) -> CIMultiDict[str]:
@@ -97,3 +102,24 @@ def close_mid_body(request: web.BaseRequest) -> None:
     transport = request.transport
     if transport is not None:
         transport.close()
+
+
+@web.middleware
+async def openai_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Every answer streamreplay makes itself is in OpenAI's error shape: refusals before routing
+    (CONNECT has no path to route), aiohttp's own 4xx, and anything unexpected as a 500."""
+    refusal = refuse_request(request)
+    if refusal is not None:
+        return refusal
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return openai_error(exc.status, exc.reason or "error", code=f"http_{exc.status}")
+    except (ConnectionError, asyncio.CancelledError):
+        raise
+    except Exception as exc:  # a bug of ours must still reach the client as an API error, and be logged
+        log.exception("streamreplay failed on %s %s", request.method, request.path)
+        return openai_error(500, f"streamreplay internal error: {type(exc).__name__}: {exc}", type="server_error",
+                            code="streamreplay_internal_error")

@@ -28,6 +28,7 @@ from streamreplay.wire import (
     close_mid_body,
     forwardable,
     openai_error,
+    openai_errors,
     redact_headers,
     redact_query,
     refuse_request,
@@ -103,7 +104,7 @@ class RecordingProxy(AppServer):
         return f"{self.origin}{self.prefix}"
 
     def build_app(self) -> web.Application:
-        app = web.Application(client_max_size=self.options.max_body)
+        app = web.Application(client_max_size=self.options.max_body, middlewares=[openai_errors])
         app.router.add_route("*", "/{tail:.*}", self.handle)
         return app
 

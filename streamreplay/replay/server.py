@@ -19,7 +19,14 @@ from streamreplay.replay.schedule import Schedule, convert_for_request, recorded
 from streamreplay.replay.source import TapeSource, open_source
 from streamreplay.serving import AppServer
 from streamreplay.sse import find_done
-from streamreplay.wire import FAULT_HEADER, close_mid_body, openai_error, refuse_request, reset_connection
+from streamreplay.wire import (
+    FAULT_HEADER,
+    close_mid_body,
+    openai_error,
+    openai_errors,
+    refuse_request,
+    reset_connection,
+)
 
 DEFAULT_MAX_BODY = 32 * 1024 * 1024
 
@@ -125,7 +132,7 @@ class ReplayServer(AppServer):
         return f"{self.origin}/fault/{spec}{self.prefix}"
 
     def build_app(self) -> web.Application:
-        app = web.Application(client_max_size=self.max_body)
+        app = web.Application(client_max_size=self.max_body, middlewares=[openai_errors])
         app.router.add_route("*", "/{tail:.*}", self.handle)
         return app
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
-from streamreplay.store import Chunk, Exchange, Store
+from streamreplay.store import Chunk, Exchange, open_store
 
 
 class TapeSource(Protocol):
@@ -23,7 +23,7 @@ class StoreSource:
         self.path = Path(path)
         if not self.path.exists():
             raise FileNotFoundError(f"no recordings at {self.path}")
-        self.store = Store(self.path)
+        self.store = open_store(self.path)
         self.tape = tape
         if tape is not None and not self.store.exchanges(tape=tape, limit=1):
             known = ", ".join(t["name"] for t in self.store.tapes()) or "none"
