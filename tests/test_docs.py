@@ -30,3 +30,13 @@ def test_every_bundled_tape_is_described():
 def test_the_readme_names_every_cli_command():
     for name in main.commands:
         assert f"streamreplay {name}" in README, name
+
+
+def test_every_guarantee_names_a_test_that_exists():
+    import re
+
+    section = README.split("## Guarantees", 1)[1].split("\n## ", 1)[0]
+    named = re.findall(r"`(tests/[\w/]+\.py)::(\w+)`", section)
+    assert len(named) >= 15
+    for path, name in named:
+        assert f"def {name}(" in (ROOT / path).read_text(), f"{path}::{name}"
