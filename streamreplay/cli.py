@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from streamreplay import eventloop
 from streamreplay.store import DEFAULT_DB, Store, StoreError, open_store
 
 db_option = click.option(
@@ -48,7 +49,7 @@ def serve_until_signal(server: Any, banner: str) -> None:
         await server.stop()
 
     try:
-        asyncio.run(run())
+        eventloop.run(run())
     except StoreError as exc:
         raise click.ClickException(str(exc)) from exc
     except OSError as exc:  # the port is taken, the address is not ours

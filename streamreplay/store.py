@@ -7,6 +7,7 @@ and a killed daemon loses at most what arrived since the last commit (well under
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import queue
@@ -343,6 +344,9 @@ class StoreWriter:
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self.committed_chunks = 0
+        # each counter has one writer thread, so the difference needs no lock
+        self._queued_bytes = 0  # the event loop's
+        self._committed_bytes = 0  # the writer thread's
         #: called on the writer thread with each finished exchange's row, once it is committed
         self.on_end: Callable[[dict[str, Any]], None] | None = None
         self._summaries: dict[ExchangeHandle, Summarizer] = {}
@@ -363,7 +367,18 @@ class StoreWriter:
         return handle
 
     def chunk(self, handle: ExchangeHandle, index: int, t_ns: int, data: bytes) -> None:
+        self._queued_bytes += len(data)
         self._queue.put(("chunk", handle, index, t_ns, data))
+
+    @property
+    def backlog(self) -> int:
+        """Bytes handed over and not yet committed."""
+        return self._queued_bytes - self._committed_bytes
+
+    async def room(self, below: int = 8 * 1024 * 1024) -> None:
+        """Wait (without blocking the loop) until the backlog is under `below` bytes."""
+        while self.backlog > below and self._thread is not None:
+            await asyncio.sleep(0.005)
 
     def update(self, handle: ExchangeHandle, updates: dict[str, Any]) -> None:
         self._queue.put(("update", handle, updates))
@@ -469,4 +484,5 @@ class StoreWriter:
         if rows:
             conn.executemany("insert into chunks (exchange_id, idx, t_ns, data) values (?, ?, ?, ?)", rows)
             self.committed_chunks += len(rows)
+            self._committed_bytes += sum(len(r[3]) for r in rows)
             rows.clear()

@@ -37,6 +37,8 @@ from streamreplay.wire import (
 
 DEFAULT_UPSTREAM_TIMEOUT = 600.0
 DEFAULT_MAX_BODY = 32 * 1024 * 1024
+#: bytes received but not yet committed, past which the proxy waits for the store
+STORE_BACKLOG = 16 * 1024 * 1024
 
 
 @dataclass
@@ -279,8 +281,12 @@ class RecordingProxy(AppServer):
             flow.index += 1
             flow.size += len(data)
             if not flow.saw_done:
-                flow.saw_done = find_done(flow.tail + data)
+                # the seam between two reads is checked apart: no copy of a whole read
+                flow.saw_done = find_done(data) or find_done(flow.tail + data[:16])
                 flow.tail = data[-16:]
+            if self.writer.backlog > STORE_BACKLOG:
+                # the disk is behind the network: hold this stream back rather than grow without bound
+                await self.writer.room()
             if resp is not None and flow.left_ns is None:
                 try:
                     await resp.write(data)

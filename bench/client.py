@@ -1,0 +1,79 @@
+"""The bench's client: N concurrent streams against one base_url, timed on arrival.
+
+Prints one JSON object: per stream the time to first byte, each read's offset and size, each
+event's delivery latency (arrival minus the upstream's stamp), a sha256 of the body, and whether
+the event indices arrived complete and in order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import re
+import time
+
+import aiohttp
+
+STAMP = re.compile(rb'"t":(\d+),"i":(\d+)')
+
+
+async def one(session: aiohttp.ClientSession, url: str, body: dict, keep_reads: bool) -> dict:
+    sent = time.monotonic_ns()
+    digest, latencies, reads, indices = hashlib.sha256(), [], [], []
+    ttfb = None
+    pending = b""
+    async with session.post(url, json=body) as resp:
+        status = resp.status
+        async for data in resp.content.iter_any():
+            now = time.monotonic_ns()
+            if ttfb is None:
+                ttfb = now - sent
+            digest.update(data)
+            if keep_reads:
+                reads.append((now - sent, len(data)))
+            pending += data
+            *events, pending = pending.split(b"\n\n")
+            for event in events:
+                match = STAMP.search(event)
+                if match:
+                    latencies.append(now - int(match.group(1)))
+                    indices.append(int(match.group(2)))
+    return {"status": status, "ttfb_ns": ttfb, "latencies_ns": latencies, "reads": reads, "sha256": digest.hexdigest(),
+            "in_order": status == 200 and indices == list(range(len(indices))), "events": len(indices),
+            "total_ns": time.monotonic_ns() - sent}
+
+
+async def run(args: argparse.Namespace) -> dict:
+    url = f"{args.base_url}/chat/completions"
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=args.timeout)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False) as session:
+        started = time.monotonic_ns()
+        bodies = [{"chunks": args.chunks, "gap_ms": args.gap_ms, "jitter_ms": args.jitter_ms, "size": args.size,
+                   "id": k, "seed": args.seed, "stream": True, "model": "bench",
+                   "messages": [{"role": "user", "content": str(k if args.distinct else 0)}]}
+                  for k in range(args.streams)]
+        results = await asyncio.gather(*(one(session, url, b, args.reads) for b in bodies))
+        elapsed = time.monotonic_ns() - started
+    return {"elapsed_ns": elapsed, "streams": results}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("base_url")
+    parser.add_argument("--streams", type=int, default=1)
+    parser.add_argument("--chunks", type=int, default=100)
+    parser.add_argument("--gap-ms", type=float, default=0)
+    parser.add_argument("--jitter-ms", type=float, default=0)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument("--reads", action="store_true", help="keep every read's offset and size")
+    parser.add_argument("--distinct", action="store_true", help="a different prompt per stream")
+    print(json.dumps(asyncio.run(run(parser.parse_args()))))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,464 @@
+"""The benchmark: streamreplay's proxy and replay measured side by side with the direct connection and
+with the proxies a user would otherwise pick (mitmproxy, aimock), in one run on this machine.
+
+    python bench/run.py            # full size; installs the peers into ~/.cache/streamreplay
+    python bench/run.py --tiny     # seconds; what the test suite runs so this cannot rot
+
+Upstream, clients and daemons run in separate processes. Loopback only; every load is bounded.
+Prints a table with PASS/MISS against the targets and writes bench/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+CACHE = Path(os.environ.get("STREAMREPLAY_CACHE", Path.home() / ".cache" / "streamreplay"))
+PY = sys.executable
+sys.path.insert(0, str(ROOT))
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+
+
+class Daemon:
+    """A process started for the bench, its address, and its memory sampled while it runs."""
+
+    def __init__(self, name: str, argv: list[str], parse: str, env: dict[str, str] | None = None,
+                 port: int | None = None) -> None:
+        self.name = name
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                     env={**os.environ, **(env or {})})
+        if port is None:
+            line = self.proc.stdout.readline()  # type: ignore[union-attr]
+            match = re.search(parse, line)
+            if not match:
+                self.stop()
+                raise RuntimeError(f"{name} did not start: {line!r}")
+            self.base_url = match.group(1) if "http" in parse else f"http://127.0.0.1:{match.group(1)}/v1"
+        else:
+            self.base_url = f"http://127.0.0.1:{port}/v1"
+            _wait_port(port)
+        self.peak_rss = 0
+        self.samples: list[tuple[float, int]] = []
+        self._sampling = False
+
+    def rss(self) -> int:
+        try:
+            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        except FileNotFoundError:
+            pass
+        return 0
+
+    def sample(self) -> _Sampler:
+        return _Sampler(self)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class _Sampler:
+    """Samples a daemon's RSS every 20 ms while a block runs."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon, self.samples, self._stop = daemon, [], threading.Event()
+
+    def __enter__(self) -> _Sampler:
+        started = time.monotonic()
+
+        def loop() -> None:
+            while not self._stop.is_set():
+                self.samples.append((time.monotonic() - started, self.daemon.rss()))
+                self._stop.wait(0.02)
+
+        self._thread = threading.Thread(target=loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def peak(self) -> int:
+        return max((r for _, r in self.samples), default=0)
+
+
+def _wait_port(port: int, timeout: float = 60) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def client(base_url: str, streams: int, chunks: int, gap_ms: float = 0, size: int = 64, jitter_ms: float = 0,
+           reads: bool = False, distinct: bool = True, seed: int = 0) -> dict[str, Any]:
+    argv = [PY, str(HERE / "client.py"), base_url, "--streams", str(streams), "--chunks", str(chunks),
+            "--gap-ms", str(gap_ms), "--size", str(size), "--jitter-ms", str(jitter_ms), "--seed", str(seed)]
+    argv += ["--reads"] if reads else []
+    argv += ["--distinct"] if distinct else []
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=True)
+    return json.loads(done.stdout)
+
+
+def latency_stats(run: dict[str, Any]) -> dict[str, float]:
+    lat = [x / 1e6 for s in run["streams"] for x in s["latencies_ns"]]
+    ttfb = [s["ttfb_ns"] / 1e6 for s in run["streams"]]
+    return {"ttfb_p50_ms": pct(ttfb, 50), "ttfb_p99_ms": pct(ttfb, 99), "chunk_p50_ms": pct(lat, 50),
+            "chunk_p99_ms": pct(lat, 99), "lost_or_reordered": sum(not s["in_order"] for s in run["streams"])}
+
+
+def throughput_stats(run: dict[str, Any], size: int) -> dict[str, float]:
+    events = sum(s["events"] for s in run["streams"])
+    seconds = run["elapsed_ns"] / 1e9
+    return {"chunks_per_s": events / seconds, "mb_per_s": events * size / seconds / 1e6,
+            "lost_or_reordered": sum(not s["in_order"] for s in run["streams"])}
+
+
+# -- the peers -----------------------------------------------------------------------------------------
+
+def mitmproxy_argv(upstream_origin: str, port: int) -> list[str] | None:
+    venv = CACHE / "mitm-venv"
+    exe = venv / "bin" / "mitmdump"
+    if not exe.exists():
+        print("installing mitmproxy 11.0.2 into", venv, file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        result = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "mitmproxy==11.0.2"])
+        if result.returncode != 0:
+            return None
+    return [str(exe), "--mode", f"reverse:{upstream_origin}", "-p", str(port), "--set", "stream_large_bodies=1",
+            "-q"]
+
+
+def aimock_argv(upstream_origin: str, port: int, fixtures: Path) -> list[str] | None:
+    if not shutil.which("node") or not shutil.which("npm"):
+        print("node is not installed: aimock skipped", file=sys.stderr)
+        return None
+    prefix = CACHE / "aimock"
+    cli = prefix / "node_modules" / "@copilotkit" / "aimock" / "dist" / "cli.js"
+    if not cli.exists():
+        print("installing @copilotkit/aimock 1.43.0 into", prefix, file=sys.stderr)
+        result = subprocess.run(["npm", "install", "--silent", "--prefix", str(prefix), "@copilotkit/aimock@1.43.0"])
+        if result.returncode != 0 or not cli.exists():
+            return None
+    fixtures.mkdir(parents=True, exist_ok=True)
+    return ["node", str(cli), "-p", str(port), "-f", str(fixtures), "--proxy-only", "--provider-openai",
+            upstream_origin]
+
+
+# -- the run --------------------------------------------------------------------------------------------
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tiny", action="store_true", help="a few seconds: the suite runs this")
+    parser.add_argument("--no-peers", action="store_true", help="skip mitmproxy and aimock")
+    parser.add_argument("--out", default=str(HERE / "results.json"))
+    args = parser.parse_args()
+    tiny = args.tiny
+    size = {
+        "lat_chunks": 40 if tiny else 500, "lat_gap": 2 if tiny else 5, "lat_streams": 5 if tiny else 100,
+        "fast_chunks": 500 if tiny else 10_000, "many": 10 if tiny else 200, "many_chunks": 50 if tiny else 500,
+        "replay_chunks": 10 if tiny else 60, "replay_streams": 5 if tiny else 100,
+        "mem_streams": (1, 5, 10) if tiny else (1, 100, 500), "big_chunks": 80 if tiny else 3200,
+    }
+    work = Path(tempfile.mkdtemp(prefix="streamreplay-bench-"))
+    results: dict[str, Any] = {"tiny": tiny, "targets": {}, "replay": {}, "memory": {}, "checks": []}
+    upstream = Daemon("upstream", [PY, str(HERE / "upstream.py")], r"^(\d+)")
+    origin = upstream.base_url[: -len("/v1")]
+    daemons: list[Daemon] = [upstream]
+    try:
+        targets: dict[str, str] = {"direct": upstream.base_url}
+        record = Daemon("record", [PY, "-m", "streamreplay.cli", "record", "--upstream", upstream.base_url,
+                                   "--db", str(work / "rec.db"), "--tape", "bench", "--port", "0"],
+                        r"base_url (http://\S+)")
+        daemons.append(record)
+        targets["streamreplay record"] = record.base_url
+        if not args.no_peers and not tiny:
+            port = _free_port()
+            argv = mitmproxy_argv(origin, port)
+            if argv:
+                daemons.append(Daemon("mitmproxy", argv, "", port=port))
+                targets["mitmproxy"] = daemons[-1].base_url
+            port = _free_port()
+            argv = aimock_argv(origin, port, work / "aimock-fixtures")
+            if argv:
+                daemons.append(Daemon("aimock", argv, "", port=port))
+                targets["aimock"] = daemons[-1].base_url
+
+        for name, base_url in targets.items():
+            print(f"measuring {name} ...", file=sys.stderr)
+            one = client(base_url, 1, size["lat_chunks"], size["lat_gap"])
+            many = client(base_url, size["lat_streams"], size["lat_chunks"], size["lat_gap"])
+            fast = client(base_url, 1, size["fast_chunks"], 0, size=100)
+            wide = client(base_url, size["many"], size["many_chunks"], 0, size=100)
+            results["targets"][name] = {
+                "latency_1": latency_stats(one), "latency_many": latency_stats(many),
+                "throughput_1": throughput_stats(fast, 100), "throughput_many": throughput_stats(wide, 100),
+            }
+            if name == "streamreplay record":
+                results["checks"].append(_check_store(work / "rec.db", [one, many, fast, wide]))
+        results["store_chunks_per_s"] = _store_rate(work, 20_000 if tiny else 200_000)
+
+        results["replay"] = _replay_fidelity(record, work, size)
+        results["memory"] = _memory(upstream, work, size)
+    finally:
+        for daemon in daemons:
+            daemon.stop()
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    print(render(results))
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def _check_store(db: Path, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every stream the client got through `record` is stored byte-identical."""
+    import hashlib
+
+    from streamreplay.store import Store
+
+    time.sleep(0.3)  # the writer commits within 50 ms; the last exchanges end as the client closes
+    store = Store(db)
+    stored = {}
+    for ex in store.exchanges(tape="bench"):
+        body = b"".join(c.data for c in store.iter_chunks(ex.id))
+        stored.setdefault(hashlib.sha256(body).hexdigest(), 0)
+        stored[hashlib.sha256(body).hexdigest()] += 1
+    received = [s["sha256"] for run in runs for s in run["streams"]]
+    missing = [h for h in received if not stored.get(h)]
+    return {"what": "client bytes == stored bytes (sha256), every stream through record", "streams": len(received),
+            "mismatched": len(missing)}
+
+
+def _store_rate(work: Path, chunks: int) -> float:
+    """The writer thread's capacity: chunks queued as fast as possible, timed until committed."""
+    from streamreplay.store import StoreWriter
+
+    writer = StoreWriter(work / "store-rate.db", "rate")
+    writer.start()
+    data = b"data: " + b"x" * 94 + b"\n\n"
+    started = time.monotonic()
+    per = 1000
+    for n in range(0, chunks, per):
+        handle = writer.begin({"method": "POST", "path": "/chat/completions", "stream": 1, "request_body": b"{}"})
+        for i in range(per):
+            writer.chunk(handle, i, i, data)
+        writer.end(handle, {"end_cause": "complete"})
+    writer.flush(timeout=120)
+    elapsed = time.monotonic() - started
+    writer.close()
+    return chunks / elapsed
+
+
+def _replay_fidelity(record: Daemon, work: Path, size: dict[str, Any]) -> dict[str, Any]:
+    from streamreplay.store import Store
+
+    db = work / "fidelity.db"
+    rec = Daemon("record-fidelity", [PY, "-m", "streamreplay.cli", "record", "--upstream",
+                                     _upstream_of(record), "--db", str(db), "--tape", "real", "--port", "0"],
+                 r"base_url (http://\S+)")
+    try:
+        client(rec.base_url, 1, size["replay_chunks"], 20, jitter_ms=60, distinct=False, seed=7)  # 20-80 ms gaps
+        client(rec.base_url, 1, size["fast_chunks"], 0, size=100, distinct=True)  # for the speed-0 replay
+    finally:
+        rec.stop()
+    store = Store(db)
+    realistic, fast = store.exchanges(tape="real")
+    recorded = [c.t_ns for c in store.chunks(realistic.id)]
+    sizes = [len(c.data) for c in store.chunks(realistic.id)]
+    out: dict[str, Any] = {}
+    # every bench request carries its stream number in "id": the recordings match whatever it is
+    play = Daemon("play", [PY, "-m", "streamreplay.cli", "play", "--db", str(db), "--tape", "real", "--speed", "1",
+                           "--port", "0", "--ignore-field", "id"], r"base_url (http://\S+)")
+    try:
+        for label, streams in (("1", 1), ("many", size["replay_streams"])):
+            # the same request as recorded, so that every stream matches the realistic recording
+            run = client(play.base_url, streams, size["replay_chunks"], 20, jitter_ms=60, reads=True,
+                         distinct=False, seed=7)
+            errors, first = [], []
+            assert all(s["status"] == 200 for s in run["streams"]), "a replay did not match"
+            for s in run["streams"]:
+                errors += _offset_errors(recorded, sizes, s["reads"])
+                first.append(abs(s["reads"][0][0] - recorded[0]) / 1e6)
+            out[f"offset_error_{label}"] = {"p50_ms": pct(errors, 50), "p99_ms": pct(errors, 99),
+                                            "max_ms": max(errors), "streams": streams,
+                                            "first_chunk_p99_ms": pct(first, 99)}
+    finally:
+        play.stop()
+    fast_play = Daemon("play-fast", [PY, "-m", "streamreplay.cli", "play", "--db", str(db), "--speed", "0",
+                                     "--port", "0"], r"base_url (http://\S+)")
+    try:
+        run = client(fast_play.base_url, 1, size["fast_chunks"], 0, size=100, distinct=True)
+        out["speed0_seconds"] = run["elapsed_ns"] / 1e9
+        out["speed0_chunks"] = fast.chunk_count
+        out["speed0_events"] = run["streams"][0]["events"]
+    finally:
+        fast_play.stop()
+    return out
+
+
+def _upstream_of(record: Daemon) -> str:
+    argv = record.proc.args
+    return argv[argv.index("--upstream") + 1]  # type: ignore[union-attr]
+
+
+def _offset_errors(recorded: list[int], sizes: list[int], reads: list[list[int]]) -> list[float]:
+    """|delivered - recorded| per chunk, both counted from the first chunk (a new connection's setup is
+    not the schedule's error; the first chunk's own error is reported apart). A chunk is delivered with
+    the read that holds its last byte."""
+    ends, total = [], 0
+    for n in sizes:
+        total += n
+        ends.append(total)
+    errors, received, r = [], 0, 0
+    for chunk_end, t_rec in zip(ends, recorded, strict=True):
+        while r < len(reads) and received < chunk_end:
+            received += reads[r][1]
+            r += 1
+        if received < chunk_end:
+            break
+        errors.append(abs((reads[r - 1][0] - reads[0][0]) - (t_rec - recorded[0])) / 1e6)
+    return errors
+
+
+def _memory(upstream: Daemon, work: Path, size: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for streams in size["mem_streams"]:
+        daemon = Daemon("record-mem", [PY, "-m", "streamreplay.cli", "record", "--upstream", upstream.base_url,
+                                       "--db", str(work / f"mem{streams}.db"), "--port", "0"], r"base_url (http://\S+)")
+        try:
+            with daemon.sample() as sampler:
+                client(daemon.base_url, streams, 200, 5, size=200)
+            out[f"peak_rss_mb_{streams}_streams"] = sampler.peak / 2**20
+        finally:
+            daemon.stop()
+    daemon = Daemon("record-big", [PY, "-m", "streamreplay.cli", "record", "--upstream", upstream.base_url,
+                                   "--db", str(work / "big.db"), "--port", "0"], r"base_url (http://\S+)")
+    try:
+        with daemon.sample() as sampler:
+            run = client(daemon.base_url, 1, size["big_chunks"], 0, size=65536)
+        rss = [r for _, r in sampler.samples if r]
+        early = rss[max(0, len(rss) // 5)] if rss else 0
+        out["big_stream_mb"] = run["streams"][0]["events"] * 65536 / 2**20
+        out["big_stream_rss_mb_early"] = early / 2**20
+        out["big_stream_rss_mb_peak"] = max(rss, default=0) / 2**20
+        out["big_stream_growth_mb"] = (max(rss, default=0) - early) / 2**20
+    finally:
+        daemon.stop()
+    return out
+
+
+TARGETS = [
+    ("added TTFB p99, 1 stream", "< 2 ms"),
+    ("added per-chunk p99, 1 stream", "< 1 ms"),
+    ("added per-chunk p99, many streams", "< 5 ms"),
+    ("throughput vs direct", ">= 80%"),
+    ("added p99 vs the better peer", ">= 3x lower"),
+    ("replay offset error p99, 1 stream", "< 2 ms"),
+    ("replay offset error p99, many streams", "< 10 ms"),
+    ("chunks lost or reordered", "0"),
+    ("RSS at the most streams", "< 150 MB"),
+    ("RSS growth over the big stream", "flat (< 20 MB)"),
+]
+
+
+def verdicts(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
+    t = r["targets"]
+    direct, rec = t["direct"], t["streamreplay record"]
+    add = lambda key, scen: rec[scen][key] - direct[scen][key]  # noqa: E731
+    peers = [n for n in t if n not in ("direct", "streamreplay record")]
+    rows: list[tuple[str, str, str, bool | None]] = []
+    rows.append((*TARGETS[0], f"{add('ttfb_p99_ms', 'latency_1'):.2f} ms", add("ttfb_p99_ms", "latency_1") < 2))
+    rows.append((*TARGETS[1], f"{add('chunk_p99_ms', 'latency_1'):.2f} ms", add("chunk_p99_ms", "latency_1") < 1))
+    rows.append((*TARGETS[2], f"{add('chunk_p99_ms', 'latency_many'):.2f} ms", add("chunk_p99_ms", "latency_many") < 5))
+    ratio = min(rec[s]["mb_per_s"] / direct[s]["mb_per_s"] for s in ("throughput_1", "throughput_many"))
+    rows.append((*TARGETS[3], f"{ratio:.0%} (the lower of 1 and many streams)", ratio >= 0.8))
+    if peers:
+        best = min(t[p]["latency_1"]["chunk_p99_ms"] - direct["latency_1"]["chunk_p99_ms"] for p in peers)
+        ours = add("chunk_p99_ms", "latency_1")
+        rows.append((*TARGETS[4], f"ours {ours:.2f} ms, best peer {best:.2f} ms", ours * 3 <= best))
+    else:
+        rows.append((*TARGETS[4], "no peer measured", None))
+    rep = r["replay"]
+    rows.append((*TARGETS[5], f"{rep['offset_error_1']['p99_ms']:.2f} ms", rep["offset_error_1"]["p99_ms"] < 2))
+    rows.append((*TARGETS[6], f"{rep['offset_error_many']['p99_ms']:.2f} ms", rep["offset_error_many"]["p99_ms"] < 10))
+    lost = sum(v[s]["lost_or_reordered"] for v in t.values() for s in v) + sum(c["mismatched"] for c in r["checks"])
+    rows.append((*TARGETS[7], str(lost), lost == 0))
+    mem = r["memory"]
+    most = max(k for k in mem if k.startswith("peak_rss_mb_"))
+    rows.append((*TARGETS[8], f"{mem[most]:.0f} MB ({most.split('_')[3]} streams)", mem[most] < 150))
+    rows.append((*TARGETS[9], f"{mem['big_stream_growth_mb']:.1f} MB over {mem['big_stream_mb']:.0f} MB",
+                 mem["big_stream_growth_mb"] < 20))
+    return rows
+
+
+def render(r: dict[str, Any]) -> str:
+    lines = []
+    header = f"{'target':<22}{'TTFB p50/p99 ms':>18}{'chunk p50/p99 ms':>19}{'many: chunk p99':>17}" \
+             f"{'1 stream MB/s':>15}{'many MB/s':>11}"
+    lines.append(header)
+    for name, v in r["targets"].items():
+        lat1, latm, th1, thm = v["latency_1"], v["latency_many"], v["throughput_1"], v["throughput_many"]
+        lines.append(f"{name:<22}{lat1['ttfb_p50_ms']:>8.2f} /{lat1['ttfb_p99_ms']:>7.2f}"
+                     f"{lat1['chunk_p50_ms']:>10.2f} /{lat1['chunk_p99_ms']:>6.2f}{latm['chunk_p99_ms']:>17.2f}"
+                     f"{th1['mb_per_s']:>15.1f}{thm['mb_per_s']:>11.1f}")
+    rep, mem = r["replay"], r["memory"]
+    lines.append("")
+    lines.append(f"store: {r['store_chunks_per_s']:.0f} chunks/s committed")
+    for key in ("offset_error_1", "offset_error_many"):
+        e = rep[key]
+        lines.append(f"replay at speed 1, {e['streams']} stream(s): |delivered - recorded| p50 {e['p50_ms']:.2f} ms, "
+                     f"p99 {e['p99_ms']:.2f} ms, max {e['max_ms']:.2f} ms")
+        lines.append(f"    first chunk vs its recorded offset (includes the connection's setup): "
+                     f"p99 {e['first_chunk_p99_ms']:.2f} ms")
+    lines.append(f"replay at speed 0: {rep['speed0_events']} events in {rep['speed0_chunks']} recorded chunks, "
+                 f"{rep['speed0_seconds']:.3f} s")
+    lines.append("daemon peak RSS: " + ", ".join(f"{k.split('_')[3]} streams {v:.0f} MB"
+                                                 for k, v in mem.items() if k.startswith("peak_rss_mb_")))
+    lines.append(f"one {mem['big_stream_mb']:.0f} MB stream: RSS {mem['big_stream_rss_mb_early']:.0f} MB early, "
+                 f"{mem['big_stream_rss_mb_peak']:.0f} MB peak")
+    lines.append("")
+    for what, target, got, ok in verdicts(r):
+        mark = "PASS" if ok else ("n/a " if ok is None else "MISS")
+        lines.append(f"{mark}  {what:<40} target {target:<16} measured {got}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
