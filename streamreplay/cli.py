@@ -35,7 +35,7 @@ def say(line: str) -> None:
     sys.stdout.flush()
 
 
-def serve_until_signal(server: Any, banner: str) -> None:
+def serve_until_signal(server: Any, banner: str, precise_timers: bool = False) -> None:
     """Run an AppServer until SIGINT/SIGTERM, then stop it cleanly (the store flushed)."""
 
     async def run() -> None:
@@ -49,7 +49,7 @@ def serve_until_signal(server: Any, banner: str) -> None:
         await server.stop()
 
     try:
-        eventloop.run(run())
+        eventloop.run(run(), precise_timers)
     except StoreError as exc:
         raise click.ClickException(str(exc)) from exc
     except OSError as exc:  # the port is taken, the address is not ours
@@ -189,7 +189,7 @@ def play(db: str, tape: str | None, speed: float, faults: tuple[str, ...], match
     count = len(server.index.exchanges)
     extra = f", faults {' + '.join(f.spec() for f in server.faults)}" if server.faults else ""
     serve_until_signal(server, f"streamreplay: base_url {{base_url}} (playing {count} exchanges from {db}"
-                               f"{', tape ' + tape if tape else ''}, speed {speed:g}{extra})")
+                               f"{', tape ' + tape if tape else ''}, speed {speed:g}{extra})", precise_timers=True)
 
 
 @main.command("export")
