@@ -44,7 +44,7 @@ def serve_until_signal(server: Any, banner: str, precise_timers: bool = False) -
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await server.start()
-        say(banner.format(base_url=server.base_url))
+        say(banner.format(base_url=server.base_url, origin=server.origin))
         await stop.wait()
         await server.stop()
 
@@ -137,7 +137,10 @@ def ls_command(db: str, tape: str | None, cause: str | None, limit: int | None, 
 @click.argument("exchange_id", type=int)
 @db_option
 @click.option("--json", "as_json", is_flag=True, help="The exchange and its chunks as JSON.")
-def show(exchange_id: int, db: str, as_json: bool) -> None:
+@click.option("--html", "html_file", type=click.Path(dir_okay=False),
+              help="Write the exchange's timeline as a self-contained page to this file.")
+@click.option("--fault", help="With --html: draw the replay under this fault beside the recording.")
+def show(exchange_id: int, db: str, as_json: bool, html_file: str | None, fault: str | None) -> None:
     """One exchange, chunk by chunk: offsets, gaps, bytes, the text each chunk added, and the ending."""
     from streamreplay.report import chunk_deltas, exchange_json, show_lines
 
@@ -146,6 +149,18 @@ def show(exchange_id: int, db: str, as_json: bool) -> None:
         ex = store.exchange(exchange_id)
     except KeyError as exc:
         raise click.ClickException(exc.args[0]) from exc
+    if html_file:
+        from pathlib import Path
+
+        from streamreplay.replay import FaultSpecError
+        from streamreplay.ui import render_exchange
+
+        try:
+            Path(html_file).write_text(render_exchange(store, exchange_id, db, fault=fault), encoding="utf-8")
+        except FaultSpecError as exc:
+            raise click.BadParameter(str(exc), param_hint="--fault") from exc
+        say(f"wrote {html_file}")
+        return
     chunks = store.chunks(exchange_id)
     if as_json:
         data = exchange_json(ex)
@@ -311,6 +326,18 @@ def client_command(exchange_id: int, db: str, client: str, behaviour: str, fault
         run_one(store_at(db), exchange_id, client, chosen, fault, speed, say)
     except KeyError as exc:
         raise click.ClickException(exc.args[0]) from exc
+
+
+@main.command()
+@db_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", default=8901, show_default=True, help="Port to bind; 0 picks a free one.")
+def ui(db: str, host: str, port: int) -> None:
+    """A local page listing tapes and exchanges, each with its timeline, diagnosis and replay command."""
+    from streamreplay.ui import UIServer
+
+    server = UIServer(db, host=host, port=port)
+    serve_until_signal(server, f"streamreplay: timeline pages on {{origin}}/ (reading {db})")
 
 
 @main.command("faults")

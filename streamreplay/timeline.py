@@ -11,11 +11,15 @@ import html
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from streamreplay.report import chunk_deltas
 from streamreplay.sse import Assembler, SSEParser, assemble
 from streamreplay.store import Chunk, Exchange
+
+if TYPE_CHECKING:  # only for the hints: rendering needs neither the replay server nor aiohttp
+    from streamreplay.replay.schedule import Schedule
+    from streamreplay.replay.server import Replayed
 
 # -- what is drawn ------------------------------------------------------------------------------------
 
@@ -57,6 +61,7 @@ class Series:
     text: str = ""
     seen_text: str | None = None  # what the client had read when it left early
     note: str = ""
+    has_client: bool = True  # False for a plan: nobody read it, so a client leaving is no difference
 
     @property
     def end_ns(self) -> int:
@@ -113,7 +118,7 @@ def _text(chunks: Sequence[Chunk], content_type: str | None) -> str:
 
 #: how the upstream's end is drawn, by recorded end cause: (marker kind, words)
 UPSTREAM_ENDS: dict[str | None, tuple[str, str]] = {
-    "complete": ("end", "end · complete"),
+    "complete": ("end", "upstream end · complete"),
     "eof_without_done": ("stop", "clean end, no [DONE]"),
     "upstream_closed": ("closed", "upstream closed mid-body"),
     "upstream_reset": ("reset", "upstream reset (TCP RST)"),
@@ -121,6 +126,7 @@ UPSTREAM_ENDS: dict[str | None, tuple[str, str]] = {
     "http_error": ("error", "HTTP error"),
     "upstream_unreachable": ("error", "upstream unreachable"),
     "interrupted": ("closed", "recording interrupted"),
+    "abort": ("stop", "recording stopped with the client (abort)"),
     None: ("open", "still recording…"),
 }
 
@@ -141,7 +147,8 @@ def recorded_series(ex: Exchange, chunks: Sequence[Chunk], *, title: str | None 
         for mark in s.marks:
             mark.unseen = mark.index >= k
         s.seen_text = _text(chunks[:k], ctype)
-        upstream = ex.upstream_end  # what the upstream did while nobody was reading
+        # what the upstream did while nobody was reading; None when the proxy stopped reading too (abort)
+        upstream = ex.upstream_end or "abort"
     kind, words = UPSTREAM_ENDS.get(upstream, ("end", upstream or "end"))
     if kind == "error":
         words = f"HTTP {ex.status}" if ex.status else words
@@ -151,8 +158,12 @@ def recorded_series(ex: Exchange, chunks: Sequence[Chunk], *, title: str | None 
     return s
 
 
-def _fault_markers(applied: Sequence[str], times: Sequence[int], ending: str) -> tuple[list[Marker], bool]:
-    """Markers for the faults a replay applied; and whether one of them already says how it ended."""
+def _fault_markers(applied: Sequence[str], times: Sequence[int], until_ns: int,
+                   reached_end: bool = True) -> tuple[list[Marker], bool]:
+    """Markers for the faults a replay applied; and whether one of them already says how it ended.
+
+    `reached_end` is False when the client left first: a cut that was never reached is not drawn.
+    """
     markers, ended = [], False
     last = times[-1] if times else 0
     words = {"cut": "clean end", "close": "closed mid-body", "reset": "TCP reset", "error-event": "error event",
@@ -160,14 +171,16 @@ def _fault_markers(applied: Sequence[str], times: Sequence[int], ending: str) ->
     for spec in applied:
         name, _, params = spec.partition(":")
         args = dict(p.split("=", 1) for p in params.split(",") if "=" in p)
-        if name in words:
+        if name in words and reached_end:
             markers.append(Marker("fault", last, f"fault {spec}: {words[name]} after {len(times)} chunks"))
             ended = True
         elif name == "stall":
             n = int(args.get("chunk", 0))
             start = times[n - 1] if 0 < n <= len(times) else 0
-            stop = times[n] if n < len(times) else last
-            markers.append(Marker("stall", start, f"fault {spec}: stalled {fmt_ns(stop - start)}", until_ns=stop))
+            stop = times[n] if n < len(times) else max(until_ns, last)  # still stalled when it ended
+            still = "" if n < len(times) else ", still stalled at the end"
+            markers.append(Marker("stall", start, f"fault {spec}: stalled {fmt_ns(stop - start)}{still}",
+                                  until_ns=stop))
         elif name == "delay-first" and times:
             markers.append(Marker("stall", 0, f"fault {spec}: first byte held back", until_ns=times[0]))
     return markers, ended
@@ -181,7 +194,7 @@ def _replay_ending(markers: list[Marker], ended: bool, ending: str, done: bool, 
     markers.append(Marker(kind, t_ns, f"{words} · {fmt_ns(t_ns)}"))
 
 
-def replay_series(replayed: Any, chunks: Sequence[Chunk], *, title: str | None = None) -> Series:
+def replay_series(replayed: Replayed, chunks: Sequence[Chunk], *, title: str | None = None) -> Series:
     """What a replay server wrote (a `Replayed`: offsets_ns, applied faults, ending, the client leaving).
 
     `chunks` are the recording's; the replay's pieces are drawn with their bytes, which is exact
@@ -193,30 +206,32 @@ def replay_series(replayed: Any, chunks: Sequence[Chunk], *, title: str | None =
     s = Series(title or f"replay #{replayed.n} · {' + '.join(applied) or 'no fault'}", _marks(pieces, times),
                text=_text(pieces, None))
     s.first_byte_ns = times[0] if times else None
-    markers, ended = _fault_markers(applied, times, replayed.ending)
-    s.markers = markers
     left = replayed.client_left_at_chunk is not None and not replayed.done_delivered
+    s.markers, ended = _fault_markers(applied, times, replayed.client_left_ns or 0,
+                                      reached_end=not left or replayed.delivered == replayed.total)
     if left:
         s.markers.append(Marker("client-left", replayed.client_left_ns or 0,
                                 f"client left at {(replayed.client_left_ns or 0) / 1e6:.1f} ms · "
                                 f"after {replayed.client_left_at_chunk} of {replayed.total} chunks"))
     else:
         _replay_ending(s.markers, ended, replayed.ending, replayed.done_delivered, times[-1] if times else 0)
-    s.note = f"{replayed.delivered}/{replayed.total} chunks delivered · ended {replayed.ending}"
+    how = "the client left" if left else f"ended {replayed.ending}"
+    s.note = f"{replayed.delivered}/{replayed.total} chunks delivered · {how}"
     return s
 
 
-def schedule_series(schedule: Any, *, title: str | None = None, speed: float = 1.0) -> Series:
+def schedule_series(schedule: Schedule, *, title: str | None = None, speed: float = 1.0) -> Series:
     """A replay's plan (a `Schedule` after faults) on the wall clock it would take at `speed`: no sockets."""
     times = [int((p.t_ns / speed if speed else 0) + p.extra_ns) for p in schedule.pieces]
     pieces = [Chunk(i, t, p.data) for i, (t, p) in enumerate(zip(times, schedule.pieces, strict=True))]
     s = Series(title or f"replay plan · {' + '.join(schedule.applied) or 'no fault'}", _marks(pieces, times),
                text=_text(pieces, schedule.header("content-type")))
     s.first_byte_ns = times[0] if times else None
-    s.markers, ended = _fault_markers(schedule.applied, times, schedule.ending.value)
+    s.markers, ended = _fault_markers(schedule.applied, times, times[-1] if times else 0)
     done = any("done" in m.kinds for m in s.marks)
     _replay_ending(s.markers, ended, schedule.ending.value, done, times[-1] if times else 0)
     s.note = f"{len(times)} chunks · ends {schedule.ending.value}"
+    s.has_client = False
     return s
 
 
@@ -230,11 +245,11 @@ def parting(a: Series, b: Series) -> tuple[int, int, str] | None:
             short, other = ("A", "B") if ma is None else ("B", "A")
             have = mb or ma
             assert have is not None
-            count = len(a.marks) if ma is None else len(b.marks)
+            count = len(b.marks) if ma is None else len(a.marks)
             return i, have.t_ns, f"{short} stops after {i} chunks; {other} goes on to {count}"
-        if ma.data != mb.data:
-            return i, min(ma.t_ns, mb.t_ns), f"chunk {i} differs"
-        if ma.unseen != mb.unseen:
+        if ma.delta != mb.delta:  # what a reader sees; the bytes of two answers differ anyway (ids, created)
+            return i, min(ma.t_ns, mb.t_ns), f"chunk {i} reads {ma.delta[:30]!r} in A, {mb.delta[:30]!r} in B"
+        if ma.unseen != mb.unseen and a.has_client and b.has_client:
             who = "A" if ma.unseen else "B"
             return i, min(ma.t_ns, mb.t_ns), f"the client of {who} had left before chunk {i}"
         if abs(ma.t_ns - mb.t_ns) > tolerance:
@@ -272,8 +287,9 @@ def _one_line(text: str) -> str:
     return text.replace("\r\n", "⏎").replace("\n", "⏎").replace("\r", "⏎")
 
 
-def _text_w(text: str, size: float = 11) -> float:
-    return len(text) * size * 0.56 + 4  # wide enough for system-ui at this size; used only to avoid overlaps
+def _text_w(text: str, size: float = 11, per_char: float = 0.56) -> float:
+    # a little wider than bold system-ui text; only used to keep labels apart, so erring wide is safe
+    return len(text) * size * per_char + 4
 
 
 def _nice_step(span: float, ticks: int = 8) -> float:
@@ -304,39 +320,57 @@ def _mark_color(mark: Mark) -> str:
     return COLORS["none"]
 
 
-def _label_at(x: float, text: str, width: int) -> tuple[float, float, str]:
-    """Label extent and anchor: to the right of x, or to its left near the right edge."""
-    w = _text_w(text)
-    if x + 4 + w > width - PAD:
-        return x - 4 - w, x - 4, "end"
-    return x + 4, x + 4 + w, "start"
+class _Labels:
+    """Labels in rows above the bars, placed left to right: no label covers another, and no label's line
+    (it runs down from the label through the rows below, to its bar or to the axis) crosses another's text."""
+
+    def __init__(self, rows: int, left: float, right: float) -> None:
+        self.text: list[list[tuple[float, float]]] = [[] for _ in range(rows)]
+        self.lines: list[list[float]] = [[] for _ in range(rows)]
+        self.left, self.right = left, right
+
+    def _fits(self, row: int, x: float, x0: float, x1: float) -> bool:
+        return (self.left <= x0 and x1 <= self.right
+                and all(x1 + 6 < a or x0 - 6 > b for a, b in self.text[row])
+                and all(not x0 - 3 <= lx <= x1 + 3 for lx in self.lines[row])
+                and all(not a - 2 <= x <= b + 2 for spans in self.text[row + 1:] for a, b in spans))
+
+    def place(self, x: float, w: float) -> tuple[int, float, str]:
+        """(row, text x, text-anchor) for a label of width `w` whose line stands at `x`."""
+        options = [(row, x0) for row in range(len(self.text)) for x0 in (x + 4, x - 4 - w)]
+        row, x0 = next(((r, x0) for r, x0 in options if self._fits(r, x, x0, x0 + w)),
+                       (len(self.text) - 1, x + 4 if x + 4 + w <= self.right else x - 4 - w))  # crowded: overlap
+        self.text[row].append((x0, x0 + w))
+        for r in range(row, len(self.text)):
+            self.lines[r].append(x)
+        return (row, x0, "start") if x0 > x else (row, x0 + w, "end")
 
 
-def _lane(s: Series, letter: str, top: float, x: Any, max_size: int, width: int, part: int | None) -> list[str]:
+def _lane(s: Series, letter: str, top: float, x: Any, max_size: int, width: int, part: int | None,
+          lettered: bool) -> list[str]:
     out = [f'<g class="lane" id="lane-{letter.lower()}">']
     base = top + TITLE_H + ROWS * ROW_H + BAR_H
     bar_top = base - BAR_H
     out.append(f'<text x="{PAD}" y="{top + 15}" font-size="13" font-weight="600" fill="#1f2937">'
-               f'{_esc(letter + "  " + s.title)}</text>')
+               f'{_esc((letter + "  " if lettered else "") + s.title)}</text>')
     out.append(f'<text x="{width - PAD}" y="{top + 15}" font-size="11.5" fill="#4b5563" text-anchor="end">'
                f'{_esc(s.note)}</text>')
     out.append(f'<line x1="{PAD}" x2="{width - PAD}" y1="{base}" y2="{base}" stroke="#9ca3af"/>')
-    rows = _Rows(ROWS)
     below = _Rows(2)
-    labels: list[str] = []
+    wanted: list[tuple[float, int, str, str, str, float | None]] = []
 
     def label(xpos: float, text: str, color: str, kind: str, line_from_bar: float | None) -> None:
-        x0, x1, anchor = _label_at(xpos, text, width)
-        row = rows.place(x0, x1)
+        wanted.append((xpos, len(wanted), text, color, kind, line_from_bar))
+
+    def draw_label(xpos: float, text: str, color: str, kind: str, line_from_bar: float | None) -> str:
+        row, tx, anchor = rows.place(xpos, _text_w(text))
         y = top + TITLE_H + (row + 1) * ROW_H - 4
-        tx = x0 if anchor == "start" else x1
         end_y = line_from_bar if line_from_bar is not None else base
         # a marker's line runs dashed down to the axis; a chunk's label gets a thin leader to its bar
         stroke = 'stroke-width="1"' if line_from_bar is not None else 'stroke-width="1.6" stroke-dasharray="5 3"'
-        labels.append(f'<g class="label {kind}"><line x1="{xpos:.1f}" x2="{xpos:.1f}" y1="{y - 9}" y2="{end_y:.1f}" '
-                      f'stroke="{color}" {stroke}/>'
-                      f'<text x="{tx:.1f}" y="{y}" font-size="11" fill="{color}" text-anchor="{anchor}" '
-                      f'font-weight="600">{_esc(text)}</text></g>')
+        return (f'<g class="label {kind}"><line x1="{xpos:.1f}" x2="{xpos:.1f}" y1="{y - 9}" y2="{end_y:.1f}" '
+                f'stroke="{color}" {stroke}/><text x="{tx:.1f}" y="{y}" font-size="11" fill="{color}" '
+                f'text-anchor="{anchor}" font-weight="600">{_esc(text)}</text></g>')
 
     def bracket(x0: float, x1: float, text: str, color: str, kind: str) -> None:
         w = _text_w(text, 10.5)
@@ -378,7 +412,7 @@ def _lane(s: Series, letter: str, top: float, x: Any, max_size: int, width: int,
                    f'fill="transparent"/></g></a>')
         prev = m.t_ns
 
-    # labels: endings first (they matter most), then the chunks that carry the answer's landmarks
+    # labels: the endings, and the chunks that carry the answer's landmarks; placed left to right
     for k in s.markers:
         if k.until_ns is None:
             label(x(k.t_ns), k.label, COLORS.get(k.kind, "#374151"), k.kind, None)
@@ -395,7 +429,8 @@ def _lane(s: Series, letter: str, top: float, x: Any, max_size: int, width: int,
                   base - 3 - (BAR_H - 6) * m.size / max_size)
     if part is not None:
         label(x(part), "A and B part here", COLORS["part"], "part", None)
-    out += labels
+    rows = _Labels(ROWS, PAD, width - PAD)
+    out += [draw_label(w[0], *w[2:]) for w in sorted(wanted, key=lambda w: (round(w[0], 1), w[1]))]
     # marker classes the tests and the browser look for: the endings themselves
     for k in s.markers:
         if k.until_ns is None:
@@ -428,7 +463,7 @@ def _legend(series: Sequence[Series], width: int) -> tuple[list[str], float]:
     for kind, words in LEGEND:
         if kind not in used:
             continue
-        w = 18 + _text_w(words, 11.5)
+        w = 16 + _text_w(words, 11.5, 0.5)
         if x + w > width - PAD:
             x, y = PAD, y + 18
         if kind == "unseen":
@@ -442,7 +477,7 @@ def _legend(series: Sequence[Series], width: int) -> tuple[list[str], float]:
             swatch = f'<rect x="{x + 3}" y="{y - 10}" width="5" height="12" fill="{COLORS[kind]}"/>'
         out.append(f'<g class="legend">{swatch}<text x="{x + 15}" y="{y}" font-size="11.5" fill="#374151">'
                    f'{_esc(words)}</text></g>')
-        x += w + 10
+        x += w + 8
     return out, y + 12
 
 
@@ -461,20 +496,20 @@ def series_svg(series: Sequence[Series], *, width: int = 1000) -> str:
     lanes_top = top
     for i, s in enumerate(series):
         letter = "AB"[i] if len(series) == 2 else chr(65 + i)
-        body += _lane(s, letter, top, x, max_size, width, part[1] if part and i == len(series) - 1 else None)
+        body += _lane(s, letter, top, x, max_size, width, part[1] if part and i == len(series) - 1 else None,
+                      len(series) > 1)
         top += LANE_H
     axis_y = top + 4
     step = _nice_step(span)
     unit, div = ("ms", 1e6) if span < 2e9 else ("s", 1e9)
     grid, ticks = [], []
-    t = 0.0
-    while t <= span:
+    for i in range(int(span // step) + 1):
+        t = i * step  # multiplied, not summed: no drift in the labels
         xt = x(t)
         grid.append(f'<line x1="{xt:.1f}" x2="{xt:.1f}" y1="{lanes_top}" y2="{axis_y}" stroke="#eef0f3"/>')
         ticks.append(f'<line x1="{xt:.1f}" x2="{xt:.1f}" y1="{axis_y}" y2="{axis_y + 5}" stroke="#6b7280"/>'
                      f'<text x="{xt:.1f}" y="{axis_y + 18}" font-size="11" fill="#374151" text-anchor="middle">'
                      f'{t / div:g} {unit}</text>')
-        t += step
     if part is not None:
         grid.append(f'<line class="part" x1="{x(part[1]):.1f}" x2="{x(part[1]):.1f}" y1="{lanes_top}" '
                     f'y2="{axis_y}" stroke="{COLORS["part"]}" stroke-width="1.5" stroke-dasharray="2 3"/>')
@@ -490,7 +525,8 @@ def series_svg(series: Sequence[Series], *, width: int = 1000) -> str:
             + "".join(grid + legend + body + axis) + "</svg>")
 
 
-def timeline_svg(exchange: Exchange, chunks: Sequence[Chunk], *, replayed: Any = None, width: int = 1000) -> str:
+def timeline_svg(exchange: Exchange, chunks: Sequence[Chunk], *, replayed: Replayed | None = None,
+                 width: int = 1000) -> str:
     """One recorded exchange; with `replayed` (a replay server's `Replayed`), the replay as lane B under it."""
     series = [recorded_series(exchange, chunks)]
     if replayed is not None:
@@ -519,7 +555,8 @@ pre.cmd{background:#111827;color:#e5e7eb}
 table{border-collapse:collapse;font-size:12px}th,td{padding:2px 8px;text-align:right;border-bottom:1px solid #eef0f3}
 th{background:#f3f4f6;position:sticky;top:0}td.d{text-align:left;font-family:ui-monospace,Menlo,Consolas,monospace;
  white-space:pre-wrap;max-width:420px}td.n{text-align:left;color:#6b7280}tr.unseen{color:#9ca3af}
-tr:target{background:#fff4c2}a{color:#2563eb}nav{font-size:13px;margin-bottom:10px}
+tr:target{background:#fff4c2}td{white-space:nowrap}
+.exchanges th,.tapes th,.exchanges td,.tapes td{text-align:left}a{color:#2563eb}nav{font-size:13px;margin-bottom:10px}
 form{display:inline}input{font-size:12.5px;padding:2px 4px}
 """
 
