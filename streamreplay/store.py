@@ -14,6 +14,7 @@ import queue
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -217,6 +218,9 @@ class Store:
         db = self.db
         if str(self.path) != ":memory:":
             db.enable_wal()
+        # WAL with synchronous=NORMAL: a commit is not fsynced, so it costs microseconds, and a killed
+        # daemon still loses nothing it committed (the WAL is in the OS's cache); only a power cut can.
+        db.conn.execute("PRAGMA synchronous = NORMAL")
         if "tapes" not in db.table_names():
             db["tapes"].create({"name": str, "created_at": str, "source": str}, pk="name")
         if "exchanges" not in db.table_names():
@@ -349,7 +353,7 @@ class StoreWriter:
         self._committed_bytes = 0  # the writer thread's
         #: called on the writer thread with each finished exchange's row, once it is committed
         self.on_end: Callable[[dict[str, Any]], None] | None = None
-        self._summaries: dict[ExchangeHandle, Summarizer] = {}
+        self._unsummarized: deque[int] = deque()  # the writer thread's
 
     # -- called from the event loop -------------------------------------------------------------
 
@@ -424,7 +428,12 @@ class StoreWriter:
         pid = os.getpid()
         stopping = False
         while not stopping:
-            item = self._queue.get()
+            try:
+                # with summaries to write, never block: they are what the thread does when idle
+                item = self._queue.get(block=not self._unsummarized)
+            except queue.Empty:
+                self._summarize(conn, self._unsummarized.popleft())
+                continue
             batch = [item]
             deadline = time.monotonic() + COMMIT_INTERVAL
             # take whatever else is already queued, but commit within the interval
@@ -445,7 +454,6 @@ class StoreWriter:
                     if kind == "chunk":
                         _, handle, index, t_ns, data = msg
                         chunk_rows.append((handle.id, index, t_ns, data))
-                        self._summaries[handle].feed(data)
                     elif kind == "begin":
                         self._flush_chunks(conn, chunk_rows)
                         _, handle, row = msg
@@ -459,26 +467,41 @@ class StoreWriter:
                             list(row.values()),
                         )
                         handle.id = cur.lastrowid
-                        self._summaries[handle] = Summarizer(bool(row.get("stream")))
                     elif kind in ("update", "end"):
                         self._flush_chunks(conn, chunk_rows)
                         _, handle, updates = msg
-                        if kind == "end":
-                            updates = {**updates, **self._summaries.pop(handle).columns(updates.get("status"))}
                         sets = ", ".join(f"{k} = ?" for k in updates)
                         conn.execute(f"update exchanges set {sets} where id = ?", [*updates.values(), handle.id])
                         if kind == "end":
                             finished.append(handle.id)
+                            self._unsummarized.append(handle.id)
                     elif kind == "flush":
                         flushes.append(msg[1])
                 self._flush_chunks(conn, chunk_rows)
-            for event in flushes:
-                event.set()
             if self.on_end is not None:
                 for exchange_id in finished:
                     row = next(db.query("select * from exchanges where id = ?", [exchange_id]))
                     self.on_end(row)
+            if flushes or stopping:
+                while self._unsummarized:
+                    self._summarize(conn, self._unsummarized.popleft())
+            for event in flushes:
+                event.set()
         db.close()
+
+    def _summarize(self, conn: sqlite3.Connection, exchange_id: int) -> None:
+        """The assembled text, finish_reason, tool calls and usage, for listing. Parsing every event costs
+        CPU (and the GIL the event loop needs), so it runs only when no chunk is waiting to be stored."""
+        stream, status = conn.execute("select stream, status from exchanges where id = ?", [exchange_id]).fetchone()
+        summary = Summarizer(bool(stream))
+        for (data,) in conn.execute("select data from chunks where exchange_id = ? order by idx", [exchange_id]):
+            summary.feed(bytes(data))
+            if summary.full:
+                break
+        columns = summary.columns(status)
+        with conn:
+            sets = ", ".join(f"{k} = ?" for k in columns)
+            conn.execute(f"update exchanges set {sets} where id = ?", [*columns.values(), exchange_id])
 
     def _flush_chunks(self, conn: sqlite3.Connection, rows: list[tuple[int, int, int, bytes]]) -> None:
         if rows:

@@ -38,6 +38,11 @@ class Summarizer:
         else:
             self.body += data
 
+    @property
+    def full(self) -> bool:
+        """Fed past the limit: more bytes would change nothing."""
+        return self.fed > SUMMARY_LIMIT
+
     def columns(self, status: int | None) -> dict[str, Any]:
         if self.sse:
             for event in self.parser.close():
@@ -48,7 +53,7 @@ class Summarizer:
             result = assemble_json(bytes(self.body))
             problems = list(result.problems)
         if self.fed > SUMMARY_LIMIT:
-            problems.append(f"summary built from the first {SUMMARY_LIMIT} of {self.fed} bytes")
+            problems.append(f"summary built from the first {SUMMARY_LIMIT} bytes only")
         if self.fed == 0:
             problems = []
         return {
