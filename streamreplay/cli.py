@@ -340,6 +340,26 @@ def ui(db: str, host: str, port: int) -> None:
     serve_until_signal(server, f"streamreplay: timeline pages on {{origin}}/ (reading {db})")
 
 
+@main.command()
+@click.argument("exchange_id", type=int)
+@db_option
+@click.option("-o", "--output", help="Folder to write (default: repro_ID/).")
+def repro(exchange_id: int, db: str, output: str | None) -> None:
+    """Write a folder with the exchange's cassette and a short repro.py that replays it into the same client."""
+    from pathlib import Path
+
+    from streamreplay.repro import write_repro
+
+    try:
+        info = write_repro(store_at(db), exchange_id, Path(output or f"repro_{exchange_id}"))
+    except KeyError as exc:
+        raise click.ClickException(exc.args[0]) from exc
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for line in info.lines():
+        say(line)
+
+
 @main.command("faults")
 def faults_command() -> None:
     """The faults `play --fault`, the X-Streamreplay-Fault header and /fault/<spec>/ take."""

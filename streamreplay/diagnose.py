@@ -37,6 +37,7 @@ class Diagnosis:
     evidence: list[str] = field(default_factory=list)
     fix: str = ""
     replay: str = ""
+    repro: str = ""
     client: str | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -58,6 +59,8 @@ class Diagnosis:
         if self.fix:
             out.append(f"fix        {self.fix}")
         out.append(f"replay     {self.replay}")
+        if self.repro:
+            out.append(f"repro      {self.repro}")
         return out
 
 
@@ -88,6 +91,8 @@ def diagnose(store: Store, exchange_id: int, db_label: str = "recordings/streamr
 
 
 def diagnose_exchange(ex: Exchange, chunks: list[Chunk], tape: list[Exchange], db_label: str) -> Diagnosis:
+    from streamreplay.repro import describe_client, repro_command  # repro builds on diagnose
+
     head_ns = ex.headers_ns or 0
     gaps = _gaps(chunks, head_ns)
     upstream_end = ex.upstream_end or ex.end_cause
@@ -95,8 +100,9 @@ def diagnose_exchange(ex: Exchange, chunks: list[Chunk], tape: list[Exchange], d
     d = Diagnosis(
         exchange_id=ex.id, tape=ex.tape, cause="", summary="", ended_by="nobody", chunk=None, chunks=len(chunks),
         at_s=None, gap_before_s=None, upstream_complete=upstream_complete, finish_reason=ex.finish_reason,
-        done=ex.done, client=client_name(ex.client),
+        done=ex.done, client=describe_client(ex),
         replay=f"streamreplay play --db {shlex.quote(db_label)} --tape {shlex.quote(ex.tape)}",
+        repro=repro_command(ex.id, db_label),
     )
     if ex.end_cause == EndCause.CLIENT_LEFT:
         _client_left(d, ex, chunks, gaps)
