@@ -15,7 +15,6 @@ import json
 import os
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -275,7 +274,7 @@ def _store_rate(work: Path, chunks: int) -> float:
     data = b"data: " + b"x" * 94 + b"\n\n"
     started = time.monotonic()
     per = 1000
-    for n in range(0, chunks, per):
+    for _ in range(0, chunks, per):
         handle = writer.begin({"method": "POST", "path": "/chat/completions", "stream": 1, "request_body": b"{}"})
         for i in range(per):
             writer.chunk(handle, i, i, data)

@@ -122,6 +122,16 @@ class Index:
         self._next = 0
         self.served: set[int] = set()
 
+    def add(self, recorded: list[Any]) -> None:
+        """Exchanges recorded while serving (a miss forwarded upstream): matched from now on, and
+        counted as used, since the request that missed got them."""
+        for ex in recorded:
+            self.exchanges.append(ex)
+            key = self.key(ex.method, ex.path, ex.request_body)
+            self._by_key.setdefault(key, []).append(ex)
+            self._used[key] = self._used.get(key, 0) + 1
+            self.served.add(ex.id)
+
     def key(self, method: str, path: str, body: bytes) -> str:
         return request_key(method, path, body, self.ignore)
 

@@ -220,7 +220,10 @@ class ReplayServer(AppServer):
         finally:
             self._report(rec)
             await self._recorder.settle()
-            self.index = Index(self.source.exchanges(), self.ignore_fields, self.match, self.repeat)
+            known = {ex.id for ex in self.index.exchanges}
+            recorded = [ex for ex in self.source.exchanges() if ex.id not in known]
+            self.index.add(recorded)
+            rec.exchange_id = recorded[-1].id if recorded else None
 
     def _report(self, rec: Replayed) -> None:
         if self.log:
