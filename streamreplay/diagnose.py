@@ -123,10 +123,14 @@ def diagnose_exchange(ex: Exchange, chunks: list[Chunk], tape: list[Exchange], d
         d.ended_by, d.chunk, d.at_s = "upstream", len(chunks), (ex.duration_ns or 0) / 1e9
         d.cause = "http_error" if ex.end_cause == EndCause.HTTP_ERROR else "upstream_unreachable"
         body = b"".join(c.data for c in chunks)[:300].decode("utf-8", "replace")
-        d.summary = f"the upstream answered HTTP {ex.status} before any stream"
+        if ex.end_cause == EndCause.UPSTREAM_UNREACHABLE:
+            d.summary = f"the upstream could not be reached; the client got HTTP {ex.status} from streamreplay"
+            d.fix = "check the upstream URL and that it is up; clients retry this (the openai SDK twice)"
+        else:
+            d.summary = f"the upstream answered HTTP {ex.status} before any stream"
+            d.fix = ("slow down or retry with backoff (429)" if ex.status == 429
+                     else "retry; the upstream failed before streaming")
         d.evidence.append(f"body: {body}")
-        d.fix = ("slow down or retry with backoff (429)" if ex.status == 429
-                 else "retry; the upstream failed before streaming")
     elif ex.end_cause == EndCause.INTERRUPTED:
         d.ended_by, d.cause = "daemon", "interrupted"
         d.chunk, d.at_s = len(chunks), (chunks[-1].t_ns / 1e9 if chunks else 0.0)

@@ -116,3 +116,39 @@ def test_a_deadline_on_a_bundled_real_recording(tmp_path: Path):
     found = diagnose(Store(db), 1)
     assert found.cause == "client_deadline" and "a total time limit of about 1 s" in found.summary
     assert found.chunk == 63 and found.upstream_complete
+
+
+async def test_unreachable_timeout_and_interrupted(tmp_path: Path):
+    from streamreplay.store import StoreWriter
+
+    async with ScriptedUpstream() as dead:
+        port = dead.port
+    db = tmp_path / "u.db"
+    async with RecordingProxy(RecordOptions(upstream=f"http://127.0.0.1:{port}/v1", db=str(db), tape="u")) as proxy:
+        await read(proxy.base_url)
+        await proxy.settle()
+    found = diagnose(Store(db), 1)
+    assert found.cause == "upstream_unreachable" and "could not be reached" in found.summary
+
+    db = tmp_path / "t.db"
+    async with ScriptedUpstream(Script(text=STORY, gap=0.01, pauses={3: 1.0})) as upstream:
+        options = RecordOptions(upstream=upstream.base_url, db=str(db), tape="t", upstream_timeout=0.3)
+        async with RecordingProxy(options) as proxy:
+            await read(proxy.base_url)
+            await proxy.settle()
+    found = diagnose(Store(db), 1)
+    assert (found.cause, found.ended_by, found.chunk) == ("upstream_timeout", "upstream", 3)
+
+    db = tmp_path / "i.db"
+    writer = StoreWriter(db, "i")
+    writer.start()
+    handle = writer.begin({"method": "POST", "path": "/chat/completions", "stream": 1, "request_body": b"{}"})
+    writer.chunk(handle, 0, 1000, b'data: {"choices":[{"index":0,"delta":{"content":"Hi"}}]}\n\n')
+    writer.close()  # the daemon died before the exchange ended
+    with Store(db).db.conn:
+        Store(db).db.execute("update exchanges set recorder_pid = 999999999")
+    reopened = StoreWriter(db, "next")
+    reopened.start()
+    reopened.close()
+    found = diagnose(Store(db), 1)
+    assert found.cause == "interrupted" and found.ended_by == "daemon"
