@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streamreplay.replay import ReplayServer
-from streamreplay.sse import Assembler, SSEParser
+from streamreplay.report import chunk_events, describe_event
 from streamreplay.store import Chunk, Exchange, Store
 
 GOOD, BAD, SKIP = "good", "bad", "skip"
@@ -104,23 +104,10 @@ def _kill_group(proc: asyncio.subprocess.Process) -> None:
 
 def chunk_text(chunks: list[Chunk], index: int) -> str:
     """What chunk `index` carries, in words: its delta text, finish_reason or [DONE]."""
-    parser, described = SSEParser(), ""
-    for chunk in chunks[: index + 1]:
-        events = parser.feed(chunk.data)
-        if chunk.index != index:
-            continue
-        parts = []
-        for event in events:
-            if event.data.startswith("[DONE]"):
-                parts.append("[DONE]")
-                continue
-            one = Assembler()
-            one.feed_event(event)
-            result = one.result()
-            parts.append(repr(result.text) if result.text else
-                         f"finish_reason={result.finish_reason}" if result.finish_reason else "(no text)")
-        described = ", ".join(parts) or f"{len(chunk.data)} bytes, no whole event"
-    return described
+    events = chunk_events(chunks[: index + 1])[index]
+    parts = [repr(r.text) if r is not None and r.text else describe_event(r).strip("<>") or "(no text)"
+             for r in events]
+    return ", ".join(parts) or f"{len(chunks[index].data)} bytes, no whole event"
 
 
 class Bisector:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
-from streamreplay.sse import Assembler, SSEParser
+from streamreplay.sse import Assembled, Assembler, SSEParser
 from streamreplay.store import Chunk, Exchange
 
 
@@ -49,30 +50,45 @@ def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     return "\n".join(lines)
 
 
-def chunk_deltas(chunks: list[Chunk]) -> list[str]:
-    """For each chunk, the text its completed events add (what a user would see arrive)."""
+def chunk_events(chunks: Sequence[Chunk]) -> list[list[Assembled | None]]:
+    """For each chunk, every event it completes, assembled on its own (None stands for `[DONE]`).
+
+    One parser runs across all chunks: an event may start in one read and end in the next.
+    """
     parser = SSEParser()
     out = []
     for chunk in chunks:
-        pieces = []
+        results: list[Assembled | None] = []
         for event in parser.feed(chunk.data):
             if event.data.startswith("[DONE]"):
-                pieces.append("[DONE]")
+                results.append(None)
                 continue
             one = Assembler()
             one.feed_event(event)
-            result = one.result()
-            if result.text:
-                pieces.append(result.text)
-            elif result.finish_reason:
-                pieces.append(f"<finish_reason={result.finish_reason}>")
-            elif result.error:
-                pieces.append(f"<error {result.error.get('message', '')}>")
-            elif result.tool_calls:
-                fn = result.tool_calls[0]["function"]
-                pieces.append(f"<tool_call {fn.get('name') or ''}{fn.get('arguments') or ''}>")
-        out.append("".join(pieces))
+            results.append(one.result())
+        out.append(results)
     return out
+
+
+def describe_event(result: Assembled | None) -> str:
+    """An event in a few characters: its text, or what it carries instead."""
+    if result is None:
+        return "[DONE]"
+    if result.text:
+        return result.text
+    if result.finish_reason:
+        return f"<finish_reason={result.finish_reason}>"
+    if result.error:
+        return f"<error {result.error.get('message', '')}>"
+    if result.tool_calls:
+        fn = result.tool_calls[0]["function"]
+        return f"<tool_call {fn.get('name') or ''}{fn.get('arguments') or ''}>"
+    return ""
+
+
+def chunk_deltas(chunks: Sequence[Chunk]) -> list[str]:
+    """For each chunk, the text its completed events add (what a user would see arrive)."""
+    return ["".join(describe_event(result) for result in events) for events in chunk_events(chunks)]
 
 
 def show_lines(ex: Exchange, chunks: list[Chunk]) -> list[str]:

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from streamreplay.report import chunk_deltas
-from streamreplay.sse import Assembler, SSEParser, assemble
+from streamreplay.report import chunk_deltas, chunk_events
+from streamreplay.sse import assemble
 from streamreplay.store import Chunk, Exchange
 
 if TYPE_CHECKING:  # only for the hints: rendering needs neither the replay server nor aiohttp
@@ -80,18 +80,14 @@ def fmt_ns(ns: float) -> str:
 
 
 def _kinds(chunks: Sequence[Chunk]) -> list[set[str]]:
-    """What each chunk carries, event by event (an event may span chunks: one parser for all)."""
-    parser = SSEParser()
+    """What each chunk carries, event by event."""
     out = []
-    for chunk in chunks:
+    for events in chunk_events(chunks):
         kinds: set[str] = set()
-        for event in parser.feed(chunk.data):
-            if event.data.startswith("[DONE]"):
+        for result in events:
+            if result is None:
                 kinds.add("done")
                 continue
-            one = Assembler()
-            one.feed_event(event)
-            result = one.result()
             if result.text or result.tool_calls:
                 kinds.add("content")
             if result.finish_reason:
