@@ -138,8 +138,9 @@ async def test_by_client_names_the_consumer_that_left_like_the_recorded_one(db_p
     lines: list[str] = []
     observations = await asyncio.to_thread(client_main, store, 1, lines.append)
     matching = [o.behaviour for o in observations if matches(store.exchange(1), o.seen)]
-    assert matching == ["read timeout 0.4 s"], lines
-    assert lines[-1].startswith("verdict: a consumer that read timeout 0.4 s leaves where the recorded one did")
+    # the timeout tried is the recorded silence (about the client's 0.4 s), to the hundredth
+    assert len(matching) == 1 and re.fullmatch(r"read timeout 0\.(3[5-9]|4\d?|5\d?) s", matching[0]), lines
+    assert lines[-1].startswith(f"verdict: a consumer that {matching[0]} leaves where the recorded one did")
     whole = [o for o in observations if o.behaviour == "reads to the end"]
     assert len(whole) == 4 and all(o.outcome.text == STORY for o in whole if o.client != "AG2")
 

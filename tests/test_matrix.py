@@ -23,7 +23,8 @@ async def test_the_matrix_tells_silent_truncation_from_errors():
     assert results[(cut, "autogen-agentchat")].startswith("partial text, no error")
     assert results[(cut, "AG2")] == "raises pydantic_core.ValidationError"
     assert results[(close, "autogen-agentchat")] == "raises httpx.RemoteProtocolError"
-    assert results[(stall, "openai async")].startswith("times out after 0.5 s (httpx.ReadTimeout)")
+    assert results[(stall, "openai async")].startswith("times out after")
+    assert results[(stall, "openai async")].endswith("(httpx.ReadTimeout)")
     assert results[(by_spec["status:code=429"], "AG2")] == "raises openai.RateLimitError"
 
 
