@@ -176,6 +176,28 @@ class Bisector:
             previous = chunk.t_ns
         return best
 
+    async def _threshold(self, server: ReplayServer, low: float, high: float, resolution: float,
+                         spec: Callable[[float], str], unit: str) -> tuple[float, float] | str:
+        """Binary search for the flip between `low` (expected good) and `high` (expected bad): the pair
+        (last good, first bad), or why there is none. Real time, so it says how long is left."""
+        planned = math.ceil(math.log2(max((high - low) / resolution, 1))) + 2
+        started = time.monotonic()
+        if await self._try(server, low, spec(low)) != GOOD:
+            return f"bad even at {low:g}{unit} ({spec(low)}): something else breaks it"
+        if await self._try(server, high, spec(high)) != BAD:
+            return f"good even at {high:g}{unit} ({spec(high)}): raise --max to find a limit"
+        lo, hi = low, high
+        while hi - lo > resolution:
+            mid = (lo + hi) / 2
+            done = len(self.steps)
+            left = (planned - done) * (time.monotonic() - started) / done
+            self.progress(f"  trying {mid:.3f}{unit}; about {left:.0f} s left")
+            verdict = await self._try(server, mid, spec(mid))
+            if verdict == SKIP:
+                return f"the check skipped {spec(mid)}: cannot tell between {lo:.3f} and {hi:.3f}{unit}"
+            lo, hi = (mid, hi) if verdict == GOOD else (lo, mid)
+        return lo, hi
+
     async def by_timing(self, at_chunk: int | None = None, maximum: float = 60.0, resolution: float = 0.1) -> Result:
         """The stall length at which the app flips: how long a silence it tolerates."""
         chunk = self.largest_gap_chunk() if at_chunk is None else at_chunk
@@ -184,30 +206,37 @@ class Bisector:
         def spec(seconds: float) -> str:
             return f"stall:chunk={chunk},seconds={seconds:.3f}".rstrip("0").rstrip(".")
 
-        planned = math.ceil(math.log2(max(maximum / resolution, 1))) + 2
-        started = time.monotonic()
         async with self._server() as server:
-            if await self._try(server, 0, spec(0)) != GOOD:
-                result.answer = "bad even without a stall: something else breaks it"
-            elif await self._try(server, maximum, spec(maximum)) != BAD:
-                result.answer = f"good even with a {maximum:g} s stall at chunk {chunk}: raise --max to find a limit"
-            else:
-                lo, hi = 0.0, maximum  # lo good, hi bad
-                while hi - lo > resolution:
-                    mid = (lo + hi) / 2
-                    done = len(self.steps)
-                    spent = time.monotonic() - started
-                    left = (planned - done) * spent / done if done else 0
-                    self.progress(f"  trying {mid:.3f} s; about {left:.0f} s left")
-                    verdict = await self._try(server, mid, spec(mid))
-                    if verdict == SKIP:
-                        result.answer = f"the check skipped {spec(mid)}: cannot tell between {lo:.3f} and {hi:.3f} s"
-                        break
-                    lo, hi = (mid, hi) if verdict == GOOD else (lo, mid)
-                else:
-                    result.answer = (f"good at {lo:.2f} s, bad at {hi:.2f} s of silence before chunk {chunk}: "
-                                     f"the client gives up after about {hi:.1f} s of silence")
-                    result.boundary = {"good_s": lo, "bad_s": hi, "at_chunk": chunk}
-                    result.replay = self._replay(spec(hi))
+            found = await self._threshold(server, 0.0, maximum, resolution, spec, " s")
+        if isinstance(found, str):
+            result.answer = found
+        else:
+            lo, hi = found
+            result.answer = (f"good at {lo:.2f} s, bad at {hi:.2f} s of silence before chunk {chunk}: "
+                             f"the client gives up after about {hi:.1f} s of silence")
+            result.boundary = {"good_s": lo, "bad_s": hi, "at_chunk": chunk}
+            result.replay = self._replay(spec(hi))
+        result.steps = self.steps
+        return result
+
+    async def by_slowdown(self, maximum: float = 20.0, resolution: float = 0.1) -> Result:
+        """How much slower than recorded the stream may run (every gap times F) before the app flips.
+        Replayed at the recorded timing whatever --speed says: the gaps are what is searched."""
+        result = Result("slowdown", "")
+
+        def spec(factor: float) -> str:
+            return f"gap-scale:factor={factor:.3f}".rstrip("0").rstrip(".")
+
+        server = ReplayServer(OneExchange(self.exchange, self.chunks), speed=1.0, match="sequence")
+        async with server:
+            found = await self._threshold(server, 1.0, maximum, resolution, spec, "x")
+        if isinstance(found, str):
+            result.answer = found
+        else:
+            lo, hi = found
+            result.answer = (f"good with gaps x{lo:.2f}, bad with gaps x{hi:.2f}: the app fails when the stream "
+                             f"runs about {hi:.1f} times slower than recorded")
+            result.boundary = {"good_factor": lo, "bad_factor": hi}
+            result.replay = self._replay(spec(hi))
         result.steps = self.steps
         return result

@@ -268,12 +268,15 @@ def diagnose_command(exchange_id: int, db: str, as_json: bool) -> None:
 @click.option("--fault", "kind", type=click.Choice(["cut", "close", "reset", "error-event"]), default="cut",
               show_default=True, help="The kind of cut for --by chunk.")
 @click.option("--at-chunk", type=int, help="Where to stall for --by timing (default: before the largest gap).")
-@click.option("--max", "maximum", default=60.0, show_default=True, help="Longest stall to try, in seconds.")
+@click.option("--over", type=click.Choice(["stall", "speed"]), default="stall", show_default=True,
+              help="--by timing searches a stall's length, or (speed) how much slower the whole stream may run.")
+@click.option("--max", "maximum", default=60.0, show_default=True,
+              help="Longest stall to try (s); with --over speed, the largest slowdown factor.")
 @click.option("--resolution", default=0.1, show_default=True, help="Stop when the threshold is this narrow (s).")
 @click.option("--speed", default=0.0, show_default=True, help="Replay speed during the search (0: no waits).")
 @click.option("--check-timeout", type=float, help="Kill a check that runs longer than this (s): bad.")
 def bisect_command(exchange_id: int, db: str, axis: str, check: str | None, oracle: str, kind: str,
-                   at_chunk: int | None, maximum: float, resolution: float, speed: float,
+                   at_chunk: int | None, over: str, maximum: float, resolution: float, speed: float,
                    check_timeout: float | None) -> None:
     """Find the chunk, the timing threshold or the client behaviour at which an app flips from good to bad."""
     from streamreplay.bisect import Bisector, ClientOracle, CommandOracle
@@ -293,6 +296,8 @@ def bisect_command(exchange_id: int, db: str, axis: str, check: str | None, orac
         raise click.ClickException(exc.args[0]) from exc
     if axis == "chunk":
         result = run_cancellable(bisector.by_chunk(kind))
+    elif over == "speed":
+        result = run_cancellable(bisector.by_slowdown(maximum, resolution))
     else:
         result = run_cancellable(bisector.by_timing(at_chunk, maximum, resolution))
     say(f"{result.runs} runs: {result.answer}")

@@ -155,3 +155,13 @@ async def test_client_command_runs_one_reference_consumer(story: Store):
     assert out.exit_code == 0, out.output
     assert "text       'Once upon '" in out.output
     assert "the client left at chunk 3" in out.output
+
+
+async def test_by_slowdown_finds_how_much_slower_the_stream_may_run(db_path: Path):
+    # the largest gap is 0.21 s; a client with a 0.5 s read timeout fails once gaps grow past ~2.4x
+    await record(db_path, [Script(text=STORY, gap=0.01, pauses={4: 0.2})], [chat("Tell me a story.")])
+    bisector = Bisector(Store(db_path), 1, CommandOracle(check("timeout", "0.5")))
+    result = await bisector.by_slowdown(maximum=4.0, resolution=0.25)
+    assert 2.0 <= result.boundary["good_factor"] < result.boundary["bad_factor"] <= 3.0, result.answer
+    assert result.runs <= math.ceil(math.log2((4.0 - 1.0) / 0.25)) + 2
+    assert result.replay.endswith(f"--fault gap-scale:factor={result.boundary['bad_factor']:g}")
