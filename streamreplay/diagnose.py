@@ -138,7 +138,17 @@ def diagnose_exchange(ex: Exchange, chunks: list[Chunk], tape: list[Exchange], d
     else:
         _completed(d, ex, chunks, tape)
     _retries(d, ex, tape)
+    _malformed(d, ex)
     return d
+
+
+def _malformed(d: Diagnosis, ex: Exchange) -> None:
+    """What the upstream sent that a client would choke on, whatever ended the exchange."""
+    content_type = ex.response_header("content-type") or ""
+    if ex.stream and ex.status and 200 <= ex.status < 300 and "text/event-stream" not in content_type:
+        d.evidence.append(f"the request asked for a stream; the answer is {content_type or 'untyped'}, not SSE")
+    for problem in ex.problems[:3]:
+        d.evidence.append(f"malformed upstream output: {problem}")
 
 
 def _client_left(d: Diagnosis, ex: Exchange, chunks: list[Chunk], gaps: list[float]) -> None:

@@ -98,6 +98,11 @@ async def test_bad_upstream_output_is_forwarded_stored_and_reported(db_path: Pat
     assert shown.exit_code == 0 and diagnosed.exit_code == 0, shown.output + diagnosed.output
     if name == "invalid JSON":
         assert "problem   event 0: invalid JSON" in shown.output
+        assert "malformed upstream output: event 0: invalid JSON" in diagnosed.output
+    if name == "HTML with 200":
+        assert "the request asked for a stream; the answer is text/html" in diagnosed.output
+    if name == "not UTF-8":
+        assert "malformed upstream output" in diagnosed.output and "UTF-8" in diagnosed.output
 
 
 async def test_a_content_length_that_lies(db_path: Path):
