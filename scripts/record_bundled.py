@@ -21,11 +21,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from streamreplay.clients import MODEL_INFO  # noqa: E402
 from tests.realmodel_server import real_upstream_url  # noqa: E402
 
 MODEL = "smollm2"
-MODEL_INFO = {"vision": False, "function_calling": False, "json_output": False, "family": "unknown",
-              "structured_output": False}
 
 
 def autogen_client(base_url: str, **kw: object):

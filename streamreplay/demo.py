@@ -10,12 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from streamreplay.cassette import CassetteSource
+from streamreplay.clients import MODEL_INFO
 from streamreplay.replay import ReplayServer
 
 DEMO_TAPE = "agent-happy-path"
 TASK = "Write a haiku about the sea."
-MODEL_INFO = {"vision": False, "function_calling": False, "json_output": False, "family": "unknown",
-              "structured_output": False}
 
 
 def find_recordings(directory: str | None = None) -> Path:

@@ -37,3 +37,12 @@ def request_key(method: str, path: str, body: bytes, ignore: Iterable[str] = DEF
         blob = json.dumps(canon, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
     digest = hashlib.sha256(blob).hexdigest()[:16]
     return f"{method.upper()} {path} {digest}"
+
+
+def json_object(body: bytes) -> dict[str, Any] | None:
+    """The body as a JSON object, or None when it is empty, not JSON, or not an object."""
+    try:
+        value = json.loads(body) if body else None
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None

@@ -13,6 +13,7 @@ import httpx
 import openai
 import pytest
 
+from streamreplay.clients import MODEL_INFO
 from streamreplay.proxy import RecordingProxy
 from streamreplay.proxy.recorder import RecordOptions
 from streamreplay.replay import ReplayServer
@@ -22,8 +23,6 @@ from tests.realmodel_server import real_upstream_url
 
 pytestmark = pytest.mark.realmodel
 
-MODEL_INFO = {"vision": False, "function_calling": False, "json_output": False, "family": "unknown",
-              "structured_output": False}
 RECORDINGS = Path(__file__).resolve().parent.parent / "recordings"
 
 

@@ -21,6 +21,7 @@ from yarl import URL
 
 from streamreplay.endcause import EndCause
 from streamreplay.proxy.endings import classify_read_error, clean_end_cause
+from streamreplay.requestkey import json_object
 from streamreplay.serving import AppServer
 from streamreplay.sse import find_done
 from streamreplay.store import DEFAULT_DB, ExchangeHandle, StoreWriter, now_iso
@@ -352,12 +353,7 @@ class RecordingProxy(AppServer):
 
 
 def _stream_and_model(body: bytes) -> tuple[bool, str | None]:
-    try:
-        payload = json.loads(body) if body else None
-    except ValueError:
-        return False, None
-    if not isinstance(payload, dict):
-        return False, None
+    payload = json_object(body) or {}
     model = payload.get("model")
     return bool(payload.get("stream")), model if isinstance(model, str) else None
 

@@ -17,6 +17,7 @@ from streamreplay.replay.faults import Fault, FaultSpecError, apply_faults, pars
 from streamreplay.replay.matching import Index, Miss
 from streamreplay.replay.schedule import Schedule, convert_for_request, recorded_schedule
 from streamreplay.replay.source import TapeSource, open_source
+from streamreplay.requestkey import json_object
 from streamreplay.serving import AppServer
 from streamreplay.sse import find_done
 from streamreplay.wire import (
@@ -279,11 +280,8 @@ class ReplayServer(AppServer):
 
 
 def _wants_stream(body: bytes) -> bool | None:
-    try:
-        payload = json.loads(body) if body else None
-    except ValueError:
-        return None
-    return bool(payload.get("stream")) if isinstance(payload, dict) else None
+    payload = json_object(body)
+    return bool(payload.get("stream")) if payload is not None else None
 
 
 def _not_json(body: bytes) -> bool:
