@@ -1,8 +1,9 @@
 """The benchmark: streamreplay's proxy and replay measured side by side with the direct connection and
 with the proxies a user would otherwise pick (mitmproxy, aimock), in one run on this machine.
 
-    python bench/run.py            # full size; installs the peers into ~/.cache/streamreplay
-    python bench/run.py --tiny     # seconds; what the test suite runs so this cannot rot
+    python bench/run.py                   # full size; installs the peers into ~/.cache/streamreplay
+    python bench/run.py --tiny            # seconds; what the test suite runs so this cannot rot
+    python bench/run.py --replay-memory   # only `play`'s RSS while it serves the same exchanges round after round
 
 Upstream, clients and daemons run in separate processes. Loopback only; every load is bounded.
 Prints a table with PASS/MISS against the targets and writes bench/results.json.
@@ -56,6 +57,8 @@ class Daemon:
         else:
             self.base_url = f"http://127.0.0.1:{port}/v1"
             _wait_port(port)
+        # a daemon logs a line per exchange: unread, the pipe fills and the daemon blocks on its next print
+        threading.Thread(target=_drain, args=(self.proc.stdout,), daemon=True).start()
         self.peak_rss = 0
         self.samples: list[tuple[float, int]] = []
         self._sampling = False
@@ -106,6 +109,11 @@ class _Sampler:
     @property
     def peak(self) -> int:
         return max((r for _, r in self.samples), default=0)
+
+
+def _drain(stream: Any) -> None:
+    for _ in stream:
+        pass
 
 
 def _wait_port(port: int, timeout: float = 60) -> None:
@@ -190,13 +198,18 @@ def main() -> int:
     parser.add_argument("--tiny", action="store_true", help="a few seconds: the suite runs this")
     parser.add_argument("--no-peers", action="store_true", help="skip mitmproxy and aimock")
     parser.add_argument("--out", default=str(HERE / "results.json"))
+    parser.add_argument("--replay-memory", action="store_true",
+                        help="only play's RSS over rounds of the same exchanges (prints; writes no results)")
     args = parser.parse_args()
     tiny = args.tiny
+    if args.replay_memory:
+        return replay_memory_only(tiny)
     size = {
         "lat_chunks": 40 if tiny else 500, "lat_gap": 2 if tiny else 5, "lat_streams": 5 if tiny else 100,
         "fast_chunks": 500 if tiny else 10_000, "many": 10 if tiny else 200, "many_chunks": 50 if tiny else 500,
         "replay_chunks": 10 if tiny else 120, "replay_streams": 5 if tiny else 100,
         "mem_streams": (1, 5, 10) if tiny else (1, 100, 500), "big_chunks": 80 if tiny else 3200,
+        **replay_memory_size(tiny),
     }
     work = Path(tempfile.mkdtemp(prefix="streamreplay-bench-"))
     results: dict[str, Any] = {"tiny": tiny, "targets": {}, "replay": {}, "memory": {}, "checks": []}
@@ -243,6 +256,7 @@ def main() -> int:
 
         results["replay"] = _replay_fidelity(record, work, size)
         results["memory"] = _memory(upstream, work, size)
+        results["replay_memory"] = _replay_memory(upstream, work, size)
     finally:
         for daemon in daemons:
             daemon.stop()
@@ -391,6 +405,65 @@ def _memory(upstream: Daemon, work: Path, size: dict[str, Any]) -> dict[str, Any
     return out
 
 
+def replay_memory_size(tiny: bool) -> dict[str, int]:
+    """300 exchanges served 20 times: enough rounds that a per-request leak shows over the noise."""
+    return {"replay_mem_exchanges": 30 if tiny else 300, "replay_mem_rounds": 3 if tiny else 20,
+            "replay_mem_chunks": 20 if tiny else 100}
+
+
+def _replay_memory(upstream: Daemon, work: Path, size: dict[str, Any]) -> dict[str, Any]:
+    """`play` at speed 0 serving the same exchanges round after round, its RSS read after each round.
+    From round 2 on (the recordings are cached and every buffer sized by round 1) it must stay flat."""
+    exchanges, rounds, chunks = size["replay_mem_exchanges"], size["replay_mem_rounds"], size["replay_mem_chunks"]
+    db = work / "replay-mem.db"
+    rec = Daemon("record-replay-mem", [PY, "-m", "streamreplay.cli", "record", "--upstream", upstream.base_url,
+                                       "--db", str(db), "--tape", "mem", "--port", "0"], r"base_url (http://\S+)")
+    try:
+        # 1 ms gaps: the recorder reads each event on its own, so every exchange has `chunks` chunks
+        client(rec.base_url, exchanges, chunks, 1, size=100)
+    finally:
+        rec.stop()
+    play = Daemon("play-replay-mem", [PY, "-m", "streamreplay.cli", "play", "--db", str(db), "--speed", "0",
+                                      "--port", "0"], r"base_url (http://\S+)")
+    rss_mb: list[float] = []
+    try:
+        for n in range(1, rounds + 1):
+            # the same requests as recorded, so each matches its own exchange
+            run = client(play.base_url, exchanges, chunks, 1, size=100)
+            assert all(s["status"] == 200 and s["in_order"] for s in run["streams"]), "a replay did not match"
+            rss_mb.append(play.rss() / 2**20)
+            print(f"replay memory: round {n}/{rounds}, {exchanges} exchanges, play RSS {rss_mb[-1]:.1f} MB",
+                  file=sys.stderr)
+    finally:
+        play.stop()
+    base = rss_mb[1] if len(rss_mb) > 1 else rss_mb[0]
+    return {"exchanges": exchanges, "rounds": rounds, "chunks": chunks, "rss_mb": rss_mb,
+            "growth_mb": rss_mb[-1] - base}
+
+
+def render_replay_memory(m: dict[str, Any]) -> list[str]:
+    rounds = ", ".join(f"{mb:.1f}" for mb in m["rss_mb"])
+    flat = "flat" if m["growth_mb"] < REPLAY_GROWTH_MB else "GROWING"
+    return [f"play RSS after each of {m['rounds']} rounds of the same {m['exchanges']} exchanges "
+            f"({m['chunks']} chunks each, speed 0), MB: {rounds}",
+            f"play RSS growth from round 2 to round {m['rounds']}: {m['growth_mb']:+.2f} MB ({flat}, "
+            f"target < {REPLAY_GROWTH_MB} MB)"]
+
+
+def replay_memory_only(tiny: bool) -> int:
+    work = Path(tempfile.mkdtemp(prefix="streamreplay-bench-"))
+    upstream = Daemon("upstream", [PY, str(HERE / "upstream.py")], r"^(\d+)")
+    try:
+        found = _replay_memory(upstream, work, replay_memory_size(tiny))
+    finally:
+        upstream.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    print("\n".join(render_replay_memory(found)))
+    return 0 if found["growth_mb"] < REPLAY_GROWTH_MB else 1
+
+
+REPLAY_GROWTH_MB = 2.0
+
 TARGETS = [
     ("added TTFB p99, 1 stream", "< 2 ms"),
     ("added per-chunk p99, 1 stream", "< 1 ms"),
@@ -402,6 +475,7 @@ TARGETS = [
     ("chunks lost or reordered", "0"),
     ("RSS at the most streams", "< 150 MB"),
     ("RSS growth over the big stream", "flat (< 20 MB)"),
+    ("play RSS growth, rounds 2 to last", f"flat (< {REPLAY_GROWTH_MB:g} MB)"),
 ]
 
 
@@ -437,6 +511,9 @@ def verdicts(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
     rows.append((*TARGETS[8], f"{mem[most]:.0f} MB ({most.split('_')[3]} streams)", mem[most] < 150))
     rows.append((*TARGETS[9], f"{mem['big_stream_growth_mb']:.1f} MB over {mem['big_stream_mb']:.0f} MB",
                  mem["big_stream_growth_mb"] < 20))
+    rmem = r["replay_memory"]
+    rows.append((*TARGETS[10], f"{rmem['growth_mb']:+.2f} MB over {rmem['rounds']} rounds of {rmem['exchanges']}",
+                 rmem["growth_mb"] < REPLAY_GROWTH_MB))
     return rows
 
 
@@ -465,6 +542,7 @@ def render(r: dict[str, Any]) -> str:
                                                  for k, v in mem.items() if k.startswith("peak_rss_mb_")))
     lines.append(f"one {mem['big_stream_mb']:.0f} MB stream: RSS {mem['big_stream_rss_mb_early']:.0f} MB early, "
                  f"{mem['big_stream_rss_mb_peak']:.0f} MB peak")
+    lines += render_replay_memory(r["replay_memory"])
     lines.append("")
     for what, target, got, ok in verdicts(r):
         mark = "PASS" if ok else ("n/a " if ok is None else "MISS")

@@ -87,13 +87,15 @@ class ClientOracle(CommandOracle):
     """Good when every request of the run was read to its end without leaving early or retrying."""
 
     async def judge(self, base_url: str, server: ReplayServer) -> str:
-        before = len(server.requests)
+        # from the server's totals, not its records: a check may make more requests than it keeps
+        before = server.counts.snapshot()
         await super().judge(base_url, server)
         await asyncio.sleep(0.05)  # the server notes a client that left as the connection drops
-        seen = server.requests[before:]
-        if not seen:
+        after = server.counts
+        if after.requests == before.requests:
             return SKIP
-        return GOOD if all(r.finished and r.retry_of is None for r in seen) else BAD
+        clean = after.unfinished == before.unfinished and after.retries == before.retries
+        return GOOD if clean else BAD
 
 
 def _kill_group(proc: asyncio.subprocess.Process) -> None:

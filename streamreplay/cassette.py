@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from streamreplay.requestkey import request_key
-from streamreplay.store import Chunk, Exchange, Store, body_for_db, now_iso
+from streamreplay.store import Chunk, Exchange, body_for_db, now_iso, open_store
 from streamreplay.summary import Summarizer
 
 FORMAT = "streamreplay-cassette"
@@ -40,7 +40,12 @@ def check_tape_name(name: str) -> str:
 
 
 def _dump(obj: dict[str, Any]) -> str:
-    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    text = json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (a byte that was not UTF-8): JSON's \\u escape keeps it
+        text = json.dumps(obj, sort_keys=True, separators=(",", ":"))
+    return text
 
 
 def _chunk_payload(data: bytes) -> dict[str, str]:
@@ -78,13 +83,15 @@ def cassette_lines(tape: str, exchanges: list[Exchange], chunks_of: Any, source:
         yield _dump({"type": "end", "seq": n, "cause": ex.end_cause, "upstream_end": ex.upstream_end,
                      "detail": ex.end_detail, "client_left_at_chunk": ex.client_left_at_chunk,
                      "client_left_ns": ex.client_left_ns, "ttfb_ns": ex.ttfb_ns, "duration_ns": ex.duration_ns,
-                     "done": ex.done, "text": ex.text, "finish_reason": ex.finish_reason})
+                     "done": ex.done, "text": ex.text, "finish_reason": ex.finish_reason,
+                     # only when set: a partial recording stays marked partial in every copy of it
+                     **({"store_error": ex.store_error} if ex.store_error else {})})
 
 
 def export_tape(db: str | Path, tape: str, path: str | Path) -> int:
     """Write a tape of a store as a cassette; returns the number of exchanges."""
     check_tape_name(tape)
-    store = Store(db)
+    store = open_store(db)
     exchanges = store.exchanges(tape=tape)
     if not exchanges:
         known = ", ".join(t["name"] for t in store.tapes()) or "none"
@@ -158,6 +165,7 @@ def _read_line(line: dict[str, Any], exchanges: dict[int, Exchange], chunks: dic
         ex.ttfb_ns, ex.duration_ns = line.get("ttfb_ns"), line.get("duration_ns")
         ex.text, ex.finish_reason = line.get("text"), line.get("finish_reason")
         ex.done = bool(line.get("done"))
+        ex.store_error = line.get("store_error")
     else:
         raise CassetteError(f"unknown line type {kind!r}")
 
@@ -181,14 +189,14 @@ def import_cassette(path: str | Path, db: str | Path, tape: str | None = None) -
     """Load a cassette into a store, as tape `tape` (default: the cassette's own); returns (tape, count)."""
     header, exchanges, chunks = read_cassette(path)
     name = check_tape_name(tape or header["tape"])
-    store = Store(db)
+    store = open_store(db)
     if store.exchanges(tape=name, limit=1):
         raise CassetteError(f"tape {name!r} already exists in {db}; import it under another name with --tape")
     with store.db.conn:
         store.db["tapes"].insert({"name": name, "created_at": now_iso(), "source": header.get("source", "")},
                                  replace=True)
         for ex in exchanges:
-            summary = Summarizer(ex.stream)
+            summary = Summarizer(ex.stream, ex.response_header("content-encoding"))
             for chunk in chunks[ex.id]:
                 summary.feed(chunk.data)
             row = {
@@ -201,7 +209,8 @@ def import_cassette(path: str | Path, db: str | Path, tape: str | None = None) -
                 "ttfb_ns": ex.ttfb_ns, "duration_ns": ex.duration_ns, "chunk_count": ex.chunk_count,
                 "byte_count": ex.byte_count, "end_cause": ex.end_cause, "upstream_end": ex.upstream_end,
                 "end_detail": ex.end_detail, "client_left_at_chunk": ex.client_left_at_chunk,
-                "client_left_ns": ex.client_left_ns, "done": int(ex.done), **summary.columns(ex.status),
+                "client_left_ns": ex.client_left_ns, "done": int(ex.done), "store_error": ex.store_error,
+                **summary.columns(),
             }
             new_id = store.db["exchanges"].insert(row).last_pk
             store.db["chunks"].insert_all(

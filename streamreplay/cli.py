@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from streamreplay import eventloop
-from streamreplay.store import DEFAULT_DB, Store, StoreError, open_store
+from streamreplay.store import DEFAULT_DB, Store, StoreError, open_store, readable
 
 db_option = click.option(
     "--db", default=lambda: os.environ.get("STREAMREPLAY_DB", DEFAULT_DB), show_default=DEFAULT_DB,
@@ -31,12 +31,14 @@ def store_at(path: str) -> Store:
 
 
 def say(line: str) -> None:
-    click.echo(line)
+    # text from recordings may hold bytes that were not UTF-8 (as surrogates): shown escaped, never a crash
+    click.echo(readable(line))
     sys.stdout.flush()
 
 
 def serve_until_signal(server: Any, banner: str, precise_timers: bool = False) -> None:
-    """Run an AppServer until SIGINT/SIGTERM, then stop it cleanly (the store flushed)."""
+    """Run an AppServer until SIGINT/SIGTERM, then stop it cleanly (the store flushed). The banner may
+    name `{base_url}`, `{origin}` and `{tape}`: what the server has once it is listening."""
 
     async def run() -> None:
         stop = asyncio.Event()
@@ -44,7 +46,7 @@ def serve_until_signal(server: Any, banner: str, precise_timers: bool = False) -
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await server.start()
-        say(banner.format(base_url=server.base_url, origin=server.origin))
+        say(banner.format(base_url=server.base_url, origin=server.origin, tape=getattr(server, "tape", "")))
         await stop.wait()
         await server.stop()
 
@@ -75,7 +77,22 @@ def run_cancellable(coro: Any) -> Any:
         sys.exit(130)
 
 
-@click.group()
+class _Commands(click.Group):
+    """Every command's DB trouble as one line: a corrupt, locked or unreadable DB is never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        import sqlite3
+
+        try:
+            return super().invoke(ctx)
+        except StoreError as exc:
+            raise click.ClickException(str(exc)) from exc
+        except sqlite3.DatabaseError as exc:
+            db = ctx.params.get("db") or (ctx.invoked_subcommand and "the DB") or "the DB"
+            raise click.ClickException(f"{db} is not a usable streamreplay database: {exc}") from exc
+
+
+@click.group(cls=_Commands)
 @click.version_option(package_name="streamreplay")
 def main() -> None:
     """Record streamed OpenAI-compatible answers chunk by chunk, replay them byte-exact, explain cutoffs."""
@@ -92,27 +109,66 @@ def main() -> None:
 @click.option("--on-client-disconnect", type=click.Choice(["drain", "abort"]), default="drain", show_default=True,
               help="drain: keep reading upstream so the recording is whole; abort: stop reading.")
 @click.option("--redact-header", multiple=True, help="Another header whose value never reaches disk.")
-@click.option("--redact-field", multiple=True, help="A request body field stored as [redacted].")
+@click.option("--redact-field", multiple=True,
+              help="A body field stored as [redacted]: a dotted path (metadata.user_id) or a bare name, any depth.")
 @click.option("--max-body", default=32 * 1024 * 1024, show_default=True, help="Largest request body, bytes.")
+@click.option("--max-db-size", type=int, help="Bytes the DB may grow to; past it exchanges are said to be lost.")
 @click.option("--note", default="", help="Free text stored with the tape: where and how it was recorded.")
 def record(upstream: str, db: str, tape: str | None, host: str, port: int, upstream_timeout: float,
            on_client_disconnect: str, redact_header: tuple[str, ...], redact_field: tuple[str, ...],
-           max_body: int, note: str) -> None:
-    """Forward every request to UPSTREAM untouched and store each chunk with its timing."""
+           max_body: int, max_db_size: int | None, note: str) -> None:
+    """Forward every request to UPSTREAM untouched and store each chunk with its timing.
+
+    Exits 1 if any exchange could not be stored whole (each is named on stderr as it happens)."""
     from streamreplay.proxy import RecordingProxy
     from streamreplay.proxy.recorder import RecordOptions
 
+    # the per-exchange lines go through threads of their own: a log nobody reads never stops recording
+    out, err = _line_log(sys.stdout), _line_log(sys.stderr)
     options = RecordOptions(
         upstream=upstream, db=db, tape=tape, upstream_timeout=upstream_timeout,
         on_client_disconnect=on_client_disconnect, redact_headers=redact_header, redact_fields=redact_field,
-        max_body=max_body, log=say, tape_source=note,
+        max_body=max_body, max_db_bytes=max_db_size, log=out, errors=err, tape_source=note,
     )
     try:
         proxy = RecordingProxy(options, host=host, port=port)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
-    serve_until_signal(proxy, f"streamreplay: base_url {{base_url}} (recording {upstream} into {db}, "
-                              f"tape {proxy.tape})")
+    serve_until_signal(proxy, f"streamreplay: base_url {{base_url}} (recording {upstream} into {db}, tape {{tape}})")
+    out.flush()
+    if out.dropped:
+        err(f"streamreplay: {out.dropped} log lines were not written (stdout was closed or not read)")
+    if proxy.losses:
+        refs = ", ".join(ref for ref, _ in proxy.losses[:20]) + (" ..." if len(proxy.losses) > 20 else "")
+        err(f"streamreplay: {len(proxy.losses)} exchanges were forwarded but not stored whole: {refs}")
+        err.flush()
+        sys.exit(1)
+    err.flush()
+
+
+def _line_log(stream: Any) -> Any:
+    """A LineLog on the stream's file descriptor; a stream without one (a test runner's) is written directly."""
+    import io
+
+    from streamreplay.linelog import LineLog
+
+    try:
+        return LineLog(stream.fileno())
+    except (io.UnsupportedOperation, AttributeError, ValueError):
+        return _DirectLog(stream)
+
+
+class _DirectLog:
+    dropped = 0
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def __call__(self, line: str) -> None:
+        click.echo(readable(line), file=self.stream)
+
+    def flush(self, timeout: float = 1.0) -> bool:
+        return True
 
 
 @main.command("ls")
@@ -188,15 +244,20 @@ def show(exchange_id: int, db: str, as_json: bool, html_file: str | None, fault:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", default=8900, show_default=True, help="Port to bind; 0 picks a free one.")
 @click.option("--prefix", default="/v1", show_default=True, help="Base path the clients use.")
+@click.option("--keep-requests", default=1000, show_default=True, type=click.IntRange(min=0),
+              help="Requests whose full record (offsets, ending) stays in memory; totals count them all.")
+@click.option("--cache-mb", default=64, show_default=True, type=click.IntRange(min=0),
+              help="Memory for recordings' chunks read from the DB (least recently replayed dropped first).")
 def play(db: str, tape: str | None, speed: float, faults: tuple[str, ...], match: str,
          ignore_field: tuple[str, ...], no_repeat: bool, upstream: str | None, host: str, port: int,
-         prefix: str) -> None:
+         prefix: str, keep_requests: int, cache_mb: int) -> None:
     """Serve recordings offline: same bytes, same chunk boundaries, same (or scaled) timing, same ending."""
     from streamreplay.replay import FaultSpecError, ReplayServer
 
     try:
         server = ReplayServer(db, tape=tape, speed=speed, faults=faults, match=match, ignore_fields=ignore_field,
-                              repeat=not no_repeat, upstream=upstream, prefix=prefix, host=host, port=port, log=say)
+                              repeat=not no_repeat, upstream=upstream, prefix=prefix, host=host, port=port, log=say,
+                              keep_requests=keep_requests, cache_bytes=cache_mb * 2**20)
     except FaultSpecError as exc:
         raise click.BadParameter(str(exc), param_hint="--fault") from exc
     except (FileNotFoundError, LookupError, ValueError, StoreError) as exc:
@@ -294,12 +355,17 @@ def bisect_command(exchange_id: int, db: str, axis: str, check: str | None, orac
         bisector = Bisector(store, exchange_id, judge, speed=speed, progress=say, db_label=db)
     except KeyError as exc:
         raise click.ClickException(exc.args[0]) from exc
-    if axis == "chunk":
-        result = run_cancellable(bisector.by_chunk(kind))
-    elif over == "speed":
-        result = run_cancellable(bisector.by_slowdown(maximum, resolution))
-    else:
-        result = run_cancellable(bisector.by_timing(at_chunk, maximum, resolution))
+    from streamreplay.replay import FaultSpecError
+
+    try:
+        if axis == "chunk":
+            result = run_cancellable(bisector.by_chunk(kind))
+        elif over == "speed":
+            result = run_cancellable(bisector.by_slowdown(maximum, resolution))
+        else:
+            result = run_cancellable(bisector.by_timing(at_chunk, maximum, resolution))
+    except FaultSpecError as exc:  # --max or --at-chunk past what a fault takes
+        raise click.UsageError(str(exc)) from exc
     say(f"{result.runs} runs: {result.answer}")
     if result.replay:
         say(f"replay the boundary: {result.replay}")

@@ -128,13 +128,13 @@ async def observe(ex: Exchange, source: OneExchange, runs: list[tuple[str, Behav
     observations = []
     async with ReplayServer(source, speed=speed, match="sequence") as server:
         for client, behaviour in runs:
-            before = len(server.requests)
+            before = server.counts.requests
             if client == "openai async":
                 outcome = await openai_consumer(server.base_url, messages, behaviour)
             else:
                 outcome = await run_client(client, server.base_url, messages, behaviour.timeout or 600.0)
             await asyncio.sleep(0.05)  # the server sees the connection go
-            observations.append(Observation(behaviour.describe(), client, outcome, server.requests[before]))
+            observations.append(Observation(behaviour.describe(), client, outcome, server.since(before)[0]))
     return observations
 
 

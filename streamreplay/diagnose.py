@@ -106,7 +106,8 @@ def diagnose_exchange(ex: Exchange, chunks: list[Chunk], tape: list[Exchange], d
     )
     if ex.end_cause == EndCause.CLIENT_LEFT:
         _client_left(d, ex, chunks, gaps)
-    elif ex.end_cause in (EndCause.UPSTREAM_CLOSED, EndCause.UPSTREAM_RESET, EndCause.UPSTREAM_TIMEOUT):
+    elif ex.end_cause in (EndCause.UPSTREAM_CLOSED, EndCause.UPSTREAM_RESET, EndCause.UPSTREAM_TIMEOUT,
+                          EndCause.UPSTREAM_MALFORMED):
         _upstream_broke(d, ex, chunks, gaps)
     elif ex.end_cause == EndCause.EOF_WITHOUT_DONE:
         d.ended_by, d.chunk, d.at_s = "upstream", len(chunks), (ex.duration_ns or 0) / 1e9
@@ -139,6 +140,10 @@ def diagnose_exchange(ex: Exchange, chunks: list[Chunk], tape: list[Exchange], d
         _completed(d, ex, chunks, tape)
     _retries(d, ex, tape)
     _malformed(d, ex)
+    if ex.store_error:
+        # first: whatever else it says is read from a recording that is missing a part
+        d.evidence.insert(0, f"THIS RECORDING IS PARTIAL ({ex.store_error}): what follows is read from what "
+                             "was stored, not from all the client got")
     return d
 
 
@@ -202,6 +207,10 @@ def _upstream_broke(d: Diagnosis, ex: Exchange, chunks: list[Chunk], gaps: list[
                                    "clients raise httpx.RemoteProtocolError; retry the request"),
         EndCause.UPSTREAM_RESET: ("upstream_reset", "the upstream reset the connection mid-stream",
                                   "clients raise httpx.ReadError; retry the request"),
+        EndCause.UPSTREAM_MALFORMED: ("upstream_malformed", "the upstream's body framing broke (an unreadable chunk "
+                                      "header): the connection was dropped there",
+                                      "clients raise httpx.RemoteProtocolError; look at the upstream or a proxy "
+                                      "in front of it, then retry"),
         EndCause.UPSTREAM_TIMEOUT: ("upstream_timeout", "the upstream went silent past --upstream-timeout",
                                     "raise the timeout, or find out why the upstream stalled"),
     }

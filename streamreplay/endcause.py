@@ -10,6 +10,7 @@ class EndCause(str, Enum):
     EOF_WITHOUT_DONE = "eof_without_done"
     UPSTREAM_CLOSED = "upstream_closed"
     UPSTREAM_RESET = "upstream_reset"
+    UPSTREAM_MALFORMED = "upstream_malformed"  # the body's framing could not be parsed (a bad chunk-size line)
     UPSTREAM_TIMEOUT = "upstream_timeout"
     UPSTREAM_UNREACHABLE = "upstream_unreachable"
     HTTP_ERROR = "http_error"
@@ -31,11 +32,3 @@ class Ending(str, Enum):
     CLOSE = "close"  # the connection is closed with the body unfinished
     RESET = "reset"  # TCP reset
 
-
-def upstream_ending(cause: EndCause | str | None) -> Ending:
-    """The wire ending the upstream gave for a recorded end cause."""
-    if cause in (EndCause.UPSTREAM_CLOSED, EndCause.INTERRUPTED, EndCause.UPSTREAM_TIMEOUT):
-        return Ending.CLOSE
-    if cause == EndCause.UPSTREAM_RESET:
-        return Ending.RESET
-    return Ending.CLEAN

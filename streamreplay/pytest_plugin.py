@@ -59,12 +59,18 @@ class StreamReplay:
 
     @property
     def requests(self) -> list[Replayed]:
-        """Each request the replay answered (empty while recording)."""
+        """Each request the replay answered, the most recent `keep_requests` of them (empty while recording)."""
         return list(getattr(self.server, "requests", []))
 
     @property
     def misses(self) -> list[Replayed]:
+        """The misses among `requests`; `miss_count` counts them all."""
         return [r for r in self.requests if r.ending == "miss"]
+
+    @property
+    def miss_count(self) -> int:
+        counts = getattr(self.server, "counts", None)
+        return counts.misses if counts is not None else 0
 
     def fault_url(self, spec: str) -> str:
         """A base_url that applies a fault to every request, e.g. `cut:chunk=3`."""
@@ -153,9 +159,10 @@ def _report(request: pytest.FixtureRequest, fixture: StreamReplay) -> None:
     if unused:
         request.node.user_properties.append(
             ("streamreplay", f"{fixture.tape}: {len(unused)} recorded exchange(s) never requested"))
-    if fixture.misses:
-        first = fixture.misses[0].miss
-        request.node.user_properties.append(("streamreplay", f"{fixture.tape}: {len(fixture.misses)} miss(es)"))
+    if fixture.miss_count:
+        # from the server's totals: the records of early misses may have left its bounded `requests`
+        first = fixture.server.counts.first_miss
+        request.node.user_properties.append(("streamreplay", f"{fixture.tape}: {fixture.miss_count} miss(es)"))
         if fixture.mode == "none":
             pytest.fail(f"streamreplay: {first}", pytrace=False)
 

@@ -35,6 +35,8 @@ def ls_rows(exchanges: list[Exchange]) -> list[tuple[str, ...]]:
         end = ex.end_cause or "open"
         if ex.end_cause == "client_left" and ex.client_left_at_chunk is not None:
             end += f"@{ex.client_left_at_chunk}"
+        if ex.store_error:
+            end += " (partial)"  # never shown as whole: see show's `stored` line
         rows.append((
             str(ex.id), ex.tape, (ex.started_at or "")[11:19], f"{ex.method} {ex.path}", ex.model or "-",
             "yes" if ex.stream else "no", str(ex.chunk_count), _ms(ex.ttfb_ns), _ms(ex.duration_ns), end,
@@ -117,6 +119,8 @@ def show_lines(ex: Exchange, chunks: list[Chunk]) -> list[str]:
         prev = chunk.t_ns
     lines.append("")
     lines.append(f"end       {ex.end_cause or 'open'}" + (f"  ({ex.end_detail})" if ex.end_detail else ""))
+    if ex.store_error:
+        lines.append(f"stored    PARTIAL: {ex.store_error}")
     if ex.upstream_end and ex.upstream_end != ex.end_cause:
         lines.append(f"upstream  {ex.upstream_end}")
     lines.append(f"done      {'[DONE] seen' if ex.done else 'no [DONE]'}  finish_reason {ex.finish_reason}  "

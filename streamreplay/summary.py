@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zlib
 from typing import Any
 
 from streamreplay.sse import Assembler, SSEParser, assemble_json
@@ -12,11 +13,38 @@ SUMMARY_LIMIT = 1024 * 1024
 _SSE_STARTS = (b"data:", b"event:", b"id:", b"retry:", b":")
 
 
+class Decoder:
+    """A body's `Content-Encoding` undone read by read (gzip, deflate), for reading what it says; the
+    stored and forwarded bytes stay as the upstream sent them. Other encodings pass through unread."""
+
+    def __init__(self, content_encoding: str | None) -> None:
+        encoding = (content_encoding or "").strip().lower()
+        wbits = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}.get(encoding)
+        self._zlib = zlib.decompressobj(wbits) if wbits else None
+        self.failed = False
+
+    @property
+    def active(self) -> bool:
+        return self._zlib is not None
+
+    def feed(self, data: bytes) -> bytes:
+        if self._zlib is None or self.failed:
+            return data if self._zlib is None else b""
+        try:
+            # bounded per read: a small compressed read cannot inflate into gigabytes in one call
+            out = self._zlib.decompress(data, SUMMARY_LIMIT)
+        except zlib.error:
+            self.failed = True
+            return b""
+        return out
+
+
 class Summarizer:
     """Fed each chunk as it is stored; gives the exchange's summary columns at the end."""
 
-    def __init__(self, stream: bool) -> None:
+    def __init__(self, stream: bool, content_encoding: str | None = None) -> None:
         self.stream = stream
+        self.decoder = Decoder(content_encoding)
         self.parser = SSEParser()
         self.assembler = Assembler()
         self.body = bytearray()  # only for non-stream bodies
@@ -24,6 +52,7 @@ class Summarizer:
         self.sse = False
 
     def feed(self, data: bytes) -> None:
+        data = self.decoder.feed(data)
         if self.fed == 0:
             # the request's stream flag can lie (an error body answers a stream request)
             self.sse = data.lstrip().startswith(_SSE_STARTS)
@@ -43,7 +72,7 @@ class Summarizer:
         """Fed past the limit: more bytes would change nothing."""
         return self.fed > SUMMARY_LIMIT
 
-    def columns(self, status: int | None) -> dict[str, Any]:
+    def columns(self) -> dict[str, Any]:
         if self.sse:
             for event in self.parser.close():
                 self.assembler.feed_event(event)
@@ -54,6 +83,8 @@ class Summarizer:
             problems = list(result.problems)
         if self.fed > SUMMARY_LIMIT:
             problems.append(f"summary built from the first {SUMMARY_LIMIT} bytes only")
+        if self.decoder.failed:
+            problems.append("the body's Content-Encoding could not be decoded")
         if self.fed == 0:
             problems = []
         return {

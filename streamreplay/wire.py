@@ -8,11 +8,18 @@ import json
 import logging
 import socket
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 from aiohttp import web
 from multidict import CIMultiDict
+
+# the redaction rules live in streamreplay.redact; these names stay importable from here
+from streamreplay.redact import REDACTED as REDACTED
+from streamreplay.redact import SECRET_HEADERS as SECRET_HEADERS
+from streamreplay.redact import SECRET_QUERY_PARAMS as SECRET_QUERY_PARAMS
+from streamreplay.redact import redact_headers as redact_headers
+from streamreplay.redact import redact_query as redact_query
 
 # RFC 9110 section 7.6.1, plus headers whose value stops being true once a hop re-frames the body.
 HOP_BY_HOP = frozenset(
@@ -29,10 +36,6 @@ HOP_BY_HOP = frozenset(
     }
 )
 
-SECRET_HEADERS = frozenset({"authorization", "api-key", "x-api-key", "openai-api-key", "proxy-authorization"})
-SECRET_QUERY_PARAMS = frozenset({"api-key", "api_key", "key", "access_token", "token"})
-REDACTED = "[redacted]"
-
 FAULT_HEADER = "X-Streamreplay-Fault"
 
 log = logging.getLogger("streamreplay")
@@ -42,21 +45,6 @@ def forwardable(headers: Iterable[tuple[str, str]], drop: Iterable[str] = ()) ->
     """Headers minus hop-by-hop ones and any named in `drop` (lower case)."""
     dropped = HOP_BY_HOP | frozenset(drop)
     return CIMultiDict((k, v) for k, v in headers if k.lower() not in dropped)
-
-
-def redact_headers(headers: Iterable[tuple[str, str]], secret: Iterable[str] = ()) -> list[list[str]]:
-    """Headers as stored: secrets replaced, order and repeats kept."""
-    names = SECRET_HEADERS | {s.lower() for s in secret}
-    return [[k, REDACTED if k.lower() in names else v] for k, v in headers]
-
-
-def redact_query(query: Mapping[str, str] | Iterable[tuple[str, str]], secret: Iterable[str] = ()) -> str:
-    """A query string as stored: values of secret-looking parameters replaced."""
-    from urllib.parse import urlencode
-
-    names = SECRET_QUERY_PARAMS | {s.lower() for s in secret}
-    items = query.items() if isinstance(query, Mapping) else query
-    return urlencode([(k, REDACTED if k.lower() in names else v) for k, v in items])
 
 
 def openai_error(

@@ -84,6 +84,10 @@ def test_kill_9_mid_stream_keeps_what_arrived_and_marks_it_interrupted(tmp_path:
     writer.close()
     ex = Store(db).exchange(ex.id)
     assert ex.end_cause == "interrupted" and ex.chunk_count == len(Store(db).chunks(ex.id))
+    assert ex.text and ex.text.startswith("tick tick")  # summarized like any other exchange
+    assert ex.store_error  # its end never reached the disk: never presented as whole
+    listing = CliRunner().invoke(main, ["ls", "--db", str(db)]).output
+    assert "interrupted (partial)" in listing
     assert Store(db).integrity_ok()
 
 

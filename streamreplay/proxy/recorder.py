@@ -8,38 +8,39 @@ sees the ending the upstream gave: a clean end, an unfinished body, or a reset.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 from yarl import URL
 
+from streamreplay import redact
 from streamreplay.endcause import EndCause
-from streamreplay.proxy.endings import classify_read_error, clean_end_cause
+from streamreplay.proxy.endings import classify_read_error, clean_end_cause, end_body_when_connection_drops
+from streamreplay.redact import redact_headers, redact_query
 from streamreplay.requestkey import json_object
 from streamreplay.serving import AppServer
 from streamreplay.sse import find_done
-from streamreplay.store import DEFAULT_DB, ExchangeHandle, StoreWriter, now_iso
+from streamreplay.store import DEFAULT_DB, STORE_BACKLOG, ExchangeHandle, StoreWriter, now_iso
+from streamreplay.summary import Decoder
 from streamreplay.wire import (
     close_mid_body,
     forwardable,
     openai_error,
     openai_errors,
-    redact_headers,
-    redact_query,
     refuse_request,
     reset_connection,
 )
 
 DEFAULT_UPSTREAM_TIMEOUT = 600.0
 DEFAULT_MAX_BODY = 32 * 1024 * 1024
-#: bytes received but not yet committed, past which the proxy waits for the store
-STORE_BACKLOG = 16 * 1024 * 1024
 
 
 @dataclass
@@ -55,9 +56,12 @@ class RecordOptions:
     redact_fields: tuple[str, ...] = ()  # request body fields replaced by [redacted] before storing
     max_body: int = DEFAULT_MAX_BODY  # largest request body accepted, in bytes
     tape_source: str = ""  # free text stored with the tape, e.g. where it was recorded from
+    max_db_bytes: int | None = None  # the DB may not grow past this; exchanges past it are said to be lost
     log: Callable[[str], None] | None = None  # one line per finished exchange
+    errors: Callable[[str], None] | None = None  # one line each time storing fails (default: the log)
 
     def tape_name(self) -> str:
+        """The tape to record into; a default one is made unique in the DB when the recording starts."""
         return self.tape or datetime.now().strftime("rec-%Y%m%d-%H%M%S")
 
 
@@ -77,7 +81,8 @@ class _Flow:
     done_delivered: bool = False
     tail: bytes = b""
     left_ns: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    #: undoes a Content-Encoding the upstream used anyway, so [DONE] is looked for in what the body says
+    decoder: Decoder | None = None
 
     def elapsed(self) -> int:
         return time.perf_counter_ns() - self.t0
@@ -95,8 +100,8 @@ class RecordingProxy(AppServer):
         if self.upstream.scheme not in ("http", "https") or not self.upstream.host:
             raise ValueError(f"--upstream must be an http(s) URL, got {options.upstream!r}")
         self.prefix = self.upstream.path.rstrip("/")  # the local base path mirrors the upstream's
-        self.tape = options.tape_name()
-        self.writer = StoreWriter(options.db, self.tape, options.tape_source or str(self.upstream))
+        self.writer = StoreWriter(options.db, options.tape_name(), options.tape_source or str(self.upstream),
+                                  unique_tape=not options.tape, max_bytes=options.max_db_bytes)
         self._session: aiohttp.ClientSession | None = None
         self._draining: set[asyncio.Task[None]] = set()
         self._open: set[ExchangeHandle] = set()
@@ -106,13 +111,38 @@ class RecordingProxy(AppServer):
     def base_url(self) -> str:
         return f"{self.origin}{self.prefix}"
 
+    @property
+    def tape(self) -> str:
+        """The tape recorded into (final once started: a default name may have taken a suffix)."""
+        return self.writer.tape
+
+    @property
+    def losses(self) -> list[tuple[str, str]]:
+        """Every exchange that was forwarded but not stored whole, with why: empty when storing never failed."""
+        return self.writer.losses
+
+    async def start(self) -> None:
+        db = Path(self.options.db)
+        created = not db.exists()
+        try:
+            await super().start()
+        except BaseException:
+            # could not listen (the port is taken): leave no empty DB behind
+            await self.on_stop()
+            if created:
+                for path in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
+                    with contextlib.suppress(OSError):
+                        path.unlink()
+            raise
+
     def build_app(self) -> web.Application:
         app = web.Application(client_max_size=self.options.max_body, middlewares=[openai_errors])
-        app.router.add_route("*", "/{tail:.*}", self.handle)
+        app.router.add_route("*", r"/{tail:[\s\S]*}", self.handle)  # newlines too: a %0A path is still ours to answer
         return app
 
     async def on_start(self) -> None:
         self.writer.on_end = self._log_exchange
+        self.writer.on_failure = self.options.errors or self.options.log
         self.writer.start()
         self._session = aiohttp.ClientSession(
             auto_decompress=False,
@@ -131,6 +161,7 @@ class RecordingProxy(AppServer):
                 task.cancel()
         if self._session is not None:
             await self._session.close()
+            self._session = None
         self.writer.close()
 
     def _log_exchange(self, summary: dict[str, Any]) -> None:
@@ -219,14 +250,18 @@ class RecordingProxy(AppServer):
     async def _relay(self, request: web.Request, upstream: aiohttp.ClientResponse, flow: _Flow) -> web.StreamResponse:
         flow.status = upstream.status
         flow.stream = "text/event-stream" in upstream.headers.get("Content-Type", "")
+        decoder = Decoder(upstream.headers.get("Content-Encoding"))
+        flow.decoder = decoder if decoder.active else None
         head_ns = flow.elapsed()
         raw_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in upstream.raw_headers]
         self.writer.update(flow.handle, {
             "status": upstream.status,
-            "response_headers": json.dumps([[k, v] for k, v in raw_headers]),
+            # a Set-Cookie or a session token the upstream hands out is a secret too (replay sends [redacted])
+            "response_headers": json.dumps(redact_headers(raw_headers, self.options.redact_headers)),
             "headers_ns": head_ns,
         })
         protocol = upstream.connection.protocol if upstream.connection else None
+        end_body_when_connection_drops(upstream, protocol)
         resp = web.StreamResponse(status=upstream.status, reason=upstream.reason,
                                   headers=forwardable(raw_headers))
         try:
@@ -282,9 +317,10 @@ class RecordingProxy(AppServer):
             flow.index += 1
             flow.size += len(data)
             if not flow.saw_done:
+                said = data if flow.decoder is None else flow.decoder.feed(data)
                 # the seam between two reads is checked apart: no copy of a whole read
-                flow.saw_done = find_done(data) or find_done(flow.tail + data[:16])
-                flow.tail = data[-16:]
+                flow.saw_done = find_done(said) or find_done(flow.tail + said[:16])
+                flow.tail = said[-16:]
             if self.writer.backlog > STORE_BACKLOG:
                 # the disk is behind the network: hold this stream back rather than grow without bound
                 await self.writer.room()
@@ -359,20 +395,9 @@ def _stream_and_model(body: bytes) -> tuple[bool, str | None]:
 
 
 def redact_body(body: bytes, fields: Iterable[str]) -> bytes:
-    """The body as stored: named top-level JSON fields replaced by [redacted]."""
-    fields = tuple(fields)
-    if not fields or not body:
-        return body
-    try:
-        payload = json.loads(body)
-    except ValueError:
-        return body
-    if not isinstance(payload, dict) or not any(f in payload for f in fields):
-        return body
-    for name in fields:
-        if name in payload:
-            payload[name] = "[redacted]"
-    return json.dumps(payload).encode()
+    """The body as stored: secret-looking fields at any depth and the --redact-field ones as [redacted],
+    every other byte as received (streamreplay.redact)."""
+    return redact.redact_body(body, fields)
 
 
 def format_exchange_line(s: dict[str, Any]) -> str:
@@ -381,7 +406,10 @@ def format_exchange_line(s: dict[str, Any]) -> str:
     kind = "stream" if s.get("stream") else "json"
     left = ""
     if s.get("client_left_at_chunk") is not None:
-        left = f" (client left at chunk {s['client_left_at_chunk']}, {s['client_left_ns'] / 1e9:.3f}s)"
+        who = "the daemon stopped" if s.get("end_cause") == EndCause.INTERRUPTED else "client left"
+        left = f" ({who} at chunk {s['client_left_at_chunk']}, {s['client_left_ns'] / 1e9:.3f}s)"
+    if s.get("store_error"):
+        left += " NOT STORED WHOLE"
     return (f"#{s.get('id')} {s.get('method')} {s.get('path')} {s.get('model') or '-'} {s.get('status') or '-'} "
             f"{kind} {s.get('chunk_count') or 0} chunks {dur:.2f}s {s.get('end_cause')}{left}")
 

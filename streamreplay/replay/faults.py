@@ -2,17 +2,21 @@
 
 Each fault is a small dataclass: its fields are the spec's parameters, `apply` its one method.
 Specs read `name` or `name:key=value,key=value`, several joined with `+`; chunks count from 0
-and `chunk=N` means "after N chunks have been delivered".
+and `chunk=N` means "after N chunks have been delivered". Every parameter has a stated `Range`
+(in its field's metadata and in the fault's help), checked when the fault is made, so a spec that
+parses is one the server can play.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar, get_type_hints
+from typing import Any, ClassVar, get_type_hints
 
 from streamreplay.endcause import Ending
 from streamreplay.replay.schedule import Piece, Schedule
@@ -30,10 +34,86 @@ def register(cls: type[Fault]) -> type[Fault]:
 
 
 @dataclass(frozen=True)
+class Range:
+    """The values one fault parameter takes, both ends included.
+
+    Bounded so that every fault that can be made can be played: no wait a sleep or an int cannot hold
+    (inf, nan, 1e300), no status line HTTP does not have, no count past any real recording.
+    """
+
+    low: int | float
+    high: int | float
+    excluded: tuple[int, ...] = ()
+    why: str = ""  # the reason for a bound that is not plain sanity, for the error message
+
+    def __str__(self) -> str:  # as the help text states it
+        text = f"{self.low}..{self.high}"
+        return f"{text} but not {', '.join(map(str, self.excluded))}" if self.excluded else text
+
+    def holds(self, value: float) -> bool:
+        # isfinite only for floats: it would convert an int, and overflow on one past 1e308
+        finite = math.isfinite(value) if isinstance(value, float) else True
+        return finite and self.low <= value <= self.high and value not in self.excluded
+
+
+CHUNKS = Range(0, 1_000_000)  # a chunk index or count; recordings have hundreds, rarely thousands
+BYTES = Range(0, 1_000_000_000)  # 1 GB: past any recorded answer
+PIECE_BYTES = Range(1, 1_000_000_000, why="a piece holds at least 1 byte")
+SECONDS = Range(0, 3600)  # wall-clock waits: an hour is past every client timeout worth testing
+FACTOR = Range(0, 1000)  # 0 takes the gaps out; 1000 turns a 10 ms gap into 10 s
+# 1xx is no final answer and 204/205/304 carry no body, but this fault answers with an error body
+STATUS_CODES = Range(200, 599, excluded=(204, 205, 304), why="a status with a body")
+
+#: offsets past this (about 31 years) are saturated: chained gap-scales multiply, and the server
+#: divides offsets as floats, which overflow past 1e308
+MAX_OFFSET_NS = 10**18
+
+
+def param(default: Any, allowed: Range) -> Any:
+    """A fault parameter: its default and the range it takes (read back by `_check`)."""
+    return dataclasses.field(default=default, metadata={"range": allowed})
+
+
+@functools.cache
+def _kinds(cls: type[Fault]) -> dict[str, str]:
+    """Each parameter's kind, "int" or "float", from its annotation."""
+    hints = get_type_hints(cls)
+    return {f.name: "int" if "int" in str(hints[f.name]) else "float" for f in dataclasses.fields(cls)}
+
+
+def _shown(value: object) -> str:
+    text = str(value)
+    # a 5000-digit number says nothing more than its first digits and its length
+    return text if len(text) <= 40 else f"{text[:30]}... ({len(text)} characters)"
+
+
+def _check(fault: str, key: str, kind: str, allowed: Range, value: object, text: str | None = None) -> None:
+    """The one place a parameter's value is held to its range; `text` is the value as the spec wrote it."""
+    wanted = "an integer" if kind == "int" else "a finite number"
+    number = isinstance(value, int if kind == "int" else (int, float)) and not isinstance(value, bool)
+    if not (number and allowed.holds(value)):  # type: ignore[arg-type]
+        but = ""
+        if allowed.excluded:
+            *rest, last = map(str, allowed.excluded)
+            but = f" other than {', '.join(rest)} and {last}" if rest else f" other than {last}"
+        why = f" ({allowed.why})" if allowed.why else ""
+        raise FaultSpecError(f"{fault}: {key} must be {wanted} between {allowed.low} and {allowed.high}{but}{why}, "
+                             f"got {_shown(value if text is None else text)}")
+
+
+@dataclass(frozen=True)
 class Fault:
     name: ClassVar[str]
     usage: ClassVar[str]  # the spec as users write it
-    help: ClassVar[str]
+    help: ClassVar[str]  # ends with the range of each parameter
+
+    def __post_init__(self) -> None:
+        # here as well as in parse_fault: faults made in code (ReplayServer(faults=[Stall(...)])) are held too
+        kinds = _kinds(type(self))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                _check(self.name, f.name, kinds[f.name], f.metadata["range"], value)
 
     def apply(self, schedule: Schedule) -> Schedule:
         raise NotImplementedError
@@ -59,11 +139,12 @@ def _truncate(schedule: Schedule, chunks: int, ending: Ending, name: str) -> Sch
 class Cut(Fault):
     name = "cut"
     usage = "cut:chunk=N  or  cut:byte=B"
-    help = "deliver N chunks (or B bytes), then a clean end"
-    chunk: int | None = None
-    byte: int | None = None
+    help = f"deliver N chunks (or B bytes), then a clean end; N {CHUNKS}, B {BYTES}"
+    chunk: int | None = param(None, CHUNKS)
+    byte: int | None = param(None, BYTES)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if (self.chunk is None) == (self.byte is None):
             raise FaultSpecError("cut: give exactly one of chunk=N or byte=B")
 
@@ -87,8 +168,8 @@ class Cut(Fault):
 class Close(Fault):
     name = "close"
     usage = "close:chunk=N"
-    help = "deliver N chunks, then close the connection without ending the body"
-    chunk: int = 0
+    help = f"deliver N chunks, then close the connection without ending the body; N {CHUNKS}"
+    chunk: int = param(0, CHUNKS)
 
     def apply(self, schedule: Schedule) -> Schedule:
         return _truncate(schedule, self.chunk, Ending.CLOSE, self.spec())
@@ -99,8 +180,8 @@ class Close(Fault):
 class Reset(Fault):
     name = "reset"
     usage = "reset:chunk=N"
-    help = "deliver N chunks, then a TCP reset"
-    chunk: int = 0
+    help = f"deliver N chunks, then a TCP reset; N {CHUNKS}"
+    chunk: int = param(0, CHUNKS)
 
     def apply(self, schedule: Schedule) -> Schedule:
         return _truncate(schedule, self.chunk, Ending.RESET, self.spec())
@@ -111,9 +192,9 @@ class Reset(Fault):
 class Stall(Fault):
     name = "stall"
     usage = "stall:chunk=N,seconds=S"
-    help = "pause S seconds (wall time, whatever the speed) before chunk N, then go on"
-    chunk: int = 0
-    seconds: float = 30.0
+    help = f"pause S seconds (wall time, whatever the speed) before chunk N, then go on; N {CHUNKS}, S {SECONDS}"
+    chunk: int = param(0, CHUNKS)
+    seconds: float = param(30.0, SECONDS)
 
     def apply(self, schedule: Schedule) -> Schedule:
         extra = _seconds(self.seconds)
@@ -129,8 +210,8 @@ class Stall(Fault):
 class DelayFirst(Fault):
     name = "delay-first"
     usage = "delay-first:seconds=S"
-    help = "S more seconds before the first byte (the response head included)"
-    seconds: float = 5.0
+    help = f"S more seconds before the first byte (the response head included); S {SECONDS}"
+    seconds: float = param(5.0, SECONDS)
 
     def apply(self, schedule: Schedule) -> Schedule:
         extra = _seconds(self.seconds)
@@ -145,13 +226,13 @@ class DelayFirst(Fault):
 class GapScale(Fault):
     name = "gap-scale"
     usage = "gap-scale:factor=F"
-    help = "every gap between chunks multiplied by F"
-    factor: float = 2.0
+    help = f"every gap between chunks multiplied by F; F {FACTOR}"
+    factor: float = param(2.0, FACTOR)
 
     def apply(self, schedule: Schedule) -> Schedule:
         pieces, prev_old, prev_new = [], schedule.head_ns, schedule.head_ns
         for p in schedule.pieces:
-            prev_new = prev_new + int((p.t_ns - prev_old) * self.factor)
+            prev_new = min(prev_new + int((p.t_ns - prev_old) * self.factor), MAX_OFFSET_NS)
             prev_old = p.t_ns
             pieces.append(Piece(prev_new, p.data, p.extra_ns))
         out = schedule.copy(pieces=pieces)
@@ -164,12 +245,8 @@ class GapScale(Fault):
 class Rechunk(Fault):
     name = "rechunk"
     usage = "rechunk:size=B"
-    help = "the same bytes, written B bytes at a time (each piece when its last byte was recorded)"
-    size: int = 1
-
-    def __post_init__(self) -> None:
-        if self.size < 1:
-            raise FaultSpecError("rechunk: size must be at least 1")
+    help = f"the same bytes, written B bytes at a time (each piece when its last byte was recorded); B {PIECE_BYTES}"
+    size: int = param(1, PIECE_BYTES)
 
     def apply(self, schedule: Schedule) -> Schedule:
         pieces: list[Piece] = []
@@ -263,8 +340,8 @@ def error_body(message: str, code: int | None = None) -> bytes:
 class Status(Fault):
     name = "status"
     usage = "status:code=C"
-    help = "HTTP C with an OpenAI error JSON body instead of the recorded answer"
-    code: int = 500
+    help = f"HTTP C with an OpenAI error JSON body instead of the recorded answer; C {STATUS_CODES}"
+    code: int = param(500, STATUS_CODES)
 
     def apply(self, schedule: Schedule) -> Schedule:
         body = error_body(f"streamreplay fault: status {self.code}", self.code)
@@ -282,8 +359,8 @@ class Status(Fault):
 class ErrorEvent(Fault):
     name = "error-event"
     usage = "error-event:chunk=N"
-    help = 'deliver N chunks, then data: {"error": {...}}, then a clean end'
-    chunk: int = 0
+    help = f'deliver N chunks, then data: {{"error": {{...}}}}, then a clean end; N {CHUNKS}'
+    chunk: int = param(0, CHUNKS)
 
     def apply(self, schedule: Schedule) -> Schedule:
         kept = schedule.pieces[: self.chunk]
@@ -304,8 +381,8 @@ _DATA_JSON = re.compile(rb"data: ?(\{[^\r\n]*)")
 class Corrupt(Fault):
     name = "corrupt"
     usage = "corrupt:chunk=N"
-    help = "chunk N's JSON cut in half, the rest as recorded"
-    chunk: int = 0
+    help = f"chunk N's JSON cut in half, the rest as recorded; N {CHUNKS}"
+    chunk: int = param(0, CHUNKS)
 
     def apply(self, schedule: Schedule) -> Schedule:
         if self.chunk >= len(schedule.pieces):
@@ -324,17 +401,16 @@ class Corrupt(Fault):
         return out
 
 
-def _convert(fault: str, key: str, value: str, kind: object) -> object:
-    text = str(kind)
+def _convert(fault: str, key: str, value: str, kind: str) -> int | float:
+    digits = value.lstrip("+-")
+    if kind == "int" and len(digits) > 30 and digits.isdecimal():
+        # past every range, and int() refuses strings over 4300 digits: let _check say it is too big
+        return math.inf
     try:
-        if "int" in text:
-            return int(value)
-        if "float" in text:
-            return float(value)
+        return int(value) if kind == "int" else float(value)
     except ValueError:
-        wanted = "an integer" if "int" in text else "a number"
+        wanted = "an integer" if kind == "int" else "a number"
         raise FaultSpecError(f"{fault}: {key}={value!r} is not {wanted}") from None
-    return value
 
 
 def parse_fault(spec: str) -> Fault:
@@ -343,26 +419,25 @@ def parse_fault(spec: str) -> Fault:
     cls = FAULTS.get(name)
     if cls is None:
         raise FaultSpecError(f"unknown fault {name!r} in {spec!r}; known: {', '.join(sorted(FAULTS))}")
-    hints = get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kinds = _kinds(cls)
     kwargs: dict[str, object] = {}
     for part in filter(None, params.split(",")):
         key, eq, value = part.partition("=")
-        key = key.strip()
+        key, value = key.strip(), value.strip()
         if not eq:
             raise FaultSpecError(f"{name}: {part!r} is not key=value")
         if key not in fields:
             takes = ", ".join(sorted(fields)) or "no parameters"
             raise FaultSpecError(f"{name}: unknown parameter {key!r} (takes {takes})")
-        kwargs[key] = _convert(name, key, value.strip(), hints[key])
+        number = _convert(name, key, value, kinds[key])
+        # checked here, not only in __post_init__, so the message quotes the value as it was written
+        _check(name, key, kinds[key], fields[key].metadata["range"], number, value)
+        kwargs[key] = number
     try:
-        fault = cls(**kwargs)  # type: ignore[arg-type]
+        return cls(**kwargs)  # type: ignore[arg-type]
     except TypeError as exc:
         raise FaultSpecError(f"{name}: {exc}") from None
-    for key, value in kwargs.items():
-        if isinstance(value, (int, float)) and value < 0:
-            raise FaultSpecError(f"{name}: {key} must not be negative")
-    return fault
 
 
 def parse_faults(spec: str | None) -> list[Fault]:

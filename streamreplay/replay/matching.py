@@ -7,7 +7,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from streamreplay.redact import REDACTED, redacted_paths
 from streamreplay.requestkey import DEFAULT_IGNORED, canonical_body, request_key
+
+REDACTED_JSON = f'"{REDACTED}"'.encode()
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,10 @@ class Index:
         self.mode = mode
         self.repeat = repeat
         self.exchanges = list(exchanges)
+        #: fields stored as "[redacted]" beyond the default rule's (a --redact-field of the recording, which
+        #: replay is not told): a request matches there whatever its value (see streamreplay.redact)
+        self.masks = frozenset(path for ex in self.exchanges if REDACTED_JSON in ex.request_body
+                               for path in redacted_paths(canonical_body(ex.request_body, self.ignore)))
         self._by_key: dict[str, list[Any]] = {}
         for ex in self.exchanges:
             self._by_key.setdefault(self.key(ex.method, ex.path, ex.request_body), []).append(ex)
@@ -133,7 +140,7 @@ class Index:
             self.served.add(ex.id)
 
     def key(self, method: str, path: str, body: bytes) -> str:
-        return request_key(method, path, body, self.ignore)
+        return request_key(method, path, body, self.ignore, self.masks)
 
     def lookup(self, method: str, path: str, body: bytes) -> Any:
         """The Exchange to serve, or a Miss."""
@@ -161,12 +168,12 @@ class Index:
         return ex
 
     def closest(self, method: str, path: str, body: bytes) -> Miss:
-        incoming = Request(method.upper(), path, canonical_body(body, self.ignore))
+        incoming = Request(method.upper(), path, canonical_body(body, self.ignore, self.masks))
         if not self.exchanges:
             return Miss(f"no recording matches {method} {path}: the tape is empty")
         best, best_score, best_why = None, None, ""
         for ex in self.exchanges:
-            recorded = Request(ex.method.upper(), ex.path, canonical_body(ex.request_body, self.ignore))
+            recorded = Request(ex.method.upper(), ex.path, canonical_body(ex.request_body, self.ignore, self.masks))
             score = (1000 if recorded.method != incoming.method else 0) + (100 if recorded.path != incoming.path else 0)
             score += difference_count(recorded.body, incoming.body)
             if best_score is None or score < best_score:

@@ -59,7 +59,8 @@ def recorded_ending(ex: Exchange) -> Ending:
     if ex.response_header("x-streamreplay-error"):
         return Ending.CLEAN  # the proxy's own error answer (unreachable, timeout before headers)
     cause = ex.upstream_end or ex.end_cause
-    if cause in (EndCause.UPSTREAM_CLOSED, EndCause.UPSTREAM_TIMEOUT, EndCause.INTERRUPTED, EndCause.CLIENT_LEFT):
+    if cause in (EndCause.UPSTREAM_CLOSED, EndCause.UPSTREAM_MALFORMED, EndCause.UPSTREAM_TIMEOUT,
+                 EndCause.INTERRUPTED, EndCause.CLIENT_LEFT):
         return Ending.CLOSE
     if cause == EndCause.UPSTREAM_RESET:
         return Ending.RESET

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+from array import array
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -16,7 +18,7 @@ from streamreplay.endcause import Ending
 from streamreplay.replay.faults import Fault, FaultSpecError, apply_faults, parse_faults
 from streamreplay.replay.matching import Index, Miss
 from streamreplay.replay.schedule import Schedule, convert_for_request, recorded_schedule
-from streamreplay.replay.source import TapeSource, open_source
+from streamreplay.replay.source import DEFAULT_CACHE_BYTES, TapeSource, open_source
 from streamreplay.requestkey import json_object
 from streamreplay.serving import AppServer
 from streamreplay.sse import find_done
@@ -30,6 +32,11 @@ from streamreplay.wire import (
 )
 
 DEFAULT_MAX_BODY = 32 * 1024 * 1024
+#: `Replayed` records kept on `ReplayServer.requests`: a server that runs for days must not grow with
+#: every request it answers (each record holds an offset per chunk); `counts` keeps the totals
+DEFAULT_KEEP_REQUESTS = 1000
+#: request keys whose last answer broke, kept for retry detection; an entry is a key and a number
+RETRY_KEYS = 10_000
 
 
 @dataclass
@@ -49,8 +56,11 @@ class Replayed:
     client_left_ns: int | None = None
     done_delivered: bool = False
     retry_of: int | None = None  # the earlier request this one repeats after it broke
-    offsets_ns: list[int] = field(default_factory=list)  # when each chunk was written, since arrival
+    # when each chunk was written, since arrival; 8 bytes an offset (a list of ints takes 40), as the
+    # server keeps the most recent records and a record of a long stream is mostly its offsets
+    offsets_ns: array[int] = field(default_factory=lambda: array("q"))
     miss: str | None = None
+    partial: str | None = None  # the recording served is not whole (its store_error)
 
     @property
     def finished(self) -> bool:
@@ -73,7 +83,57 @@ class Replayed:
         else:
             how = f"{self.delivered}/{self.total} chunks, ended {self.ending}"
         retry = f", repeats #{self.retry_of} after it was cut (a retry)" if self.retry_of else ""
-        return f"#{self.n} {self.method} {self.path} -> {target}{faults} {self.status}: {how}{retry}"
+        partial = " (a PARTIAL recording: not all the upstream sent was stored)" if self.partial else ""
+        return f"#{self.n} {self.method} {self.path} -> {target}{faults} {self.status}: {how}{retry}{partial}"
+
+
+@dataclass
+class ReplayCounts:
+    """Totals over every request the server answered, exact however few records `requests` still keeps."""
+
+    requests: int = 0
+    endings: Counter[str] = field(default_factory=Counter)  # clean | close | reset | miss | refused | recorded
+    unfinished: int = 0  # not `Replayed.finished`: the client left early, or the request missed or was refused
+    retries: int = 0  # requests that repeat one whose answer broke
+    first_miss: str | None = None  # the first miss's reason, for a report of "N misses, the first: ..."
+
+    @property
+    def misses(self) -> int:
+        return self.endings["miss"]
+
+    def snapshot(self) -> ReplayCounts:
+        """A copy to compare with later: what a run added is `server.counts` minus the snapshot."""
+        return replace(self, endings=Counter(self.endings))
+
+
+class RetryMemory:
+    """Which earlier request a new one repeats after that one broke: per request key, the last request
+    while it is served, then its number if it broke. It holds no record once its request has ended, and
+    at most `max_keys` broken keys (the oldest forgotten first), so it stays small however long it runs."""
+
+    def __init__(self, max_keys: int = RETRY_KEYS) -> None:
+        self.max_keys = max_keys
+        self._serving: dict[str, Replayed] = {}  # as many as requests in flight
+        self._broken: OrderedDict[str, int] = OrderedDict()
+
+    def arrived(self, key: str, rec: Replayed) -> int | None:
+        """The number of the request with `key` that `rec` repeats after it broke; `rec` is the key's last now."""
+        previous = self._serving.get(key)
+        self._serving[key] = rec
+        last_broken = self._broken.pop(key, None)
+        if previous is None:
+            return last_broken
+        # still being served: judged as it stands, since a client that gave up on it retries before it ends
+        return previous.n if previous.broken else None
+
+    def ended(self, key: str, rec: Replayed) -> None:
+        if self._serving.get(key) is not rec:
+            return  # a later request with this key arrived meanwhile: that one is the key's last
+        del self._serving[key]
+        if rec.broken:
+            self._broken[key] = rec.n
+            if len(self._broken) > self.max_keys:
+                self._broken.popitem(last=False)
 
 
 class ReplayServer(AppServer):
@@ -98,11 +158,17 @@ class ReplayServer(AppServer):
         port: int = 0,
         max_body: int = DEFAULT_MAX_BODY,
         log: Callable[[str], None] | None = None,
+        keep_requests: int = DEFAULT_KEEP_REQUESTS,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
     ) -> None:
         super().__init__(host, port)
         if speed < 0:
             raise ValueError("speed must be 0 (no waits) or more")
-        self.source = source if not isinstance(source, (str, Path)) else open_source(source, tape)
+        if keep_requests < 0 or cache_bytes < 0:
+            raise ValueError("keep_requests and cache_bytes must be 0 or more")
+        if isinstance(source, (str, Path)):
+            source = open_source(source, tape, cache_bytes)
+        self.source = source
         self.speed = speed
         self.faults: list[Fault] = []
         for fault in faults:
@@ -114,8 +180,10 @@ class ReplayServer(AppServer):
         self.max_body = max_body
         self.log = log
         self.index = Index(self.source.exchanges(), self.ignore_fields, match, repeat)
-        self.requests: list[Replayed] = []
-        self._last_by_key: dict[str, Replayed] = {}
+        #: the most recent `keep_requests` requests; `counts` has the totals over all of them
+        self.requests: deque[Replayed] = deque(maxlen=keep_requests)
+        self.counts = ReplayCounts()
+        self._retries = RetryMemory()
         self._recorder: Any = None
         if upstream is not None:
             from streamreplay.proxy.recorder import RecordingProxy, RecordOptions
@@ -134,7 +202,7 @@ class ReplayServer(AppServer):
 
     def build_app(self) -> web.Application:
         app = web.Application(client_max_size=self.max_body, middlewares=[openai_errors])
-        app.router.add_route("*", "/{tail:.*}", self.handle)
+        app.router.add_route("*", r"/{tail:[\s\S]*}", self.handle)  # newlines too: a %0A path is still ours to answer
         return app
 
     async def on_start(self) -> None:
@@ -148,6 +216,11 @@ class ReplayServer(AppServer):
     def unused(self) -> list[Any]:
         """Recorded exchanges no request has used."""
         return self.index.unused()
+
+    def since(self, count: int) -> list[Replayed]:
+        """The kept records of the requests after the first `count` (a `counts.requests` read earlier)."""
+        # list() first: a sync caller reads from another thread while the server's loop appends
+        return [rec for rec in list(self.requests) if rec.n > count]
 
     # -- one request ------------------------------------------------------------------------------
 
@@ -165,7 +238,8 @@ class ReplayServer(AppServer):
     async def handle(self, request: web.Request) -> web.StreamResponse:
         arrived = asyncio.get_running_loop().time()
         refusal = refuse_request(request)
-        rec = Replayed(len(self.requests) + 1, request.method, request.path)
+        self.counts.requests += 1
+        rec = Replayed(self.counts.requests, request.method, request.path)
         self.requests.append(rec)
         if refusal is not None:
             return self._refuse(rec, refusal, "refused")
@@ -186,17 +260,18 @@ class ReplayServer(AppServer):
         if isinstance(found, Miss):
             return self._miss(rec, found, body)
         rec.exchange_id = found.id
+        rec.partial = found.store_error
         key = self.index.key(request.method, rel, body)
-        previous = self._last_by_key.get(key)
-        rec.retry_of = previous.n if previous is not None and previous.broken else None
-        self._last_by_key[key] = rec
-        schedule = recorded_schedule(found, self.source.chunks(found))
-        schedule = convert_for_request(schedule, _wants_stream(body))
-        schedule = apply_faults(schedule, faults)
-        rec.applied = schedule.applied
+        rec.retry_of = self._retries.arrived(key, rec)
+        self.counts.retries += rec.retry_of is not None
         try:
+            schedule = recorded_schedule(found, self.source.chunks(found))
+            schedule = convert_for_request(schedule, _wants_stream(body))
+            schedule = apply_faults(schedule, faults)
+            rec.applied = schedule.applied
             return await self.play(request, schedule, rec, arrived)
         finally:
+            self._retries.ended(key, rec)
             self._report(rec)
 
     def _refuse(self, rec: Replayed, response: web.Response, why: str) -> web.Response:
@@ -227,6 +302,12 @@ class ReplayServer(AppServer):
             rec.exchange_id = recorded[-1].id if recorded else None
 
     def _report(self, rec: Replayed) -> None:
+        """Once per request, as it ends: count it, then log it."""
+        counts = self.counts
+        counts.endings[rec.ending] += 1
+        counts.unfinished += not rec.finished
+        if rec.ending == "miss" and counts.first_miss is None:
+            counts.first_miss = rec.miss
         if self.log:
             self.log(rec.line())
 

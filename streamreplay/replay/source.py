@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
 from typing import Protocol
 
 from streamreplay.store import Chunk, Exchange, open_store
+
+#: memory a StoreSource's chunk cache may take: the recordings replayed most recently, not the whole DB
+DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
+#: what a cached chunk costs beyond its data (the Chunk, its bytes header, its ints, a list slot), so that
+#: a recording of many tiny chunks is not kept at several times the bound
+CHUNK_OVERHEAD = 100
 
 
 class TapeSource(Protocol):
@@ -16,10 +23,46 @@ class TapeSource(Protocol):
     def chunks(self, exchange: Exchange) -> list[Chunk]: ...
 
 
+class ChunkCache:
+    """The chunks of recently replayed exchanges, by exchange id, at most `max_bytes` (chunk data plus
+    CHUNK_OVERHEAD a chunk): the least recently used exchange goes first. One exchange larger than the
+    bound is not kept at all (it is read from disk each time) rather than evicting everything else."""
+
+    def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0  # what the cached chunks take now, never over max_bytes
+        self._entries: OrderedDict[int, tuple[list[Chunk], int]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, exchange_id: int) -> list[Chunk] | None:
+        entry = self._entries.get(exchange_id)
+        if entry is None:
+            return None
+        self._entries.move_to_end(exchange_id)
+        return entry[0]
+
+    def put(self, exchange_id: int, chunks: list[Chunk]) -> None:
+        size = chunk_bytes(chunks)
+        if size > self.max_bytes or exchange_id in self._entries:
+            return
+        while self._entries and self.bytes + size > self.max_bytes:
+            _, (_, dropped) = self._entries.popitem(last=False)
+            self.bytes -= dropped
+        self._entries[exchange_id] = (chunks, size)
+        self.bytes += size
+
+
+def chunk_bytes(chunks: list[Chunk]) -> int:
+    """What `chunks` take in the cache's accounting."""
+    return sum(len(c.data) + CHUNK_OVERHEAD for c in chunks)
+
+
 class StoreSource:
     """A tape (or every tape, when none is named) of a SQLite store."""
 
-    def __init__(self, path: str | Path, tape: str | None = None) -> None:
+    def __init__(self, path: str | Path, tape: str | None = None, cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         self.path = Path(path)
         if not self.path.exists():
             raise FileNotFoundError(f"no recordings at {self.path}")
@@ -28,22 +71,25 @@ class StoreSource:
         if tape is not None and not self.store.exchanges(tape=tape, limit=1):
             known = ", ".join(t["name"] for t in self.store.tapes()) or "none"
             raise LookupError(f"no tape {tape!r} in {self.path} (tapes: {known})")
-        self._chunks: dict[int, list[Chunk]] = {}
+        self.cache = ChunkCache(cache_bytes)
 
     def exchanges(self) -> list[Exchange]:
         return self.store.exchanges(tape=self.tape)
 
     def chunks(self, exchange: Exchange) -> list[Chunk]:
-        # kept in memory: a recording replayed 200 times at once is read from disk once
-        if exchange.id not in self._chunks:
-            self._chunks[exchange.id] = self.store.chunks(exchange.id)
-        return self._chunks[exchange.id]
+        # cached: a recording replayed 200 times at once is read from disk once
+        chunks = self.cache.get(exchange.id)
+        if chunks is None:
+            chunks = self.store.chunks(exchange.id)
+            self.cache.put(exchange.id, chunks)
+        return chunks
 
 
-def open_source(path: str | Path, tape: str | None = None) -> TapeSource:
-    """A DB file, or a `.jsonl` cassette."""
+def open_source(path: str | Path, tape: str | None = None, cache_bytes: int = DEFAULT_CACHE_BYTES) -> TapeSource:
+    """A DB file, or a `.jsonl` cassette (`cache_bytes` bounds a DB's chunk cache; a cassette is held
+    whole, as it has no DB to read again from)."""
     if str(path).endswith(".jsonl"):
         from streamreplay.cassette import CassetteSource
 
         return CassetteSource(path)
-    return StoreSource(path, tape)
+    return StoreSource(path, tape, cache_bytes)
