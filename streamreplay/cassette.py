@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from streamreplay.requestkey import request_key
-from streamreplay.store import Chunk, Exchange, body_for_db, now_iso, open_store
+from streamreplay.store import Chunk, Exchange, Store, body_for_db, now_iso, open_store
 from streamreplay.summary import Summarizer
 
 FORMAT = "streamreplay-cassette"
@@ -74,7 +74,9 @@ def cassette_lines(tape: str, exchanges: list[Exchange], chunks_of: Any, source:
     for n, ex in enumerate(exchanges):
         headers = [[k, v] for k, v in ex.request_headers if k.lower() not in VOLATILE_REQUEST_HEADERS]
         yield _dump({"type": "request", "seq": n, "method": ex.method, "path": ex.path, "query": ex.query,
-                     "headers": headers, "body": _request_body(ex.request_body)})
+                     "headers": headers, "body": _request_body(ex.request_body),
+                     # when it was recorded: part of the recording, so an import lists it as recorded
+                     **({"started_at": ex.started_at} if ex.started_at else {})})
         response_headers = [[k, v] for k, v in ex.response_headers if k.lower() not in VOLATILE_RESPONSE_HEADERS]
         yield _dump({"type": "response", "seq": n, "status": ex.status, "headers": response_headers,
                      "headers_ns": ex.headers_ns})
@@ -147,6 +149,7 @@ def _read_line(line: dict[str, Any], exchanges: dict[int, Exchange], chunks: dic
             request_headers=line.get("headers", []), request_body=raw, stream=bool(payload.get("stream")),
             model=payload.get("model") if isinstance(payload.get("model"), str) else None,
             client=next((v for k, v in line.get("headers", []) if k.lower() == "user-agent"), None),
+            started_at=line.get("started_at"),
         )
         exchanges[seq].request_key = request_key(line["method"], line["path"], raw)
         chunks[seq + 1] = []
@@ -187,11 +190,22 @@ class CassetteSource:
 
 def import_cassette(path: str | Path, db: str | Path, tape: str | None = None) -> tuple[str, int]:
     """Load a cassette into a store, as tape `tape` (default: the cassette's own); returns (tape, count)."""
+    return load_cassette(open_store(db), path, tape)
+
+
+def cassette_store(path: str | Path) -> Store:
+    """A cassette as a Store in memory, so every command that reads a DB reads a cassette file too."""
+    store = Store(":memory:")
+    load_cassette(store, path)
+    return store
+
+
+def load_cassette(store: Store, path: str | Path, tape: str | None = None) -> tuple[str, int]:
+    """Load a cassette into `store`; returns (tape, count)."""
     header, exchanges, chunks = read_cassette(path)
     name = check_tape_name(tape or header["tape"])
-    store = open_store(db)
     if store.exchanges(tape=name, limit=1):
-        raise CassetteError(f"tape {name!r} already exists in {db}; import it under another name with --tape")
+        raise CassetteError(f"tape {name!r} already exists in {store.path}; import it under another name with --tape")
     with store.db.conn:
         store.db["tapes"].insert({"name": name, "created_at": now_iso(), "source": header.get("source", "")},
                                  replace=True)
@@ -200,7 +214,7 @@ def import_cassette(path: str | Path, db: str | Path, tape: str | None = None) -
             for chunk in chunks[ex.id]:
                 summary.feed(chunk.data)
             row = {
-                "tape": name, "seq": ex.seq, "started_at": now_iso(), "method": ex.method, "path": ex.path,
+                "tape": name, "seq": ex.seq, "started_at": ex.started_at, "method": ex.method, "path": ex.path,
                 "query": ex.query, "request_headers": json.dumps(ex.request_headers),
                 "request_body": body_for_db(ex.request_body), "stream": int(ex.stream),
                 "model": ex.model, "client": ex.client, "status": ex.status,

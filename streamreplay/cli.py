@@ -15,19 +15,45 @@ from streamreplay import eventloop
 from streamreplay.store import DEFAULT_DB, Store, StoreError, open_store, readable
 
 db_option = click.option(
-    "--db", default=lambda: os.environ.get("STREAMREPLAY_DB", DEFAULT_DB), show_default=DEFAULT_DB,
-    help="SQLite file of recordings (env STREAMREPLAY_DB).",
+    "--db", default=DEFAULT_DB, envvar="STREAMREPLAY_DB", show_default=True, show_envvar=True,
+    help="SQLite file of recordings, or a cassette (.jsonl) for the commands that only read.",
 )
 
 
 def store_at(path: str) -> Store:
-    """The store at `path`, or a one-line error that says what is wrong with it."""
+    """The store at `path` (a DB, or a cassette file read into memory), or a one-line error that says
+    what is wrong with it."""
     if not os.path.exists(path):
         raise click.ClickException(f"no recordings at {path}")
     try:
+        if path.endswith(".jsonl"):
+            from streamreplay.cassette import CassetteError, cassette_store
+
+            try:
+                return cassette_store(path)
+            except CassetteError as exc:
+                raise click.ClickException(str(exc)) from exc
         return open_store(path)
     except StoreError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+def exchange_at(store: Store, ref: str) -> int:
+    """The id of the exchange REF names (ID, TAPE or TAPE:SEQ), or a one-line error."""
+    try:
+        return store.resolve(ref)
+    except KeyError as exc:
+        raise click.ClickException(exc.args[0]) from exc
+
+
+#: the argument of every command that takes one exchange
+exchange_argument = click.argument("exchange_ref", metavar="EXCHANGE")
+EXCHANGE_HELP = ("EXCHANGE is an id, a TAPE (its last exchange) or TAPE:SEQ (as `ls` prints); --db may be a "
+                 "cassette file.")
+
+
+def plural(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
 
 
 def say(line: str) -> None:
@@ -181,7 +207,11 @@ def ls_command(db: str, tape: str | None, cause: str | None, limit: int | None, 
     """List recorded exchanges."""
     from streamreplay.report import LS_COLUMNS, exchange_json, ls_rows, table
 
-    exchanges = store_at(db).exchanges(tape=tape, cause=cause, limit=limit)
+    store = store_at(db)
+    if tape and not any(t["name"] == tape for t in store.tapes()):
+        known = ", ".join(t["name"] for t in store.tapes()) or "none"
+        raise click.ClickException(f"no tape {tape!r} in {db} (tapes: {known})")
+    exchanges = store.exchanges(tape=tape, cause=cause, limit=limit)
     if as_json:
         for ex in exchanges:
             say(json.dumps(exchange_json(ex)))
@@ -189,22 +219,20 @@ def ls_command(db: str, tape: str | None, cause: str | None, limit: int | None, 
     say(table(LS_COLUMNS, ls_rows(exchanges)))
 
 
-@main.command()
-@click.argument("exchange_id", type=int)
+@main.command(epilog=EXCHANGE_HELP)
+@exchange_argument
 @db_option
 @click.option("--json", "as_json", is_flag=True, help="The exchange and its chunks as JSON.")
 @click.option("--html", "html_file", type=click.Path(dir_okay=False),
               help="Write the exchange's timeline as a self-contained page to this file.")
 @click.option("--fault", help="With --html: draw the replay under this fault beside the recording.")
-def show(exchange_id: int, db: str, as_json: bool, html_file: str | None, fault: str | None) -> None:
+def show(exchange_ref: str, db: str, as_json: bool, html_file: str | None, fault: str | None) -> None:
     """One exchange, chunk by chunk: offsets, gaps, bytes, the text each chunk added, and the ending."""
     from streamreplay.report import chunk_deltas, exchange_json, show_lines
 
     store = store_at(db)
-    try:
-        ex = store.exchange(exchange_id)
-    except KeyError as exc:
-        raise click.ClickException(exc.args[0]) from exc
+    exchange_id = exchange_at(store, exchange_ref)
+    ex = store.exchange(exchange_id)
     if html_file:
         from pathlib import Path
 
@@ -264,7 +292,7 @@ def play(db: str, tape: str | None, speed: float, faults: tuple[str, ...], match
         raise click.ClickException(str(exc)) from exc
     count = len(server.index.exchanges)
     extra = f", faults {' + '.join(f.spec() for f in server.faults)}" if server.faults else ""
-    serve_until_signal(server, f"streamreplay: base_url {{base_url}} (playing {count} exchanges from {db}"
+    serve_until_signal(server, f"streamreplay: base_url {{base_url}} (playing {plural(count, 'exchange')} from {db}"
                                f"{', tape ' + tape if tape else ''}, speed {speed:g}{extra})", precise_timers=True)
 
 
@@ -281,7 +309,7 @@ def export_command(tape: str, db: str, output: str | None) -> None:
         count = export_tape(db, tape, path)
     except (CassetteError, LookupError) as exc:
         raise click.ClickException(str(exc)) from exc
-    say(f"exported {count} exchanges of tape {tape} to {path}")
+    say(f"exported {plural(count, 'exchange')} of tape {tape} to {path}")
 
 
 @main.command("import")
@@ -296,21 +324,19 @@ def import_command(cassette: str, db: str, tape: str | None) -> None:
         name, count = import_cassette(cassette, db, tape)
     except CassetteError as exc:
         raise click.ClickException(str(exc)) from exc
-    say(f"imported {count} exchanges into {db} as tape {name}")
+    say(f"imported {plural(count, 'exchange')} into {db} as tape {name}")
 
 
-@main.command("diagnose")
-@click.argument("exchange_id", type=int)
+@main.command("diagnose", epilog=EXCHANGE_HELP)
+@exchange_argument
 @db_option
 @click.option("--json", "as_json", is_flag=True, help="The diagnosis as JSON.")
-def diagnose_command(exchange_id: int, db: str, as_json: bool) -> None:
+def diagnose_command(exchange_ref: str, db: str, as_json: bool) -> None:
     """Say who ended an exchange and when, which known cause it matches, and how to replay and fix it."""
     from streamreplay.diagnose import diagnose
 
-    try:
-        found = diagnose(store_at(db), exchange_id, db)
-    except KeyError as exc:
-        raise click.ClickException(exc.args[0]) from exc
+    store = store_at(db)
+    found = diagnose(store, exchange_at(store, exchange_ref), db)
     if as_json:
         say(json.dumps(found.to_json(), indent=2))
         return
@@ -318,8 +344,8 @@ def diagnose_command(exchange_id: int, db: str, as_json: bool) -> None:
         say(line)
 
 
-@main.command("bisect")
-@click.argument("exchange_id", type=int)
+@main.command("bisect", epilog=EXCHANGE_HELP)
+@exchange_argument
 @db_option
 @click.option("--by", "axis", type=click.Choice(["chunk", "timing", "client"]), default="chunk", show_default=True,
               help="chunk: where a cut flips it; timing: how long a stall it takes; client: which consumer matches.")
@@ -336,13 +362,14 @@ def diagnose_command(exchange_id: int, db: str, as_json: bool) -> None:
 @click.option("--resolution", default=0.1, show_default=True, help="Stop when the threshold is this narrow (s).")
 @click.option("--speed", default=0.0, show_default=True, help="Replay speed during the search (0: no waits).")
 @click.option("--check-timeout", type=float, help="Kill a check that runs longer than this (s): bad.")
-def bisect_command(exchange_id: int, db: str, axis: str, check: str | None, oracle: str, kind: str,
+def bisect_command(exchange_ref: str, db: str, axis: str, check: str | None, oracle: str, kind: str,
                    at_chunk: int | None, over: str, maximum: float, resolution: float, speed: float,
                    check_timeout: float | None) -> None:
     """Find the chunk, the timing threshold or the client behaviour at which an app flips from good to bad."""
     from streamreplay.bisect import Bisector, ClientOracle, CommandOracle
 
     store = store_at(db)
+    exchange_id = exchange_at(store, exchange_ref)
     if axis == "client":
         from streamreplay.clientcheck import main as by_client
 
@@ -371,8 +398,8 @@ def bisect_command(exchange_id: int, db: str, axis: str, check: str | None, orac
         say(f"replay the boundary: {result.replay}")
 
 
-@main.command("client")
-@click.argument("exchange_id", type=int)
+@main.command("client", epilog=EXCHANGE_HELP)
+@exchange_argument
 @db_option
 @click.option("--client", "client", default="openai async", show_default=True,
               help="openai sync, openai async, autogen-agentchat or AG2.")
@@ -380,7 +407,7 @@ def bisect_command(exchange_id: int, db: str, axis: str, check: str | None, orac
               help="reads-to-end, stop:K, timeout:S, slow:S or stream-off (the other clients read to the end).")
 @click.option("--fault", help="A fault spec for the replay, e.g. cut:chunk=3.")
 @click.option("--speed", default=1.0, show_default=True, help="Replay speed.")
-def client_command(exchange_id: int, db: str, client: str, behaviour: str, fault: str | None, speed: float) -> None:
+def client_command(exchange_ref: str, db: str, client: str, behaviour: str, fault: str | None, speed: float) -> None:
     """Run one reference consumer against a replay of an exchange and print what it got."""
     from streamreplay.clientcheck import Behaviour, run_one
     from streamreplay.clients import CLIENTS
@@ -393,10 +420,8 @@ def client_command(exchange_id: int, db: str, client: str, behaviour: str, fault
         parse_faults(fault)
     except (ValueError, FaultSpecError) as exc:
         raise click.BadParameter(str(exc)) from exc
-    try:
-        run_one(store_at(db), exchange_id, client, chosen, fault, speed, say)
-    except KeyError as exc:
-        raise click.ClickException(exc.args[0]) from exc
+    store = store_at(db)
+    run_one(store, exchange_at(store, exchange_ref), client, chosen, fault, speed, say)
 
 
 @main.command()
@@ -411,20 +436,20 @@ def ui(db: str, host: str, port: int) -> None:
     serve_until_signal(server, f"streamreplay: timeline pages on {{origin}}/ (reading {db})")
 
 
-@main.command()
-@click.argument("exchange_id", type=int)
+@main.command(epilog=EXCHANGE_HELP)
+@exchange_argument
 @db_option
 @click.option("-o", "--output", help="Folder to write (default: repro_ID/).")
-def repro(exchange_id: int, db: str, output: str | None) -> None:
+def repro(exchange_ref: str, db: str, output: str | None) -> None:
     """Write a folder with the exchange's cassette and a short repro.py that replays it into the same client."""
     from pathlib import Path
 
     from streamreplay.repro import write_repro
 
+    store = store_at(db)
+    exchange_id = exchange_at(store, exchange_ref)
     try:
-        info = write_repro(store_at(db), exchange_id, Path(output or f"repro_{exchange_id}"))
-    except KeyError as exc:
-        raise click.ClickException(exc.args[0]) from exc
+        info = write_repro(store, exchange_id, Path(output or f"repro_{exchange_id}"))
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     for line in info.lines():

@@ -30,7 +30,11 @@ class Outcome:
 
 
 def describe(exc: BaseException) -> str:
-    return f"{type(exc).__module__.split('.')[0]}.{type(exc).__name__}: {exc}"
+    name = f"{type(exc).__module__.split('.')[0]}.{type(exc).__name__}"
+    if str(exc):
+        return f"{name}: {exc}"
+    # asyncio.wait_for's TimeoutError says nothing: say what it means
+    return f"{name} (no message: {'a deadline ran out' if isinstance(exc, TimeoutError) else 'raised bare'})"
 
 
 async def openai_async(base_url: str, messages: list[dict[str, Any]], timeout: float) -> Outcome:

@@ -39,12 +39,13 @@ class Diagnosis:
     replay: str = ""
     repro: str = ""
     client: str | None = None
+    seq: int = 0  # its place in the tape: TAPE:SEQ names it in any DB
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     def lines(self) -> list[str]:
-        out = [f"exchange {self.exchange_id} (tape {self.tape}): {self.summary}"]
+        out = [f"exchange {self.tape}:{self.seq} (id {self.exchange_id}): {self.summary}"]
         if self.client:
             out.append(f"client     {self.client}")
         if self.chunk is not None and self.at_s is not None:
@@ -102,7 +103,7 @@ def diagnose_exchange(ex: Exchange, chunks: list[Chunk], tape: list[Exchange], d
         at_s=None, gap_before_s=None, upstream_complete=upstream_complete, finish_reason=ex.finish_reason,
         done=ex.done, client=describe_client(ex),
         replay=f"streamreplay play --db {shlex.quote(db_label)} --tape {shlex.quote(ex.tape)}",
-        repro=repro_command(ex.id, db_label),
+        repro=repro_command(ex, db_label), seq=ex.seq,
     )
     if ex.end_cause == EndCause.CLIENT_LEFT:
         _client_left(d, ex, chunks, gaps)

@@ -96,7 +96,7 @@ def chunk_deltas(chunks: Sequence[Chunk]) -> list[str]:
 def show_lines(ex: Exchange, chunks: list[Chunk]) -> list[str]:
     req = ex.request_json()
     lines = [
-        f"exchange {ex.id}  tape {ex.tape}  #{ex.seq}  {ex.started_at or ''}",
+        f"exchange {ex.tape}:{ex.seq}  (id {ex.id})  {ex.started_at or ''}",
         f"request   {ex.method} {ex.path}{'?' + ex.query if ex.query else ''}  model {ex.model or '-'}  "
         f"stream {'yes' if ex.stream else 'no'}  client {ex.client or '-'}",
     ]

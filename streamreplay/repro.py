@@ -157,9 +157,11 @@ def describe_client(exchange: Exchange) -> str:
     return f"{names[client]} on {sdk}" if client in names else sdk
 
 
-def repro_command(exchange_id: int, db_label: str) -> str:
-    """For `diagnose`: the command that writes the repro folder."""
-    return f"streamreplay repro {exchange_id} --db {shlex.quote(db_label)} -o repro_{exchange_id}/"
+def repro_command(exchange: Exchange, db_label: str) -> str:
+    """For `diagnose`: the command that writes the repro folder, naming the exchange as TAPE:SEQ (which,
+    unlike an id, is the same in every DB the tape is imported into)."""
+    ref = f"{exchange.tape}:{exchange.seq}"
+    return f"streamreplay repro {ref} --db {shlex.quote(db_label)} -o repro_{exchange.tape}-{exchange.seq}/"
 
 
 # -- how it read the stream ----------------------------------------------------------------------------

@@ -309,6 +309,24 @@ class Store:
             raise KeyError(f"no exchange {exchange_id} in {self.path}")
         return Exchange.from_row(rows[0])
 
+    def resolve(self, ref: str | int) -> int:
+        """The id of the exchange a user names: `12` (an id), `TAPE` (its last exchange) or `TAPE:SEQ`
+        (the seq `ls` and miss messages print). Names that do not depend on the order a DB was filled."""
+        text = str(ref).strip()
+        if text.isdigit():
+            self.exchange(int(text))  # KeyError when there is none
+            return int(text)
+        tape, _, seq = text.rpartition(":") if ":" in text else (text, "", "")
+        if seq and not seq.isdigit():
+            raise KeyError(f"{text!r} is not an exchange: give an id, TAPE or TAPE:SEQ")
+        sql = "select id from exchanges where tape = ?" + (" and seq = ?" if seq else "") + " order by seq desc, id desc"
+        row = self.db.execute(sql, [tape, int(seq)] if seq else [tape]).fetchone()
+        if row is None:
+            known = ", ".join(t["name"] for t in self.tapes()) or "none"
+            where = f"no exchange {seq} in tape {tape!r}" if seq else f"no tape {tape!r}"
+            raise KeyError(f"{where} in {self.path} (tapes: {known})")
+        return int(row[0])
+
     def chunks(self, exchange_id: int) -> list[Chunk]:
         return list(self.iter_chunks(exchange_id))
 

@@ -100,7 +100,7 @@ async def test_diagnose_cli_text_and_json(db_path: Path):
     runner = CliRunner()
     out = runner.invoke(main, ["diagnose", "1", "--db", str(db_path)])
     assert out.exit_code == 0, out.output
-    assert "exchange 1 (tape d): a consumer that stopped reading" in out.output
+    assert "exchange d:0 (id 1): a consumer that stopped reading" in out.output
     assert "client     openai-python 2." in out.output and "AsyncOpenAI" in out.output
     assert f"replay     streamreplay play --db {db_path} --tape d" in out.output
     data = json.loads(runner.invoke(main, ["diagnose", "1", "--db", str(db_path), "--json"]).output)

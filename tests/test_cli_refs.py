@@ -1,0 +1,96 @@
+"""Naming exchanges the same way in every DB, reading cassettes directly, and the small words a new user reads."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from streamreplay.cli import main
+from streamreplay.clients import describe
+from streamreplay.store import Store
+from streamreplay.testing import Script
+from tests.helpers import chat, record
+
+RECORDINGS = Path(__file__).resolve().parent.parent / "recordings"
+BREAK = RECORDINGS / "consumer-break.jsonl"
+TIMEOUT = RECORDINGS / "client-timeout.jsonl"
+
+
+def run(*args: str) -> str:
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 0, (args, result.output)
+    return result.output
+
+
+def fail(*args: str) -> str:
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 1, (args, result.output)
+    assert result.output.startswith("Error: ") and len(result.output.strip().splitlines()) == 1, result.output
+    return result.output
+
+
+def without_ids(text: str, db: Path) -> str:
+    return re.sub(r"\(id \d+\)", "(id N)", text.replace(str(db), "DB"))
+
+
+@pytest.mark.parametrize("ref", ["consumer-break", "consumer-break:0"])
+def test_a_tape_or_tape_seq_names_the_same_exchange_whatever_the_import_order(tmp_path: Path, ref: str):
+    one, two = tmp_path / "one.db", tmp_path / "two.db"
+    for db, order in ((one, (BREAK, TIMEOUT)), (two, (TIMEOUT, BREAK))):
+        for cassette in order:
+            run("import", cassette, "--db", db)
+    assert Store(one).resolve(ref) != Store(two).resolve(ref)  # the ids differ...
+    for command in (["diagnose"], ["show"]):
+        # ...and what the commands say does not
+        assert without_ids(run(*command, ref, "--db", one), one) == without_ids(run(*command, ref, "--db", two), two)
+    assert "exchange consumer-break:0 (id " in run("diagnose", ref, "--db", one)
+    assert "streamreplay repro consumer-break:0 --db" in run("diagnose", ref, "--db", one)
+
+
+def test_every_command_that_reads_takes_a_cassette_file(tmp_path: Path):
+    assert "consumer-break" in run("ls", "--db", BREAK)
+    assert "consumer_stopped_reading" in run("diagnose", "consumer-break", "--db", BREAK)
+    assert "[DONE]" in run("show", "consumer-break:0", "--db", BREAK)
+    assert "stops after 2 chunks" in run("bisect", "consumer-break", "--db", BREAK, "--by", "client")
+    out = tmp_path / "repro"
+    assert "repro.py" in run("repro", "consumer-break", "--db", BREAK, "-o", out)
+    assert (out / "cassette.jsonl").exists()
+
+
+def test_a_reference_that_names_nothing_says_what_there_is(tmp_path: Path):
+    db = tmp_path / "r.db"
+    run("import", BREAK, "--db", db)
+    assert "no tape 'nope'" in fail("diagnose", "nope", "--db", db) and "(tapes: consumer-break)" in fail(
+        "show", "nope", "--db", db)
+    assert "no exchange 7 in tape 'consumer-break'" in fail("show", "consumer-break:7", "--db", db)
+    assert "no exchange 99" in fail("show", "99", "--db", db)
+    assert "no tape 'nope'" in fail("ls", "--tape", "nope", "--db", db)
+
+
+def test_the_small_words(tmp_path: Path):
+    db = tmp_path / "w.db"
+    assert "imported 1 exchange into" in run("import", BREAK, "--db", db)
+    assert "exported 1 exchange of tape" in run("export", "consumer-break", "--db", db, "-o", tmp_path / "x.jsonl")
+    helptext = run("ls", "--help")
+    assert "[default: recordings/streamreplay.db]" in helptext.replace("\n", " ").replace("  ", " ") or \
+        "default: recordings/streamreplay.db" in " ".join(helptext.split())
+    assert "(recordings/streamreplay.db)" not in helptext
+    assert describe(asyncio.TimeoutError()) == "builtins.TimeoutError (no message: a deadline ran out)"
+
+
+async def test_an_imported_cassette_keeps_the_recorded_time(tmp_path: Path):
+    db = tmp_path / "rec.db"
+    await record(db, [Script()], [chat()], tape="when")
+    recorded = Store(db).exchanges()[0].started_at
+    assert recorded
+    cassette = tmp_path / "when.jsonl"
+    run("export", "when", "--db", db, "-o", cassette)
+    other = tmp_path / "other.db"
+    await asyncio.sleep(1.1)  # a second later: an import time would differ in the listing's seconds
+    run("import", cassette, "--db", other)
+    assert Store(other).exchanges()[0].started_at == recorded
+    assert recorded[11:19] in run("ls", "--db", other)
