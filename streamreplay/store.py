@@ -319,7 +319,8 @@ class Store:
         tape, _, seq = text.rpartition(":") if ":" in text else (text, "", "")
         if seq and not seq.isdigit():
             raise KeyError(f"{text!r} is not an exchange: give an id, TAPE or TAPE:SEQ")
-        sql = "select id from exchanges where tape = ?" + (" and seq = ?" if seq else "") + " order by seq desc, id desc"
+        sql = ("select id from exchanges where tape = ?" + (" and seq = ?" if seq else "")
+               + " order by seq desc, id desc")
         row = self.db.execute(sql, [tape, int(seq)] if seq else [tape]).fetchone()
         if row is None:
             known = ", ".join(t["name"] for t in self.tapes()) or "none"
