@@ -31,10 +31,9 @@ class Outcome:
 
 def describe(exc: BaseException) -> str:
     name = f"{type(exc).__module__.split('.')[0]}.{type(exc).__name__}"
-    if str(exc):
-        return f"{name}: {exc}"
-    # asyncio.wait_for's TimeoutError says nothing: say what it means
-    return f"{name} (no message: {'a deadline ran out' if isinstance(exc, TimeoutError) else 'raised bare'})"
+    # asyncio.wait_for's TimeoutError says nothing: say what it means rather than print an empty message
+    message = str(exc) or ("(no message: a deadline ran out)" if isinstance(exc, TimeoutError) else "(no message)")
+    return f"{name}: {message}"
 
 
 async def openai_async(base_url: str, messages: list[dict[str, Any]], timeout: float) -> Outcome:

@@ -1,12 +1,35 @@
-"""pytest plugin: recorded tapes as offline CI fixtures.
+"""pytest plugin: recorded tapes as offline CI fixtures, with pytest-recording's habits.
 
     @pytest.mark.streamreplay("agent-happy-path")       # recordings/agent-happy-path.jsonl
     def test_agent(streamreplay):
         client = OpenAI(base_url=streamreplay.base_url, api_key="test")
 
+    @pytest.mark.streamreplay                           # tests/cassettes/test_mod/test_other.jsonl
+    def test_other(streamreplay): ...
+
+    @pytest.fixture(scope="module")                     # defaults for a module (or a conftest.py, a class)
+    def streamreplay_config():
+        return {"speed": 0, "ignore_fields": ["user"]}
+
 Record modes follow VCR.py: `none` replays only (the default when CI is set), `once` records a
-missing cassette, `new` records requests the cassette lacks, `all` records everything again.
-Recording needs `--streamreplay-upstream URL`.
+missing cassette, `new` (VCR's `new_episodes`) records requests the cassette lacks, `all` (`rewrite`)
+records everything again. Recording needs an upstream (`--streamreplay-upstream URL`).
+
+Where each setting comes from, the first that gives it:
+- the run's own settings, `mode` and `upstream`: the command line (`--streamreplay-mode`,
+  `--streamreplay-upstream`), the test's closest `streamreplay` marker, `streamreplay_config`, the default;
+- everything else (`tape`, `cassette_dir`, `fault`, `speed`, `match`, `ignore_fields`, `allow_misses`):
+  the marker, `streamreplay_config`, the command line (`--streamreplay-dir`), the default.
+
+The cassette is `<cassette_dir>/<name>.jsonl`. Its name is the tape, else the test's name
+(`TestClass.test_name[param]`). Its directory is `cassette_dir` (relative to the rootdir), else, for a
+named tape, `--streamreplay-dir` (default `recordings/`), else, for an unnamed one,
+`<--streamreplay-dir>/<module>` when that option is given and `<test file's dir>/cassettes/<module>`
+when not (pytest-recording's place).
+
+A request no recording matches, while the cassette is only replayed (mode `none`, or `once` with the
+cassette there), fails the test once, with the closest recording and the first field that differs,
+unless the marker or the config says `allow_misses=True` (a test of how the app takes a 404).
 """
 
 from __future__ import annotations
@@ -14,7 +37,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,22 +49,34 @@ from streamreplay.replay import Replayed, ReplayServer
 from streamreplay.store import Store
 
 MODES = ("none", "once", "new", "all")
+#: VCR.py's and pytest-recording's names for the same modes
+MODE_ALIASES = {"new_episodes": "new", "rewrite": "all"}
+#: what the marker's keyword arguments and `streamreplay_config` may set
+CONFIG_KEYS = ("tape", "mode", "upstream", "cassette_dir", "fault", "speed", "match", "ignore_fields",
+               "allow_misses")
+
+_ACTIVE = pytest.StashKey["StreamReplay"]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("streamreplay", "offline replays of recorded LLM streams")
-    group.addoption("--streamreplay-mode", choices=MODES, default=None,
-                    help="none: replay only; once: record missing cassettes; new: record misses; all: re-record. "
-                         "Default: none when CI is set, else once.")
-    group.addoption("--streamreplay-upstream", default=None, help="The API to record from (modes once/new/all).")
-    group.addoption("--streamreplay-dir", default="recordings", help="Where cassettes live (default: recordings/).")
+    group.addoption("--streamreplay-mode", choices=MODES + tuple(MODE_ALIASES), default=None,
+                    help="none: replay only; once: record missing cassettes; new (new_episodes): record misses; "
+                         "all (rewrite): re-record. Default: none when CI is set, else once. "
+                         "Beats the marker and streamreplay_config.")
+    group.addoption("--streamreplay-upstream", default=None,
+                    help="The API to record from (modes once/new/all). Beats the marker and streamreplay_config.")
+    group.addoption("--streamreplay-dir", default=None,
+                    help="Where cassettes live: <dir>/<tape>.jsonl for a named tape (default: recordings/), "
+                         "<dir>/<module>/<test>.jsonl for an unnamed one (default: <test dir>/cassettes/<module>/).")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "streamreplay(tape, fault=None, speed=0, match='key', ignore_fields=()): serve the cassette "
-        "<streamreplay-dir>/<tape>.jsonl to this test through the `streamreplay` fixture",
+        "streamreplay(tape=None, *, fault=None, speed=0, match='key', ignore_fields=(), allow_misses=False, "
+        "mode=None, upstream=None, cassette_dir=None): serve the cassette <cassette_dir>/<tape or test name>.jsonl "
+        "to this test through the `streamreplay` fixture; keywords override `streamreplay_config`",
     )
     config.pluginmanager.register(SessionReport(), "streamreplay-session-report")
 
@@ -56,6 +91,10 @@ class StreamReplay:
     mode: str
     server: Any
     recording: bool = False
+    #: misses are the test's business (it checks how the app takes a 404): they fail nothing
+    allow_misses: bool = False
+    #: the cassette is only replayed (no upstream to record a miss from): a miss fails the test
+    replay_only: bool = False
 
     @property
     def requests(self) -> list[Replayed]:
@@ -85,57 +124,110 @@ class StreamReplay:
         assert not unused, "recorded exchanges never requested: " + "; ".join(
             f"#{ex.seq} {ex.method} {ex.path} ({(ex.text or '')[:30]!r})" for ex in unused)
 
+    def miss_failure(self) -> str | None:
+        """Why the test fails for its misses, or None when they fail nothing."""
+        if not self.miss_count or self.allow_misses or not self.replay_only:
+            return None
+        # from the server's totals: the records of early misses may have left its bounded `requests`
+        return (f"streamreplay: {self.miss_count} request(s) matched no recording in {self.cassette} "
+                f"(mode {self.mode}); the first: {self.server.counts.first_miss}\n"
+                f"Record them with --streamreplay-mode new --streamreplay-upstream URL, or, if the test means "
+                f"to miss, mark it streamreplay(allow_misses=True).")
 
-def _mode(config: pytest.Config) -> str:
-    mode = config.getoption("--streamreplay-mode")
-    if mode:
-        return mode
-    return "none" if os.environ.get("CI") else "once"
+
+@pytest.fixture(scope="module")
+def streamreplay_config() -> dict[str, Any]:
+    """Defaults for every `streamreplay` fixture in scope, as pytest-recording's `vcr_config`: override it in
+    a conftest.py, a module or a class. Keys: those of the marker (`CONFIG_KEYS`); the marker's win."""
+    return {}
 
 
-def _default_tape(node: pytest.Item) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", f"{node.module.__name__}-{node.name}").strip("-")[:120]
+def _normal_mode(mode: str) -> str:
+    """A mode by its own name: `new_episodes` is `new`, `rewrite` is `all`."""
+    mode = MODE_ALIASES.get(mode, mode)
+    if mode not in MODES:
+        pytest.fail(f"streamreplay: mode {mode!r} is not one of {', '.join(MODES + tuple(MODE_ALIASES))}",
+                    pytrace=False)
+    return mode
+
+
+def _settings(request: pytest.FixtureRequest, config_defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """The test's settings: the marker's over `streamreplay_config`'s, the command line's mode and upstream
+    over both (see the module's docstring)."""
+    marker = request.node.get_closest_marker("streamreplay")
+    from_marker = dict(marker.kwargs) if marker else {}
+    if marker and marker.args:
+        from_marker["tape"] = marker.args[0]
+    for origin, given in (("streamreplay_config", config_defaults), ("the streamreplay marker", from_marker)):
+        unknown = sorted(set(given) - set(CONFIG_KEYS))
+        if unknown:
+            pytest.fail(f"streamreplay: {origin} has unknown key(s) {', '.join(unknown)}; "
+                        f"known: {', '.join(CONFIG_KEYS)}", pytrace=False)
+    settings = {**config_defaults, **from_marker}
+    options = request.config.option
+    if options.streamreplay_mode:
+        settings["mode"] = options.streamreplay_mode
+    if options.streamreplay_upstream:
+        settings["upstream"] = options.streamreplay_upstream
+    settings["mode"] = _normal_mode(settings.get("mode") or ("none" if os.environ.get("CI") else "once"))
+    return settings
+
+
+def _test_name(node: Any) -> str:
+    name = f"{node.cls.__name__}.{node.name}" if getattr(node, "cls", None) else node.name
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")[:120] or "test"
+
+
+def _cassette(request: pytest.FixtureRequest, tape: str | None, cassette_dir: str | Path | None) -> Path:
+    """`<cassette_dir>/<tape or test name>.jsonl`; the module's docstring says which directory by default."""
+    option_dir = request.config.getoption("--streamreplay-dir")
+    test_file = Path(str(request.node.path))
+    if cassette_dir:
+        directory = Path(cassette_dir)
+    elif tape:
+        directory = Path(option_dir or "recordings")
+    elif option_dir:
+        directory = Path(option_dir) / test_file.stem
+    else:
+        directory = test_file.parent / "cassettes" / test_file.stem  # pytest-recording's place
+    if not directory.is_absolute():
+        directory = Path(request.config.rootpath) / directory
+    return directory / f"{tape or _test_name(request.node)}.jsonl"
 
 
 @pytest.fixture
-def streamreplay(request: pytest.FixtureRequest) -> Iterator[StreamReplay]:
+def streamreplay(request: pytest.FixtureRequest, streamreplay_config: dict[str, Any]) -> Iterator[StreamReplay]:
     """A running replay (or recording) of the test's cassette; see the `streamreplay` marker."""
-    config = request.config
-    marker = request.node.get_closest_marker("streamreplay")
-    args = dict(marker.kwargs) if marker else {}
-    tape = (marker.args[0] if marker and marker.args else None) or args.pop("tape", None) or _default_tape(request.node)
-    args.pop("tape", None)
-    directory = Path(config.getoption("--streamreplay-dir"))
-    if not directory.is_absolute():
-        directory = Path(config.rootpath) / directory
-    cassette = directory / f"{tape}.jsonl"
-    mode = _mode(config)
-    upstream = config.getoption("--streamreplay-upstream")
-    records = mode in ("new", "all") or (mode == "once" and not cassette.exists())
-    if records and not upstream:
-        records = False
+    settings = _settings(request, streamreplay_config or {})
+    cassette = _cassette(request, settings.get("tape"), settings.get("cassette_dir"))
+    tape = settings.get("tape") or cassette.stem
+    mode, upstream = settings["mode"], settings.get("upstream")
+    records = bool(upstream) and (mode in ("new", "all") or (mode == "once" and not cassette.exists()))
     if not records and not cassette.exists():
         pytest.fail(f"streamreplay: no cassette {cassette} (mode {mode}); record it with "
                     f"--streamreplay-upstream URL, or add the file", pytrace=False)
-    faults = args.get("fault") or ()
-    options = dict(speed=args.get("speed", 0), faults=[faults] if isinstance(faults, str) else list(faults),
-                   match=args.get("match", "key"), ignore_fields=args.get("ignore_fields", ()))
+    faults = settings.get("fault") or ()
+    options = dict(speed=settings.get("speed", 0), faults=[faults] if isinstance(faults, str) else list(faults),
+                   match=settings.get("match", "key"), ignore_fields=settings.get("ignore_fields", ()))
+    allow_misses = bool(settings.get("allow_misses", False))
     with tempfile.TemporaryDirectory(prefix="streamreplay-") as tmp:
         db = Path(tmp) / "rec.db"
         if records:
-            yield from _recording(request, tape, cassette, mode, upstream, db, options)
+            yield from _recording(request, tape, cassette, mode, upstream, db, options, allow_misses)
         else:
             with ReplayServer(cassette, **options) as server:
-                fixture = StreamReplay(server.base_url, tape, cassette, mode, server)
+                fixture = StreamReplay(server.base_url, tape, cassette, mode, server, allow_misses=allow_misses,
+                                       replay_only=True)
+                request.node.stash[_ACTIVE] = fixture
                 yield fixture
                 _report(request, fixture)
 
 
 def _recording(request: pytest.FixtureRequest, tape: str, cassette: Path, mode: str, upstream: str, db: Path,
-               options: dict[str, Any]) -> Iterator[StreamReplay]:
+               options: dict[str, Any], allow_misses: bool) -> Iterator[StreamReplay]:
     if mode == "new" and cassette.exists():
         import_cassette(cassette, db, tape)
-        server: Any = ReplayServer(db, tape=tape, upstream=upstream, **options)
+        server: Any = ReplayServer(db, tape=tape, on_miss="record", upstream=upstream, **options)
     else:
         from streamreplay.proxy import RecordingProxy
         from streamreplay.proxy.recorder import RecordOptions
@@ -143,28 +235,45 @@ def _recording(request: pytest.FixtureRequest, tape: str, cassette: Path, mode: 
         server = RecordingProxy(RecordOptions(upstream=upstream, db=str(db), tape=tape))
     with server:
         fixture = StreamReplay(server.base_url, tape, cassette, mode, server,
-                               recording=not isinstance(server, ReplayServer))
+                               recording=not isinstance(server, ReplayServer), allow_misses=allow_misses)
+        request.node.stash[_ACTIVE] = fixture
         yield fixture
-        recorder = server if fixture.recording else server._recorder
-        server.call(recorder.settle())
+        server.call(server.settle())  # every exchange committed (and, replaying, every recorded miss indexed)
         if not fixture.recording:
             _report(request, fixture)
     if Store(db).exchanges(tape=tape, limit=1):
         export_tape(db, tape, cassette)
-        request.node.user_properties.append(("streamreplay", f"{tape}: recorded into {cassette}"))
+        shown = os.path.relpath(cassette, request.config.rootpath)  # the path as the project names it
+        request.node.user_properties.append(("streamreplay", f"{tape}: recorded into {shown}"))
 
 
 def _report(request: pytest.FixtureRequest, fixture: StreamReplay) -> None:
+    """Notes for the session's summary (the failure for misses is the test's own: `pytest_runtest_call`)."""
     unused = fixture.unused()
     if unused:
         request.node.user_properties.append(
             ("streamreplay", f"{fixture.tape}: {len(unused)} recorded exchange(s) never requested"))
-    if fixture.miss_count:
-        # from the server's totals: the records of early misses may have left its bounded `requests`
-        first = fixture.server.counts.first_miss
+    if fixture.miss_count and not fixture.allow_misses:
         request.node.user_properties.append(("streamreplay", f"{fixture.tape}: {fixture.miss_count} miss(es)"))
-        if fixture.mode == "none":
-            pytest.fail(f"streamreplay: {first}", pytrace=False)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """A miss fails the test itself, once: a test that passed fails with the miss's account; one that
+    failed already (the app raised on the 404) keeps its own failure, the account added as a section."""
+    try:
+        result = yield
+    except BaseException:
+        fixture = item.stash.get(_ACTIVE, None)
+        message = fixture.miss_failure() if fixture is not None else None
+        if message:
+            item.add_report_section("call", "streamreplay", message)
+        raise
+    fixture = item.stash.get(_ACTIVE, None)
+    message = fixture.miss_failure() if fixture is not None else None
+    if message:
+        pytest.fail(message, pytrace=False)
+    return result
 
 
 class SessionReport:

@@ -8,9 +8,11 @@ from typing import Any
 
 from aiohttp import web
 
+from streamreplay.timeouts import TimedAppRunner
+
 
 class AppServer:
-    """Base of the recording proxy, the replay server and the scripted upstream.
+    """Base of the recording proxy, the replay server, the ui and the scripted upstream.
 
     `async with` runs it on the current loop; plain `with` runs it on a loop of its own in a
     background thread, so sync test code and sync clients (openai.OpenAI, AG2) can use it.
@@ -18,10 +20,29 @@ class AppServer:
 
     #: seconds in-flight requests get to finish when the server stops
     shutdown_timeout: float = 1.0
+    #: seconds a connection gets to deliver a complete request head, counted from the moment it opens
+    #: (a socket that never sends is closed after this) or, on a kept-alive connection, from the first
+    #: byte of the next head. Local clients send a head in well under a millisecond; 10 s leaves room
+    #: for a loaded machine or a paused debugger and still frees a slowloris's sockets quickly. It never
+    #: applies once a head is complete: bodies, handlers and (long, silent) streamed responses are untimed.
+    #: 0 (or None as the attribute) turns it off. See streamreplay/timeouts.py.
+    header_timeout: float | None = 10.0
+    #: seconds a kept-alive connection may sit idle between a response's end and the next request
+    #: (aiohttp's own keepalive_timeout; it also bounds a head that trickles in after such a wait). 75 s
+    #: (nginx's default) is longer than the pools of common clients keep an idle connection (httpx 5 s,
+    #: aiohttp 15 s, undici 4 s), so they close first and never send into a connection being closed.
+    keepalive_timeout: float = 75.0
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, header_timeout: float | None = None,
+                 keepalive_timeout: float | None = None) -> None:
         self.host = host
         self.port = port
+        # None keeps the class's value; subclasses that do not pass these on can still be set per
+        # instance (server.header_timeout = 0.5) before start()
+        if header_timeout is not None:
+            self.header_timeout = header_timeout
+        if keepalive_timeout is not None:
+            self.keepalive_timeout = keepalive_timeout
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -48,8 +69,11 @@ class AppServer:
         await self.on_start()
         # handler_cancellation: a client that goes away cancels its handler at once, which is how
         # the proxy and the replay learn the exact moment a client left, even inside a long gap.
-        self._runner = web.AppRunner(
+        # keepalive_timeout is aiohttp's; header_timeout is the one deadline aiohttp lacks (timeouts.py).
+        self._runner = TimedAppRunner(
             self.build_app(),
+            header_timeout=self.header_timeout,
+            keepalive_timeout=self.keepalive_timeout,
             handler_cancellation=True,
             access_log=None,
             shutdown_timeout=self.shutdown_timeout,

@@ -666,6 +666,8 @@ class StoreWriter:
             handle.id = cur.lastrowid
             handle.seq = conn.execute("select seq from exchanges where id = ?", [handle.id]).fetchone()[0]
         elif kind in ("update", "end"):
+            if handle.id is None:
+                return  # its row never made it (said when it failed): nothing to update
             updates = dict(msg[2])
             if kind == "end":
                 updates["store_error"] = self._loss_text(handle) if handle.lost or handle.dropped else None
@@ -723,7 +725,9 @@ class StoreWriter:
 
     def _report_end(self, db: sqlite_utils.Database, handle: ExchangeHandle) -> None:
         if handle.id is None:
-            return  # said already by _failing
+            # its request was never stored (a batch before this one failed for it): lost, and said so
+            self._lose(handle, handle.lost or "its request could not be stored", report=True)
+            return
         if handle.lost or handle.dropped:
             self._lose(handle, handle.lost or "", report=True)
         if self.on_end is None:

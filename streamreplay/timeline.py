@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -34,10 +34,13 @@ class Mark:
     delta: str
     kinds: frozenset[str]  # content, first, finish, done, error
     unseen: bool = False  # recorded after the client had left: the client never read it
+    #: a bar that stands for chunks index..last_index (an overview of a big exchange): their bytes, no data
+    last_index: int | None = None
+    nbytes: int | None = None
 
     @property
     def size(self) -> int:
-        return len(self.data)
+        return len(self.data) if self.nbytes is None else self.nbytes
 
 
 @dataclass
@@ -62,6 +65,8 @@ class Series:
     seen_text: str | None = None  # what the client had read when it left early
     note: str = ""
     has_client: bool = True  # False for a plan: nobody read it, so a client leaving is no difference
+    #: where a bar links to: its row in the chunk table ({anchor} is e.g. "a-12", {index} the chunk's)
+    chunk_link: str = "#{anchor}"
 
     @property
     def end_ns(self) -> int:
@@ -98,8 +103,8 @@ def _kinds(chunks: Sequence[Chunk]) -> list[set[str]]:
     return out
 
 
-def _marks(chunks: Sequence[Chunk], times: Sequence[int]) -> list[Mark]:
-    marks, first_seen = [], False
+def _marks(chunks: Sequence[Chunk], times: Sequence[int], first_seen: bool = False) -> list[Mark]:
+    marks = []
     for chunk, t_ns, delta, kinds in zip(chunks, times, chunk_deltas(list(chunks)), _kinds(chunks), strict=False):
         if "content" in kinds and not first_seen:
             kinds.add("first")
@@ -118,6 +123,7 @@ UPSTREAM_ENDS: dict[str | None, tuple[str, str]] = {
     "eof_without_done": ("stop", "clean end, no [DONE]"),
     "upstream_closed": ("closed", "upstream closed mid-body"),
     "upstream_reset": ("reset", "upstream reset (TCP RST)"),
+    "upstream_malformed": ("closed", "upstream framing broke"),
     "upstream_timeout": ("timeout", "upstream went silent (timeout)"),
     "http_error": ("error", "HTTP error"),
     "upstream_unreachable": ("error", "upstream unreachable"),
@@ -133,8 +139,14 @@ def recorded_series(ex: Exchange, chunks: Sequence[Chunk], *, title: str | None 
     s = Series(title or f"recorded · exchange {ex.id} · {ex.end_cause or 'open'}",
                _marks(chunks, [c.t_ns for c in chunks]), text=ex.text or _text(chunks, ctype))
     s.first_byte_ns = chunks[0].t_ns if chunks else None
-    n = len(chunks)
-    last_t = chunks[-1].t_ns if chunks else 0
+    _recorded_ends(s, ex, len(chunks), chunks[-1].t_ns if chunks else 0, sum(len(c.data) for c in chunks))
+    if ex.end_cause == "client_left" and ex.client_left_ns is not None:
+        s.seen_text = _text(chunks[:ex.client_left_at_chunk or 0], ctype)
+    return s
+
+
+def _recorded_ends(s: Series, ex: Exchange, n: int, last_t: int, nbytes: int) -> None:
+    """The client leaving (and the chunks it never read) and the upstream's end, as markers; and the note."""
     upstream = ex.end_cause
     if ex.end_cause == "client_left" and ex.client_left_ns is not None:
         k = ex.client_left_at_chunk or 0
@@ -142,7 +154,6 @@ def recorded_series(ex: Exchange, chunks: Sequence[Chunk], *, title: str | None 
                                 f"client left at {ex.client_left_ns / 1e6:.1f} ms · after {k} of {n} chunks"))
         for mark in s.marks:
             mark.unseen = mark.index >= k
-        s.seen_text = _text(chunks[:k], ctype)
         # what the upstream did while nobody was reading; None when the proxy stopped reading too (abort)
         upstream = ex.upstream_end or "abort"
     kind, words = UPSTREAM_ENDS.get(upstream, ("end", upstream or "end"))
@@ -150,7 +161,38 @@ def recorded_series(ex: Exchange, chunks: Sequence[Chunk], *, title: str | None 
         words = f"HTTP {ex.status}" if ex.status else words
     end_t = ex.duration_ns if ex.duration_ns is not None and upstream is not None else last_t
     s.markers.append(Marker(kind, max(end_t, last_t), f"{words} · {fmt_ns(max(end_t, last_t))}"))
-    s.note = f"{n} chunks · {sum(len(c.data) for c in chunks)} bytes · {fmt_ns(max(end_t, last_t))}"
+    s.note = f"{n} chunks · {nbytes} bytes · {fmt_ns(max(end_t, last_t))}"
+
+
+#: at most this many bars in an overview: about one per pixel column of the default width
+OVERVIEW_BARS = 900
+
+
+def overview_series(ex: Exchange, rows: Iterable[tuple[int, int, int]], *, span_ns: int,
+                    bars: int = OVERVIEW_BARS, chunk_link: str = "#{anchor}") -> Series:
+    """A recording too big to draw chunk by chunk, from (index, t_ns, bytes) rows in order: the chunks that
+    fall in the same time slice (one of `bars`) become one bar, as tall as their bytes. Reads no chunk data,
+    keeps at most `bars` marks, so its size and the page's are bounded whatever the exchange's size.
+    `span_ns` is the last row's t_ns (known beforehand from a cheap SQL query), to cut the time slices."""
+    k = ex.client_left_at_chunk if ex.end_cause == "client_left" and ex.client_left_ns is not None else None
+    slice_ns = max(span_ns, 1) / bars
+    marks: list[Mark] = []
+    key = None
+    first_t, last_t, nbytes, count = None, 0, 0, 0
+    for index, t_ns, size in rows:
+        first_t = t_ns if first_t is None else first_t
+        last_t, nbytes, count = t_ns, nbytes + size, count + 1
+        here = (int(t_ns / slice_ns), k is not None and index >= k)  # never one bar across the client leaving
+        if here != key or not marks:
+            marks.append(Mark(index, t_ns, b"", "", frozenset({"content"}), last_index=index, nbytes=size))
+            key = here
+        else:
+            marks[-1].last_index, marks[-1].nbytes = index, (marks[-1].nbytes or 0) + size
+    s = Series(f"recorded · exchange {ex.id} · {ex.end_cause or 'open'} · overview", marks,
+               text=ex.text or "", chunk_link=chunk_link)
+    s.first_byte_ns = first_t
+    _recorded_ends(s, ex, count, last_t, nbytes)
+    s.note = f"{s.note} · {len(marks)} bars"
     return s
 
 
@@ -399,9 +441,14 @@ def _lane(s: Series, letter: str, top: float, x: Any, max_size: int, width: int,
         h = 3 + (BAR_H - 6) * m.size / max_size
         xm = x(m.t_ns)
         classes = " ".join(["chunk", *sorted(m.kinds), *(["unseen"] if m.unseen else [])])
-        tip = (f"chunk {m.index} · at {m.t_ns / 1e6:.1f} ms · gap {(m.t_ns - prev) / 1e6:.1f} ms · "
-               f"{m.size} bytes\n{m.delta!r}")
-        out.append(f'<a href="#{letter.lower()}-{m.index}"><g class="{classes}" data-index="{m.index}" '
+        if m.last_index is None:
+            tip = (f"chunk {m.index} · at {m.t_ns / 1e6:.1f} ms · gap {(m.t_ns - prev) / 1e6:.1f} ms · "
+                   f"{m.size} bytes\n{m.delta!r}")
+        else:
+            tip = (f"chunks {m.index}–{m.last_index} · from {m.t_ns / 1e6:.1f} ms · gap {(m.t_ns - prev) / 1e6:.1f} ms"
+                   f" · {m.size} bytes")
+        href = s.chunk_link.format(anchor=f"{letter.lower()}-{m.index}", index=m.index)
+        out.append(f'<a href="{_esc(href)}"><g class="{classes}" data-index="{m.index}" '
                    f'data-t-ms="{m.t_ns / 1e6:.3f}" opacity="{0.35 if m.unseen else 1}"><title>{_esc(tip)}</title>'
                    f'<rect x="{xm - 1.5:.1f}" y="{base - h:.1f}" width="3" height="{h:.1f}" '
                    f'fill="{_mark_color(m)}"/><rect x="{xm - 3:.1f}" y="{bar_top}" width="6" height="{BAR_H}" '
@@ -540,7 +587,7 @@ h1{font-size:20px;margin:0 0 4px}h2{font-size:15px;margin:22px 0 6px}h3{font-siz
 .badge{display:inline-block;padding:1px 8px;border-radius:9px;font-size:12px;font-weight:600;color:#fff;
  background:#6b7280;vertical-align:middle}
 .b-complete{background:#1f8a3a}.b-client_left{background:#d62828}.b-upstream_reset,.b-upstream_closed,
-.b-upstream_timeout,.b-upstream_unreachable,.b-http_error{background:#b3261e}.b-eof_without_done{background:#c77700}
+.b-upstream_malformed,.b-upstream_timeout,.b-upstream_unreachable,.b-http_error{background:#b3261e}.b-eof_without_done{background:#c77700}
 .b-open{background:#2563eb}
 svg.timeline{max-width:100%;height:auto;display:block;margin:8px 0}
 .chunk{cursor:pointer}.chunk:hover rect:first-of-type{stroke:#111827;stroke-width:1.5}
@@ -569,17 +616,42 @@ def badge(cause: str | None) -> str:
     return f'<span class="badge b-{_esc(cause or "open")}">{_esc(cause or "open")}</span>'
 
 
-def chunk_table(s: Series, letter: str = "a") -> str:
-    """The chunks of one lane as rows; each row's id is the target of its bar's link."""
-    rows, prev = [], 0
+#: characters of a chunk's delta shown in its table row; of a message, in the message section
+DELTA_CHARS = 2000
+TEXT_CHARS = 100_000
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]} … [{len(text) - limit} more characters]"
+
+
+def chunk_page(ex: Exchange, chunks: Sequence[Chunk], sizes: Sequence[int], prev_ns: int = 0) -> str:
+    """A page of an exchange's chunk table, from any chunk on: `chunks` may be cut short (a page holds a
+    bounded number of bytes), `sizes` are their recorded lengths. Events are parsed from the page's first
+    chunk, so an event that began on the page before shows no delta here."""
+    marks = _marks(chunks, [c.t_ns for c in chunks], first_seen=bool(chunks) and chunks[0].index > 0)
+    left = ex.client_left_at_chunk if ex.end_cause == "client_left" and ex.client_left_ns is not None else None
+    for mark, size in zip(marks, sizes, strict=True):
+        mark.nbytes = size
+        mark.unseen = left is not None and mark.index >= left
+    return chunk_table(Series("", marks), "a", prev_ns)
+
+
+def chunk_table(s: Series, letter: str = "a", prev_ns: int = 0) -> str:
+    """The chunks of one lane as rows; each row's id is the target of its bar's link. `prev_ns`: the time of
+    the chunk before the first row (for the first gap, when the rows are a page from the middle)."""
+    rows, prev = [], prev_ns
     for m in s.marks:
         notes = [w for k, w in (("first", "first content"), ("finish", "finish_reason"), ("done", "[DONE]"),
                                 ("error", "error")) if k in m.kinds]
         if m.unseen:
             notes.append("after the client left")
+        if m.size > len(m.data) and m.last_index is None:
+            notes.append(f"only its first {len(m.data)} bytes read here")
         rows.append(f'<tr id="{letter}-{m.index}"{" class=unseen" if m.unseen else ""}><td>{m.index}</td>'
                     f"<td>{m.t_ns / 1e6:.1f}</td><td>{(m.t_ns - prev) / 1e6:.1f}</td><td>{m.size}</td>"
-                    f'<td class="d">{_esc(_one_line(m.delta))}</td><td class="n">{_esc(", ".join(notes))}</td></tr>')
+                    f'<td class="d">{_esc(_one_line(_clip(m.delta, DELTA_CHARS)))}</td>'
+                    f'<td class="n">{_esc(", ".join(notes))}</td></tr>')
         prev = m.t_ns
     return ('<table class="chunks"><thead><tr><th>chunk</th><th>at ms</th><th>gap ms</th><th>bytes</th>'
             f'<th>delta</th><th></th></tr></thead><tbody>{"".join(rows)}</tbody></table>')
@@ -587,9 +659,9 @@ def chunk_table(s: Series, letter: str = "a") -> str:
 
 def _messages(s: Series) -> str:
     if s.seen_text is not None:
-        return (f"<h3>what the client read before it left</h3><pre>{_esc(s.seen_text)}</pre>"
-                f"<h3>what the upstream sent (recorded whole)</h3><pre>{_esc(s.text)}</pre>")
-    return f"<pre>{_esc(s.text)}</pre>"
+        return (f"<h3>what the client read before it left</h3><pre>{_esc(_clip(s.seen_text, TEXT_CHARS))}</pre>"
+                f"<h3>what the upstream sent (recorded whole)</h3><pre>{_esc(_clip(s.text, TEXT_CHARS))}</pre>")
+    return f"<pre>{_esc(_clip(s.text, TEXT_CHARS))}</pre>"
 
 
 def _as_series(compare: Any) -> Series:
@@ -611,14 +683,18 @@ def exchange_page(
     nav_html: str = "",
     refresh_s: int | None = None,
     width: int = 1000,
+    lane: Series | None = None,
+    chunks_html: str | None = None,
 ) -> str:
     """One exchange as a self-contained HTML page: header, timeline, message, diagnosis, replay command, chunks.
 
     `compare` (a `Series`, e.g. `replay_series(...)`, or another `(exchange, chunks)`) is drawn as lane B on
     the same axis. `nav_html` is trusted HTML placed under the header (the UI's links and forms).
+    For an exchange too big to hold whole, `lane` (an `overview_series`) is drawn instead of `chunks`, and
+    `chunks_html` (trusted: one page of the chunk table and the links to the rest) is the chunks section.
     """
     ex = exchange
-    lanes = [recorded_series(ex, chunks)]
+    lanes = [lane if lane is not None else recorded_series(ex, chunks)]
     if compare is not None:
         lanes.append(_as_series(compare))
     query = f"?{ex.query}" if ex.query else ""
@@ -646,7 +722,10 @@ def exchange_page(
         parts.append(f'<h2>diagnosis</h2><pre class="diagnosis">{_esc(chr(10).join(diagnosis_lines))}</pre>')
     if replay_command:
         parts.append(f'<h2>replay it</h2><pre class="cmd">{_esc(replay_command)}</pre>')
-    parts.append('<h2>chunks</h2><div class="cols">' + "".join(
-        f"<div>{f'<h3>{letter}</h3>' if len(lanes) == 2 else ''}{chunk_table(s, letter.lower())}</div>"
-        for letter, s in zip(letters, lanes, strict=True)) + "</div>")
+    if chunks_html is not None:
+        parts.append(f"<h2>chunks</h2>{chunks_html}")
+    else:
+        parts.append('<h2>chunks</h2><div class="cols">' + "".join(
+            f"<div>{f'<h3>{letter}</h3>' if len(lanes) == 2 else ''}{chunk_table(s, letter.lower())}</div>"
+            for letter, s in zip(letters, lanes, strict=True)) + "</div>")
     return html_page(f"streamreplay · exchange {ex.id}", "".join(parts), refresh_s=refresh_s)

@@ -3,6 +3,11 @@
 Plain server-rendered HTML (timeline.py draws it); no scripts, nothing fetched from elsewhere.
 The DB is opened afresh for every request, on a worker thread, so the page shows what a running
 recording has committed so far (WAL readers never block the writer) without stalling the loop.
+
+Recorded prompts are private: the ui answers only requests whose Host is its own address (a page on
+another site that rebinds its DNS name to 127.0.0.1 sends its own name as Host, and is refused). And a
+page's size does not grow with the exchange's: an exchange over FULL_CHUNKS chunks or FULL_BYTES bytes
+is drawn as an overview, its chunk table a page at a time, its bytes a streamed download.
 """
 
 from __future__ import annotations
@@ -10,24 +15,44 @@ from __future__ import annotations
 import asyncio
 import html
 import shlex
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, urlencode
 
 from aiohttp import web
 
-from streamreplay.diagnose import diagnose
+from streamreplay.diagnose import diagnose, diagnose_exchange
 from streamreplay.replay.faults import FaultSpecError, apply_faults, parse_faults
 from streamreplay.replay.schedule import recorded_schedule
 from streamreplay.serving import AppServer
-from streamreplay.store import Exchange, Store, StoreError, open_store
-from streamreplay.timeline import badge, exchange_page, fmt_ns, html_page, schedule_series
+from streamreplay.store import Chunk, Exchange, Store, StoreError, open_store
+from streamreplay.timeline import (
+    badge,
+    chunk_page,
+    exchange_page,
+    fmt_ns,
+    html_page,
+    overview_series,
+    schedule_series,
+)
+from streamreplay.wire import openai_error
 
 #: seconds between reloads of a page that shows an exchange still being recorded
 REFRESH_S = 2
 LIST_LIMIT = 500
+#: an exchange up to these sizes is drawn whole: a bar and a table row per chunk. A bigger one is drawn
+#: as an overview (a bar per time slice, no chunk data read) with one page of its chunk table; the rest
+#: is reached page by page (/exchange/ID/chunks?from=N) or as a streamed download (/exchange/ID/raw).
+#: So neither the page (well under 2 MB) nor the ui's memory grows with the exchange's bytes.
+FULL_CHUNKS = 1000
+FULL_BYTES = 512 * 1024
+#: one page of a chunk table: at most this many rows, holding at most this many bytes of chunk data
+PAGE_ROWS = 200
+PAGE_BYTES = 256 * 1024
 
 
 def _esc(text: object) -> str:
@@ -107,16 +132,122 @@ def _nav(store: Store, ex: Exchange, fault: str | None) -> str:
     )
 
 
+def chunk_sizes(store: Store, exchange_id: int) -> tuple[int, int, int]:
+    """(chunks, bytes, last t_ns) of an exchange; SQLite's length() of a blob does not read the blob."""
+    count, nbytes, span = store.db.conn.execute(
+        "select count(*), coalesce(sum(length(data)), 0), coalesce(max(t_ns), 0) from chunks where exchange_id = ?",
+        [exchange_id]).fetchone()
+    return count, nbytes, span
+
+
+def is_big(store: Store, exchange_id: int) -> bool:
+    count, nbytes, _ = chunk_sizes(store, exchange_id)
+    return count > FULL_CHUNKS or nbytes > FULL_BYTES
+
+
+def chunk_window(store: Store, exchange_id: int, start: int) -> tuple[list[Chunk], list[int], int | None, int]:
+    """One page of chunks from index `start`: (chunks, their recorded sizes, the next page's start or None,
+    the t_ns of the chunk before). At most PAGE_ROWS rows and PAGE_BYTES bytes of data are read (always one
+    row at least, cut to PAGE_BYTES if it is bigger)."""
+    conn = store.db.conn
+    before = conn.execute("select t_ns from chunks where exchange_id = ? and idx < ? order by idx desc limit 1",
+                          [exchange_id, start]).fetchone()
+    rows = conn.execute("select idx, t_ns, length(data), substr(data, 1, ?) from chunks "
+                        "where exchange_id = ? and idx >= ? order by idx", [PAGE_BYTES, exchange_id, start])
+    chunks: list[Chunk] = []
+    sizes: list[int] = []
+    room = PAGE_BYTES
+    for idx, t_ns, size, data in rows:
+        if len(chunks) >= PAGE_ROWS or (chunks and room <= 0):
+            return chunks, sizes, idx, before[0] if before else 0
+        data = bytes(data or b"")[:max(room, 0)]
+        chunks.append(Chunk(idx, t_ns, data))
+        sizes.append(size or 0)
+        room -= len(data)
+    return chunks, sizes, None, before[0] if before else 0
+
+
+def _pager(ex: Exchange, chunks: list[Chunk], next_start: int | None, count: int, nbytes: int, links: bool) -> str:
+    if not chunks:
+        return "<p>no chunks here</p>"
+    first, last = chunks[0].index, chunks[-1].index
+    words = f"chunks {first}–{last} of {count}"
+    if not links:
+        return f'<nav class="pager">{words} · <code>streamreplay show {ex.id}</code> prints them all</nav>'
+    base = f"/exchange/{ex.id}/chunks?from="
+    parts = [words]
+    if first > 0:
+        parts.append(f'<a href="{base}0">first</a> · <a href="{base}{max(first - PAGE_ROWS, 0)}">previous</a>')
+    if next_start is not None:
+        parts.append(f'<a class="next" href="{base}{next_start}">next chunks</a>')
+    parts.append(f'<a class="raw" href="/exchange/{ex.id}/raw">all {nbytes} bytes as recorded (download)</a>')
+    return f'<nav class="pager">{" · ".join(parts)}</nav>'
+
+
+def _big_exchange(store: Store, ex: Exchange, db_label: str, fault: str | None, links: bool) -> str:
+    """The page of an exchange too big to draw whole: overview, diagnosis from chunk times, first table page."""
+    count, nbytes, span = chunk_sizes(store, ex.id)
+    light: list[Chunk] = []  # index and time of every chunk, no data: what the diagnosis reads
+
+    def rows() -> Iterator[tuple[int, int, int]]:
+        for idx, t_ns, size in store.db.conn.execute(
+                "select idx, t_ns, length(data) from chunks where exchange_id = ? order by idx", [ex.id]):
+            light.append(Chunk(idx, t_ns, b""))
+            yield idx, t_ns, size or 0
+
+    link = f"/exchange/{ex.id}/chunks?from={{index}}#{{anchor}}" if links else "#{anchor}"
+    lane = overview_series(ex, rows(), span_ns=span, chunk_link=link)
+    lines: list[str] = []
+    replay = f"streamreplay play --db {shlex.quote(db_label)} --tape {shlex.quote(ex.tape)}"
+    if ex.end_cause is not None:
+        try:
+            if light:  # the diagnosis quotes the first 300 bytes of an error body
+                head = b"".join(bytes(d) for (d,) in store.db.conn.execute(
+                    "select substr(data, 1, 300) from chunks where exchange_id = ? order by idx limit 300", [ex.id]))
+                light[0] = Chunk(light[0].index, light[0].t_ns, head[:300])
+            found = diagnose_exchange(ex, light, store.exchanges(tape=ex.tape), db_label)
+            lines, replay = found.lines(), found.replay
+        except Exception as exc:  # as in render_exchange: the page still shows
+            lines = [f"exchange {ex.id}: diagnose failed ({type(exc).__name__}: {exc})"]
+    chunks, sizes, next_start, prev_ns = chunk_window(store, ex.id, 0)
+    note = (f'<p class="lead big">{count} chunks, {nbytes} bytes: drawn as an overview (a bar per time slice), '
+            f"the chunk table {PAGE_ROWS} rows or {PAGE_BYTES // 1024} KiB at a time.")
+    if fault:
+        note += (f" Replays under a fault are drawn for exchanges up to {FULL_CHUNKS} chunks and "
+                 f"{FULL_BYTES // 1024} KiB; play it with <code>--fault {_esc(fault)}</code> instead.")
+        replay += f" --fault {shlex.quote(fault)}"
+    note += "</p>"
+    table = _pager(ex, chunks, next_start, count, nbytes, links) + chunk_page(ex, chunks, sizes, prev_ns)
+    return exchange_page(ex, [], lines or None, replay_command=replay,
+                         nav_html=(_nav(store, ex, fault) if links else "") + note, lane=lane, chunks_html=table,
+                         refresh_s=REFRESH_S if ex.end_cause is None else None)
+
+
+def render_chunks(store: Store, exchange_id: int, start: int) -> str:
+    """A page of an exchange's chunk table, from chunk `start` on."""
+    ex = store.exchange(exchange_id)
+    count, nbytes, _ = chunk_sizes(store, exchange_id)
+    chunks, sizes, next_start, prev_ns = chunk_window(store, exchange_id, start)
+    pager = _pager(ex, chunks, next_start, count, nbytes, links=True)
+    body = (f'<h1>exchange {ex.id} {badge(ex.end_cause)} · chunks</h1>'
+            f'<nav><a href="/exchange/{ex.id}">the exchange</a> · <a href="/">all exchanges</a></nav>'
+            f"{pager}{chunk_page(ex, chunks, sizes, prev_ns)}{pager}")
+    return html_page(f"streamreplay · exchange {ex.id} · chunks from {start}", body)
+
+
 def render_exchange(store: Store, exchange_id: int, db_label: str, *, fault: str | None = None,
                     links: bool = False) -> str:
     """One exchange's page: timeline, diagnosis, the command that replays it; with `fault`, the replay's
     plan under that fault as lane B. `links=False` leaves out the UI's navigation (for `show --html`).
+    An exchange over FULL_CHUNKS chunks or FULL_BYTES bytes gets a page of bounded size (_big_exchange).
 
     Raises KeyError for an unknown id and FaultSpecError for a bad fault spec.
     """
     ex = store.exchange(exchange_id)
-    chunks = store.chunks(exchange_id)
     faults = parse_faults(fault)
+    if is_big(store, exchange_id):
+        return _big_exchange(store, ex, db_label, fault, links)
+    chunks = store.chunks(exchange_id)
     lines: list[str] = []
     replay = f"streamreplay play --db {shlex.quote(db_label)} --tape {shlex.quote(ex.tape)}"
     if ex.end_cause is not None:
@@ -139,6 +270,12 @@ def render_exchange(store: Store, exchange_id: int, db_label: str, *, fault: str
 def render_compare(store: Store, a: int, b: int, *, links: bool = False) -> str:
     """Exchanges `a` and `b` as lanes A and B on one time axis, with where they part."""
     ex_a, ex_b = store.exchange(a), store.exchange(b)
+    big = [e.id for e in (ex_a, ex_b) if is_big(store, e.id)]
+    if big:
+        ids = " and ".join(f'<a href="/exchange/{i}">exchange {i}</a>' if links else f"exchange {i}" for i in big)
+        return html_page("compare", f"<h1>compare {a} with {b}</h1><p>{ids}: over {FULL_CHUNKS} chunks or "
+                                    f"{FULL_BYTES // 1024} KiB, too big to draw chunk by chunk on one axis; "
+                                    "its own page draws it as an overview.</p>")
     nav = (f'<nav><a href="/">all exchanges</a> · A is <a href="/exchange/{a}">exchange {a}</a>, '
            f'B is <a href="/exchange/{b}">exchange {b}</a> · <a href="/compare/{b}/{a}">swap</a></nav>')
     still_open = ex_a.end_cause is None or ex_b.end_cause is None
@@ -146,24 +283,73 @@ def render_compare(store: Store, a: int, b: int, *, links: bool = False) -> str:
                          refresh_s=REFRESH_S if still_open else None)
 
 
+def _raw_batch(store: Store, exchange_id: int, after: int, budget: int = PAGE_BYTES) -> list[tuple[int, bytes]]:
+    """The chunks after index `after`, as many as fit in `budget` bytes (one at least): a download's step."""
+    out, size = [], 0
+    for idx, data in store.db.conn.execute(
+            "select idx, data from chunks where exchange_id = ? and idx > ? order by idx", [exchange_id, after]):
+        out.append((idx, bytes(data or b"")))
+        size += len(out[-1][1])
+        if size >= budget:
+            break
+    return out
+
+
 class UIServer(AppServer):
-    """The local UI over one DB: `/`, `/?cause=...&tape=...`, `/exchange/{id}[?fault=SPEC]`, `/compare/{a}/{b}`."""
+    """The local UI over one DB: `/`, `/?cause=...&tape=...`, `/exchange/{id}[?fault=SPEC]`, `/compare/{a}/{b}`,
+    `/exchange/{id}/chunks?from=N` (the chunk table a page at a time), `/exchange/{id}/raw` (the bytes)."""
 
     def __init__(self, db: str | Path, host: str = "127.0.0.1", port: int = 0, db_label: str | None = None) -> None:
         super().__init__(host, port)
         self.db = Path(db)
         self.db_label = db_label or str(db)
+        # a cassette is read once into memory; its one connection serves one page at a time
+        self._cassette: Store | None = None
+        self._cassette_lock = threading.Lock()
 
     def build_app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[self._own_host_only])
         app.router.add_get("/", self.index)
         app.router.add_get(r"/exchange/{id:\d+}", self.exchange)
+        app.router.add_get(r"/exchange/{id:\d+}/chunks", self.chunks)
+        app.router.add_get(r"/exchange/{id:\d+}/raw", self.raw)
         app.router.add_get(r"/compare/{a:\d+}/{b:\d+}", self.compare)
         app.router.add_get("/compare", self.compare_form)
         return app
 
+    def allowed_hosts(self) -> set[str]:
+        """Host headers the ui answers: its bound address, localhost, 127.0.0.1 and [::1], with its port
+        (and without, on port 80, where browsers leave it out)."""
+        hosts = set()
+        for name in {self.host, "localhost", "127.0.0.1", "::1"}:
+            name = f"[{name}]" if ":" in name else name
+            hosts.add(f"{name}:{self.port}".lower())
+            if self.port == 80:
+                hosts.add(name.lower())
+        return hosts
+
+    @web.middleware
+    async def _own_host_only(self, request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
+        """DNS rebinding: a page on evil.example can point its name at 127.0.0.1 and read the ui from the
+        victim's browser, same-origin. The browser still sends `Host: evil.example[:port]`, so anything but
+        the ui's own names is refused before it can read a recording."""
+        host = request.headers.get("Host", "").strip().lower()
+        if host not in self.allowed_hosts():
+            return openai_error(403, f"the streamreplay ui answers only requests for its own address "
+                                     f"({self.origin}); Host {host[:100]!r} is refused (DNS rebinding)",
+                                type="permission_error", code="host_not_allowed")
+        return await handler(request)
+
     @contextmanager
     def _store(self) -> Iterator[Store]:
+        if self.db.suffix == ".jsonl":
+            with self._cassette_lock:
+                if self._cassette is None:
+                    from streamreplay.cassette import cassette_store
+
+                    self._cassette = cassette_store(self.db)
+                yield self._cassette
+            return
         store = open_store(self.db)
         try:
             yield store
@@ -195,6 +381,40 @@ class UIServer(AppServer):
     async def exchange(self, request: web.Request) -> web.Response:
         eid, fault = int(request.match_info["id"]), request.query.get("fault") or None
         return await self._page(lambda store: render_exchange(store, eid, self.db_label, fault=fault, links=True))
+
+    async def chunks(self, request: web.Request) -> web.Response:
+        eid, start = int(request.match_info["id"]), request.query.get("from", "0")
+        first = int(start) if start.isdigit() else 0
+        return await self._page(lambda store: render_chunks(store, eid, first))
+
+    async def raw(self, request: web.Request) -> web.StreamResponse:
+        """An exchange's response body as recorded, streamed from the DB a chunk at a time (any size)."""
+        eid = int(request.match_info["id"])
+        if not self.db.exists():
+            raise web.HTTPNotFound()
+        store = await asyncio.to_thread(open_store, self.db)
+        try:
+            try:
+                ex = await asyncio.to_thread(store.exchange, eid)
+            except KeyError:
+                raise web.HTTPNotFound() from None
+            ctype = ex.response_header("content-type") or "application/octet-stream"
+            ext = "sse" if "event-stream" in ctype else "bin"
+            resp = web.StreamResponse(headers={
+                "Content-Type": "application/octet-stream",
+                "Content-Disposition": f'attachment; filename="exchange-{eid}.{ext}"',
+                "X-Recorded-Content-Type": ctype,
+            })
+            await resp.prepare(request)
+            after = -1
+            while batch := await asyncio.to_thread(_raw_batch, store, eid, after):
+                for _, data in batch:
+                    await resp.write(data)
+                after = batch[-1][0]
+            await resp.write_eof()
+            return resp
+        finally:
+            store.db.close()
 
     async def compare(self, request: web.Request) -> web.Response:
         a, b = int(request.match_info["a"]), int(request.match_info["b"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -10,6 +12,32 @@ import pytest
 from streamreplay.proxy import RecordingProxy
 from streamreplay.proxy.recorder import RecordOptions
 from streamreplay.testing import ScriptedUpstream
+
+# The tests import tests.helpers and tests.realmodel_server from the checkout: `python -m pytest` puts it
+# on sys.path, a bare `pytest` does not.
+if (_root := str(Path(__file__).resolve().parent.parent)) not in sys.path:
+    sys.path.insert(0, _root)
+
+from tests.realmodel_server import HOLDER_ENV, release_real_upstream  # noqa: E402
+
+
+def _main_process(config: pytest.Config) -> bool:
+    """The xdist controller, or pytest itself without xdist (not an xdist worker)."""
+    return not hasattr(config, "workerinput")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The realmodel tier starts the real model server lazily, in whichever worker needs it first, and
+    # holds it for this process (the workers inherit the variable; xdist starts them after configure).
+    if _main_process(config):
+        os.environ[HOLDER_ENV] = str(os.getpid())
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    # After every worker is done: stop the server if this run started it and no one else holds it.
+    if _main_process(config) and os.environ.get(HOLDER_ENV) == str(os.getpid()):
+        del os.environ[HOLDER_ENV]
+        release_real_upstream(os.getpid())
 
 
 @pytest.fixture

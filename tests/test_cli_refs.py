@@ -79,7 +79,7 @@ def test_the_small_words(tmp_path: Path):
     assert "[default: recordings/streamreplay.db]" in helptext.replace("\n", " ").replace("  ", " ") or \
         "default: recordings/streamreplay.db" in " ".join(helptext.split())
     assert "(recordings/streamreplay.db)" not in helptext
-    assert describe(asyncio.TimeoutError()) == "builtins.TimeoutError (no message: a deadline ran out)"
+    assert describe(asyncio.TimeoutError()) == "builtins.TimeoutError: (no message: a deadline ran out)"
 
 
 async def test_an_imported_cassette_keeps_the_recorded_time(tmp_path: Path):

@@ -12,11 +12,6 @@ ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 
 
-def test_the_ci_example_in_the_readme_is_the_file_the_suite_runs():
-    example = (ROOT / "tests" / "test_readme_example.py").read_text().rstrip()
-    assert f"```python\n{example}\n```" in README
-
-
 def test_the_faults_table_in_the_readme_is_the_registry():
     table = CliRunner().invoke(main, ["faults"]).output.rstrip()
     assert f"```\n{table}\n```" in README

@@ -99,7 +99,8 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def environment(realmodel: bool) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "STREAMREPLAY_DB"))}
+    # a user's shell: no key, no CI (which would make the pytest plugin replay only), no DB setting
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "STREAMREPLAY_DB")) and k != "CI"}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONPATH"] = str(ROOT)  # the checkout's streamreplay, whatever is installed
     if realmodel:

@@ -104,3 +104,33 @@ async def test_a_fault_on_a_bundled_real_tape_cuts_autogen():
     assert cut_error.startswith("httpx.RemoteProtocolError") and full.startswith(cut) and len(cut) < len(full)
     # a clean end without finish_reason or [DONE]: AutoGen takes the truncated text as the answer
     assert (silent, silent_final, silent_error) == (cut, cut, None)
+
+
+async def test_play_upstream_records_a_real_miss_once_then_serves_it(real_upstream: str, db_path: Path):
+    import asyncio
+
+    from streamreplay.store import open_store
+
+    open_store(db_path)  # an empty DB: every request is a miss until recorded
+    payload = dict(model="smollm2", temperature=0, max_tokens=30, stream=True,
+                   messages=[{"role": "user", "content": "Name a color."}])
+
+    def ask(base_url: str) -> bytes:
+        """A client of its own (as another process would be), its connection closed once it has the answer."""
+        with openai.OpenAI(base_url=base_url, api_key="none", max_retries=0) as client, \
+                client.chat.completions.with_streaming_response.create(**payload) as resp:
+            return b"".join(resp.iter_bytes())
+
+    lines: list[str] = []
+    async with ReplayServer(db_path, speed=0, upstream=real_upstream, log=lines.append) as srv:
+        raws = [await asyncio.to_thread(ask, srv.base_url) for _ in range(3)]
+    (ex,) = Store(db_path).exchanges()  # the upstream was asked once: each forwarded request is recorded
+    assert ex.end_cause == "complete" and ex.chunk_count > 3
+    # a second generation would differ (its id, its created time): these are the recording's bytes
+    assert [sha(raw) for raw in raws] == [sha(b"".join(c.data for c in Store(db_path).chunks(ex.id)))] * 3
+    assert srv.counts.endings == {"recorded": 1, "clean": 2}
+    assert [line.split(":")[0] for line in lines] == [
+        f"#1 POST /chat/completions -> upstream, recorded as exchange {ex.id} 200",
+        f"#2 POST /chat/completions -> exchange {ex.id} 200",
+        f"#3 POST /chat/completions -> exchange {ex.id} 200",
+    ]

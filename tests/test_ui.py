@@ -11,6 +11,7 @@ import subprocess
 import tempfile
 import zlib
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -249,7 +250,7 @@ def chromium(*args: str) -> subprocess.CompletedProcess[str]:
     binary = shutil.which("chromium") or shutil.which("chromium-browser")
     if binary is None:
         pytest.fail("headless Chromium is needed for this test and is not installed: "
-                    "apt-get install -y chromium chromium-driver (Debian)")
+                    "apt-get install -y chromium (Debian), or run scripts/test.sh, which installs it")
     with tempfile.TemporaryDirectory() as profile:
         return subprocess.run([binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
                               capture_output=True, text=True, timeout=60, check=True)
@@ -303,4 +304,148 @@ def test_show_html_and_ui_commands(tmp_path: Path):
         assert listing.status_code == 200 and "consumer-break" in listing.text
     finally:
         proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=10)
+
+
+# -- the ui serves only its own host, and a page's size does not grow with the exchange -----------------
+
+
+async def test_the_ui_answers_only_its_own_host(recorded):
+    """DNS rebinding: a page on evil.example whose name now points at 127.0.0.1 sends Host: evil.example."""
+    db, ids = recorded
+    async with UIServer(db) as ui, httpx.AsyncClient(timeout=10) as client:
+        port = ui.port
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", f"LocalHost:{port}"):
+            resp = await client.get(f"{ui.origin}/exchange/{ids['complete']}", headers={"Host": host})
+            assert resp.status_code == 200 and "upstream end · complete" in resp.text, host
+        paths = ["/", f"/exchange/{ids['complete']}", f"/exchange/{ids['complete']}/raw",
+                 f"/exchange/{ids['complete']}/chunks", "/compare/1/2", "/no/such/page"]
+        for host in ("evil.example", f"evil.example:{port}", f"localhost.evil.example:{port}", f"localhost:{port + 1}",
+                     "localhost", f"127.0.0.2:{port}"):
+            for path in paths:
+                resp = await client.get(f"{ui.origin}{path}", headers={"Host": host})
+                assert resp.status_code == 403, (host, path, resp.status_code)
+                assert resp.headers["content-type"].startswith("application/json")
+                error = resp.json()["error"]
+                assert error["code"] == "host_not_allowed" and set(error) == {"message", "type", "param", "code"}
+                assert STORY not in resp.text and "Once" not in resp.text
+
+
+BIG_EVENTS = 50_000  # ~1 KiB each, plus one 4 MiB event: ~54 MB of chunks
+BIG_EVENT = b'data: {"choices":[{"index":0,"delta":{"content":"' + b"lorem ipsum " * 80 + b'"}}]}\n\n'
+HUGE_EVENT = b'data: {"choices":[{"index":0,"delta":{"content":"' + b"x" * (4 << 20) + b'"}}]}\n\n'
+
+
+def big_chunks() -> Iterator[tuple[int, int, bytes]]:
+    """(index, t_ns, data): a long stream with a 2 s silence in the middle and one 4 MiB chunk near the start."""
+    yield 0, 1_000_000, b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\n'
+    for i in range(1, BIG_EVENTS + 1):
+        yield i, 1_000_000 + i * 100_000 + (2_000_000_000 if i > BIG_EVENTS // 2 else 0), \
+            HUGE_EVENT if i == 3 else BIG_EVENT
+    end = 1_000_000 + (BIG_EVENTS + 1) * 100_000 + 2_000_000_000
+    yield BIG_EVENTS + 1, end, b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'
+    yield BIG_EVENTS + 2, end + 100_000, b"data: [DONE]\n\n"
+
+
+def write_big_exchange(db: Path) -> tuple[int, int, str]:
+    """An exchange with ~54 MB of chunks written straight into a Store's DB (recording that much through the
+    proxy would take minutes here); returns (id, bytes, sha256 of the body)."""
+    import hashlib
+    import json
+
+    store = Store(db)
+    digest, total, count = hashlib.sha256(), 0, 0
+    for _, _, data in big_chunks():
+        digest.update(data)
+        total, count = total + len(data), count + 1
+    with store.db.conn:
+        store.db["tapes"].insert({"name": "big", "created_at": "2025-01-01T00:00:00.000+00:00", "source": "test"},
+                                 replace=True)
+        eid = store.db["exchanges"].insert({
+            "tape": "big", "seq": 1, "started_at": "2025-01-01T00:00:00.000+00:00", "method": "POST",
+            "path": "/chat/completions", "query": "", "request_headers": "[]",
+            "request_body": json.dumps(chat("big")), "request_key": "big", "stream": 1, "model": "gpt-4o-mini",
+            "status": 200, "response_headers": json.dumps([["Content-Type", "text/event-stream"]]),
+            "headers_ns": 500_000, "ttfb_ns": 1_000_000, "duration_ns": 1_000_000 + (BIG_EVENTS + 3) * 100_000
+            + 2_000_000_000, "chunk_count": count, "byte_count": total, "end_cause": "complete", "done": 1,
+            "finish_reason": "stop", "text": "lorem ipsum " * 90_000,  # ~1 MB, as the summary holds at most
+        }).last_pk
+        store.db.conn.executemany("insert into chunks (exchange_id, idx, t_ns, data) values (?, ?, ?, ?)",
+                                  ((eid, i, t, data) for i, t, data in big_chunks()))
+    store.db.close()
+    return eid, total, digest.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def big_db(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int, int, str]:
+    db = tmp_path_factory.mktemp("big") / "big.db"
+    return (db, *write_big_exchange(db))
+
+
+def test_a_50_mb_exchange_page_stays_small_and_the_rest_is_reachable(big_db):
+    import hashlib
+
+    db, eid, total, sha = big_db
+    assert total > 50_000_000
+    with UIServer(db) as ui, httpx.Client(base_url=ui.origin, timeout=60) as client:
+        resp = client.get(f"/exchange/{eid}")
+        page = resp.text
+        assert resp.status_code == 200 and len(resp.content) < 1_500_000, len(resp.content)
+        assert "drawn as an overview" in page and "upstream end · complete" in page
+        assert 0 < len(CHUNK_MARK.findall(page)) <= 1000  # bars by time slice, not one per chunk
+        assert f"{BIG_EVENTS + 3} chunks" in page and "gap 2.00 s" in page  # the silence still shows
+        assert 'id="a-0"' in page and 'id="a-3"' in page and "only its first" in page  # the 4 MiB chunk, cut
+        assert f'id="a-{BIG_EVENTS}"' not in page
+        # the rest of the table, page by page: each page bounded, each linking to the next
+        seen, url = 0, re.search(r'<a class="next" href="([^"]+)"', page)[1]
+        for _ in range(3):
+            resp = client.get(url)
+            assert resp.status_code == 200 and len(resp.content) < 1_000_000
+            rows = [int(i) for i in re.findall(r'<tr id="a-(\d+)"', resp.text)]
+            assert rows and rows[0] > seen and rows == list(range(rows[0], rows[0] + len(rows)))
+            seen, url = rows[-1], re.search(r'<a class="next" href="([^"]+)"', resp.text)[1]
+        last = client.get(f"/exchange/{eid}/chunks?from={BIG_EVENTS}")
+        assert f'id="a-{BIG_EVENTS + 2}"' in last.text and "[DONE]" in last.text and 'class="next"' not in last.text
+        # and every byte, as recorded, streamed from the DB
+        digest, size = hashlib.sha256(), 0
+        with client.stream("GET", f"/exchange/{eid}/raw") as raw:
+            assert raw.status_code == 200 and raw.headers["x-recorded-content-type"] == "text/event-stream"
+            for data in raw.iter_bytes():
+                digest.update(data)
+                size += len(data)
+        assert (size, digest.hexdigest()) == (total, sha)
+        # a fault or a comparison of it: a short page that says why, not a 50 MB one
+        resp = client.get(f"/exchange/{eid}?fault=cut:chunk=5")
+        assert resp.status_code == 200 and len(resp.content) < 1_500_000 and "--fault cut:chunk=5" in resp.text
+
+
+def test_a_50_mb_exchange_page_does_not_grow_the_ui_memory(big_db):
+    """The ui in a process of its own: its peak RSS (VmHWM) after drawing and downloading the exchange."""
+    import sys
+
+    db, eid, total, _ = big_db
+    code = ("import sys, time\nfrom streamreplay.ui import UIServer\nui = UIServer(sys.argv[1])\n"
+            "ui.__enter__()\nprint(ui.origin, flush=True)\ntime.sleep(600)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(db)], stdout=subprocess.PIPE, text=True)
+
+    def peak_kb() -> int:
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        return int(re.search(r"VmHWM:\s+(\d+) kB", status)[1])
+
+    try:
+        origin = proc.stdout.readline().strip()
+        assert httpx.get(f"{origin}/", timeout=60).status_code == 200
+        before = peak_kb()
+        assert httpx.get(f"{origin}/exchange/{eid}", timeout=120).status_code == 200
+        grown_mb = (peak_kb() - before) / 1024
+        assert grown_mb < 40, f"the ui's peak memory grew {grown_mb:.0f} MB for a {total / 1e6:.0f} MB exchange page"
+        size = 0
+        with httpx.stream("GET", f"{origin}/exchange/{eid}/raw", timeout=60) as raw:
+            for data in raw.iter_bytes():
+                size += len(data)
+        assert size == total
+        grown_mb = (peak_kb() - before) / 1024
+        assert grown_mb < 40, f"the ui's peak memory grew {grown_mb:.0f} MB streaming {total / 1e6:.0f} MB"
+    finally:
+        proc.terminate()
         proc.wait(timeout=10)

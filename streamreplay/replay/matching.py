@@ -127,23 +127,29 @@ class Index:
             self._by_key.setdefault(self.key(ex.method, ex.path, ex.request_body), []).append(ex)
         self._used: dict[str, int] = {}
         self._next = 0
+        #: id() of each exchange served: the exchanges recorded while serving may come from another DB than
+        #: the rest (a cassette played, misses recorded into a DB), so their `id`s may repeat
         self.served: set[int] = set()
 
     def add(self, recorded: list[Any]) -> None:
         """Exchanges recorded while serving (a miss forwarded upstream): matched from now on, and
-        counted as used, since the request that missed got them."""
+        counted as used, since the request that missed got them. Identical requests get them in the
+        order they were added, after the ones recorded before, as with any recording."""
         for ex in recorded:
+            used_up = self._next >= len(self.exchanges)
             self.exchanges.append(ex)
+            if used_up:  # sequence mode: the request that missed got this one; the next gets the one after
+                self._next = len(self.exchanges)
             key = self.key(ex.method, ex.path, ex.request_body)
             self._by_key.setdefault(key, []).append(ex)
             self._used[key] = self._used.get(key, 0) + 1
-            self.served.add(ex.id)
+            self.served.add(id(ex))
 
     def key(self, method: str, path: str, body: bytes) -> str:
         return request_key(method, path, body, self.ignore, self.masks)
 
-    def lookup(self, method: str, path: str, body: bytes) -> Any:
-        """The Exchange to serve, or a Miss."""
+    def lookup(self, method: str, path: str, body: bytes, key: str | None = None) -> Any:
+        """The Exchange to serve, or a Miss (`key`: the request's `key()`, when the caller has it)."""
         if self.mode == "sequence":
             if self._next < len(self.exchanges):
                 ex = self.exchanges[self._next]
@@ -152,9 +158,9 @@ class Index:
                 ex = self.exchanges[-1]
             else:
                 return Miss(f"the tape's {len(self.exchanges)} exchanges were all served (sequence mode)")
-            self.served.add(ex.id)
+            self.served.add(id(ex))
             return ex
-        key = self.key(method, path, body)
+        key = key or self.key(method, path, body)
         candidates = self._by_key.get(key)
         if not candidates:
             return self.closest(method, path, body)
@@ -164,7 +170,7 @@ class Index:
                         candidates[-1])
         self._used[key] = used + 1
         ex = candidates[min(used, len(candidates) - 1)]
-        self.served.add(ex.id)
+        self.served.add(id(ex))
         return ex
 
     def closest(self, method: str, path: str, body: bytes) -> Miss:
@@ -182,4 +188,4 @@ class Index:
                     f"(tape {best.tape}, #{best.seq}): {best_why}", best)
 
     def unused(self) -> list[Any]:
-        return [ex for ex in self.exchanges if ex.id not in self.served]
+        return [ex for ex in self.exchanges if id(ex) not in self.served]

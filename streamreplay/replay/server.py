@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from array import array
 from collections import Counter, OrderedDict, deque
@@ -18,10 +19,11 @@ from streamreplay.endcause import Ending
 from streamreplay.replay.faults import Fault, FaultSpecError, apply_faults, parse_faults
 from streamreplay.replay.matching import Index, Miss
 from streamreplay.replay.schedule import Schedule, convert_for_request, recorded_schedule
-from streamreplay.replay.source import DEFAULT_CACHE_BYTES, TapeSource, open_source
+from streamreplay.replay.source import DEFAULT_CACHE_BYTES, StoreSource, TapeSource, open_source
 from streamreplay.requestkey import json_object
 from streamreplay.serving import AppServer
 from streamreplay.sse import find_done
+from streamreplay.store import Chunk, Exchange
 from streamreplay.wire import (
     FAULT_HEADER,
     close_mid_body,
@@ -37,6 +39,10 @@ DEFAULT_MAX_BODY = 32 * 1024 * 1024
 DEFAULT_KEEP_REQUESTS = 1000
 #: request keys whose last answer broke, kept for retry detection; an entry is a key and a number
 RETRY_KEYS = 10_000
+#: what a request no recording matches gets: OpenAI's 404 JSON, or the upstream's answer, recorded
+ON_MISS = ("404", "record")
+#: seconds a recorded miss may take to be committed before the requests waiting for it stop waiting
+RECORD_SETTLE_TIMEOUT = 30.0
 
 
 @dataclass
@@ -61,6 +67,9 @@ class Replayed:
     offsets_ns: array[int] = field(default_factory=lambda: array("q"))
     miss: str | None = None
     partial: str | None = None  # the recording served is not whole (its store_error)
+    #: a miss forwarded to the upstream (on_miss="record"): how its recording ended (an end cause), or
+    #: "" while it is not in the index (not stored, or stored under another request key)
+    recorded: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -74,7 +83,14 @@ class Replayed:
     def line(self) -> str:
         target = f"exchange {self.exchange_id}" if self.exchange_id is not None else "no match"
         faults = f" [{' + '.join(self.applied)}]" if self.applied else ""
-        if self.miss:
+        if self.recorded is not None:
+            if self.exchange_id is not None:
+                target = f"upstream, recorded as exchange {self.exchange_id}"
+                how = f"{self.delivered}/{self.total} chunks, ended {self.recorded}"
+            else:
+                target = "upstream"
+                how = "forwarded, but its recording never joined the index (see any storing errors above)"
+        elif self.miss:
             how = self.miss
         elif self.client_left_at_chunk is not None and not self.done_delivered:
             left_s = (self.client_left_ns or 0) / 1e9
@@ -140,6 +156,12 @@ class ReplayServer(AppServer):
     """Serves recordings offline, byte-exact, on their recorded timing (scaled by `speed`).
 
     `async with ReplayServer("recordings/x.db", tape="t") as srv:` or, from sync code, `with ...`.
+
+    A request no recording matches gets OpenAI's 404 JSON (`on_miss="404"`), or, with
+    `on_miss="record"` and an `upstream` (`upstream=URL` alone means the same), is forwarded there and
+    recorded into the DB played (or `record_db`), on the tape played. Once that exchange is committed it
+    joins the index and is served like any recording; an identical request that arrives meanwhile waits
+    for it rather than going upstream again.
     """
 
     def __init__(
@@ -153,6 +175,7 @@ class ReplayServer(AppServer):
         repeat: bool = True,
         upstream: str | None = None,
         record_db: str | None = None,
+        on_miss: str | None = None,
         prefix: str = "/v1",
         host: str = "127.0.0.1",
         port: int = 0,
@@ -169,6 +192,7 @@ class ReplayServer(AppServer):
         if isinstance(source, (str, Path)):
             source = open_source(source, tape, cache_bytes)
         self.source = source
+        self._cache_bytes = cache_bytes
         self.speed = speed
         self.faults: list[Fault] = []
         for fault in faults:
@@ -184,12 +208,34 @@ class ReplayServer(AppServer):
         self.requests: deque[Replayed] = deque(maxlen=keep_requests)
         self.counts = ReplayCounts()
         self._retries = RetryMemory()
+        self.on_miss = on_miss or ("record" if upstream is not None else "404")
+        if self.on_miss not in ON_MISS:
+            raise ValueError(f"on_miss must be one of {', '.join(ON_MISS)}, not {self.on_miss!r}")
+        if (self.on_miss == "record") != (upstream is not None):
+            raise ValueError("on_miss='record' needs an upstream, and an upstream is only used to record misses")
+        self.upstream = upstream
         self._recorder: Any = None
-        if upstream is not None:
+        self._record_db: Path | None = None
+        #: where the chunks of the exchanges this server recorded are read (the source itself when it is that DB)
+        self._record_source: TapeSource | None = None
+        self._recorded_here: set[int] = set()  # id() of each Exchange recorded by this server
+        #: the request key of each miss being recorded now -> done once its exchange is in the index (or is
+        #: known not to be coming); identical requests wait for it
+        self._recording: dict[str, asyncio.Future[None]] = {}
+        self._awaiting: dict[str, Replayed] = {}  # the same keys: the request whose log line waits for its exchange
+        self._settling: set[asyncio.Task[None]] = set()
+        self._loop_of_server: asyncio.AbstractEventLoop | None = None
+        if self.on_miss == "record":
             from streamreplay.proxy.recorder import RecordingProxy, RecordOptions
 
-            db = record_db or str(getattr(self.source, "path", "recordings/streamreplay.db"))
-            self._recorder = RecordingProxy(RecordOptions(upstream=upstream, db=db, tape=tape, log=log))
+            if record_db is None and not isinstance(self.source, StoreSource):
+                raise ValueError(f"recording misses needs a DB, and {getattr(self.source, 'path', 'the source')} is "
+                                 "not one: import the cassette into a DB (streamreplay import), or give record_db")
+            self._record_db = Path(record_db) if record_db is not None else Path(self.source.path)  # type: ignore[attr-defined]
+            # the recorder says nothing per exchange: this server logs one line per request, the recorded
+            # ones included; storing failures still reach the log
+            options = RecordOptions(upstream=upstream, db=str(self._record_db), tape=tape, errors=log)
+            self._recorder = RecordingProxy(options)
 
     @property
     def base_url(self) -> str:
@@ -206,12 +252,27 @@ class ReplayServer(AppServer):
         return app
 
     async def on_start(self) -> None:
-        if self._recorder is not None:
-            await self._recorder.on_start()
+        if self._recorder is None:
+            return
+        self._loop_of_server = asyncio.get_running_loop()
+        await self._recorder.on_start()
+        # the writer calls this with each exchange once committed (instead of the recorder's own log line)
+        self._recorder.writer.on_end = self._committed
+        same_db = isinstance(self.source, StoreSource) and _same_file(self.source.path, self._record_db)
+        self._record_source = self.source if same_db else StoreSource(self._record_db, None, self._cache_bytes)
 
     async def on_stop(self) -> None:
-        if self._recorder is not None:
-            await self._recorder.on_stop()
+        if self._recorder is None:
+            return
+        await self._recorder.on_stop()  # every exchange committed, and its `_committed` call queued to this loop
+        await asyncio.sleep(0)
+        if self._settling:
+            await asyncio.wait(set(self._settling), timeout=RECORD_SETTLE_TIMEOUT)
+
+    async def settle(self) -> None:
+        """Wait until every miss forwarded so far is recorded and in the index (or known not to be)."""
+        while self._settling:
+            await asyncio.wait(set(self._settling))
 
     def unused(self) -> list[Any]:
         """Recorded exchanges no request has used."""
@@ -254,18 +315,21 @@ class ReplayServer(AppServer):
         except web.HTTPRequestEntityTooLarge:
             return self._refuse(rec, openai_error(413, f"request body over {self.max_body} bytes",
                                                   code="body_too_large"), "too large")
-        found = self.index.lookup(request.method, rel, body)
+        key = self.index.key(request.method, rel, body)
+        while (recording := self._recording.get(key)) is not None:
+            # an identical request is being recorded: it is served from that recording once stored
+            await asyncio.wait([recording])
+        found = self.index.lookup(request.method, rel, body, key)
         if isinstance(found, Miss) and self._recorder is not None:
-            return await self._record_miss(request, rec, rel, body, found)
+            return await self._record_miss(request, rec, rel, body, key)
         if isinstance(found, Miss):
             return self._miss(rec, found, body)
         rec.exchange_id = found.id
         rec.partial = found.store_error
-        key = self.index.key(request.method, rel, body)
         rec.retry_of = self._retries.arrived(key, rec)
         self.counts.retries += rec.retry_of is not None
         try:
-            schedule = recorded_schedule(found, self.source.chunks(found))
+            schedule = recorded_schedule(found, self._chunks(found))
             schedule = convert_for_request(schedule, _wants_stream(body))
             schedule = apply_faults(schedule, faults)
             rec.applied = schedule.applied
@@ -287,19 +351,70 @@ class ReplayServer(AppServer):
         self._report(rec)
         return openai_error(404, miss.reason, code="no_recording_match")
 
+    # -- misses recorded from the upstream (on_miss="record") ----------------------------------------
+
     async def _record_miss(self, request: web.Request, rec: Replayed, rel: str, body: bytes,
-                           miss: Miss) -> web.StreamResponse:
-        rec.miss = f"recorded from upstream ({miss.reason.split(';')[0]})"
-        rec.ending = "recorded"
+                           key: str) -> web.StreamResponse:
+        """Forward a miss to the upstream while the recorder stores it. Its line is logged, and identical
+        requests are let go, once its exchange is committed and in the index (`_add_recorded`), which may
+        be after this handler ended or was cancelled (the client closed as soon as it had the answer)."""
+        done = self._recording[key] = asyncio.get_running_loop().create_future()
+        self._awaiting[key] = rec
+        rec.ending, rec.recorded = "recorded", ""
         try:
-            return await self._recorder.forward(request, rel, body)
+            response = await self._recorder.forward(request, rel, body)
+            rec.status = rec.status or response.status
+            return response
         finally:
+            task = asyncio.ensure_future(self._settle_recording(key, rec, done))
+            self._settling.add(task)
+            task.add_done_callback(self._settling.discard)
+
+    def _committed(self, row: dict[str, Any]) -> None:
+        """On the store's writer thread: an exchange the recorder committed, handed to the server's loop."""
+        loop = self._loop_of_server
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the server has stopped
+                loop.call_soon_threadsafe(self._add_recorded, Exchange.from_row(row))
+
+    def _add_recorded(self, ex: Exchange) -> None:
+        """A recorded exchange joins the index, its chunks the cache; the request that recorded it is logged."""
+        self._recorded_here.add(id(ex))
+        self._chunks(ex)
+        self.index.add([ex])
+        key = self.index.key(ex.method, ex.path, ex.request_body)
+        rec = self._awaiting.pop(key, None)
+        if rec is not None:
+            rec.exchange_id, rec.status, rec.recorded = ex.id, ex.status or rec.status, ex.end_cause or "?"
+            rec.total = ex.chunk_count
+            rec.delivered = ex.chunk_count if ex.client_left_at_chunk is None else ex.client_left_at_chunk
+            rec.client_left_at_chunk, rec.client_left_ns = ex.client_left_at_chunk, ex.client_left_ns
+            rec.done_delivered = ex.client_left_at_chunk is not None and ex.end_cause != "client_left"
+            rec.partial = ex.store_error
             self._report(rec)
-            await self._recorder.settle()
-            known = {ex.id for ex in self.index.exchanges}
-            recorded = [ex for ex in self.source.exchanges() if ex.id not in known]
-            self.index.add(recorded)
-            rec.exchange_id = recorded[-1].id if recorded else None
+        self._release(key)
+
+    async def _settle_recording(self, key: str, rec: Replayed, done: asyncio.Future[None]) -> None:
+        """Once the recorder has committed all it had: a request whose exchange did not come (it was not
+        stored, or not under this request's key) is logged as such, and its identical requests let go."""
+        try:
+            await self._recorder.settle(RECORD_SETTLE_TIMEOUT)
+        finally:
+            if self._awaiting.get(key) is rec:
+                del self._awaiting[key]
+                self._report(rec)
+            if self._recording.get(key) is done:
+                self._release(key)
+
+    def _release(self, key: str) -> None:
+        done = self._recording.pop(key, None)
+        if done is not None and not done.done():
+            done.set_result(None)
+
+    def _chunks(self, ex: Exchange) -> list[Chunk]:
+        if id(ex) in self._recorded_here and self._record_source is not None:
+            return self._record_source.chunks(ex)
+        return self.source.chunks(ex)
 
     def _report(self, rec: Replayed) -> None:
         """Once per request, as it ends: count it, then log it."""
@@ -358,6 +473,13 @@ class ReplayServer(AppServer):
     def _left(rec: Replayed, elapsed: float) -> None:
         rec.client_left_at_chunk = rec.delivered
         rec.client_left_ns = int(elapsed * 1e9)
+
+
+def _same_file(a: str | Path, b: str | Path | None) -> bool:
+    try:
+        return b is not None and Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False
 
 
 def _wants_stream(body: bytes) -> bool | None:
