@@ -94,3 +94,16 @@ async def test_an_imported_cassette_keeps_the_recorded_time(tmp_path: Path):
     run("import", cassette, "--db", other)
     assert Store(other).exchanges()[0].started_at == recorded
     assert recorded[11:19] in run("ls", "--db", other)
+
+
+def test_a_bad_fault_by_header_is_logged_as_a_bad_fault():
+    import httpx
+
+    from streamreplay.replay import ReplayServer
+
+    with ReplayServer(str(BREAK), speed=0) as srv:
+        response = httpx.post(f"{srv.base_url}/chat/completions", json={"model": "m"},
+                              headers={"X-Streamreplay-Fault": "cut:chnk=3"})
+        line = srv.requests[-1].line()
+    assert response.status_code == 400 and response.json()["error"]["code"] == "bad_fault_spec"
+    assert "-> refused 400: bad fault spec: cut: unknown parameter 'chnk'" in line and "no match" not in line

@@ -81,7 +81,10 @@ class Replayed:
         return not self.finished or self.ending != Ending.CLEAN.value or self.status >= 400
 
     def line(self) -> str:
-        target = f"exchange {self.exchange_id}" if self.exchange_id is not None else "no match"
+        if self.exchange_id is not None:
+            target = f"exchange {self.exchange_id}"
+        else:
+            target = "refused" if self.ending == "refused" else "no match"
         faults = f" [{' + '.join(self.applied)}]" if self.applied else ""
         if self.recorded is not None:
             if self.exchange_id is not None:
@@ -309,7 +312,8 @@ class ReplayServer(AppServer):
         try:
             faults = self.faults + parse_faults(url_spec) + parse_faults(request.headers.get(FAULT_HEADER))
         except FaultSpecError as exc:
-            return self._refuse(rec, openai_error(400, f"bad fault spec: {exc}", code="bad_fault_spec"), "bad fault")
+            return self._refuse(rec, openai_error(400, f"bad fault spec: {exc}", code="bad_fault_spec"),
+                                f"bad fault spec: {exc}")
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
