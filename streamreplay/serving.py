@@ -82,9 +82,7 @@ class AppServer:
         # a deep backlog: hundreds of clients may connect in the same instant (the load tests do)
         site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True, backlog=1024)
         await site.start()
-        server = site._server  # aiohttp exposes the bound port only here
-        assert server is not None and server.sockets
-        self.port = server.sockets[0].getsockname()[1]
+        self.port = self._runner.addresses[0][1]  # the bound port, when 0 asked for a free one
 
     async def stop(self) -> None:
         if self._runner is not None:
