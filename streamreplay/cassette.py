@@ -4,6 +4,10 @@ Line 1 is a header; then, per exchange, a `request` line, a `response` line (the
 `chunk` line per network read (UTF-8 text where it decodes, else base64) and an `end` line.
 Keys are sorted and nothing volatile is written (no row ids, no wall-clock times, no Host port,
 no Date header); secrets were already redacted when the exchange was recorded.
+
+Which line carries which field of an exchange, under which key, is said by the field itself
+(`streamreplay.exchange`); what a cassette does not carry (the request key, the stream flag, the
+model, the counts, the summary) is derived again when it is read.
 """
 
 from __future__ import annotations
@@ -11,12 +15,15 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from streamreplay.endcause import EndCause
+from streamreplay.exchange import Chunk, Exchange, Line, cassette_fields, default, end_cause, field_type, now_iso
 from streamreplay.requestkey import request_key
-from streamreplay.store import Chunk, Exchange, Store, body_for_db, now_iso, open_store
+from streamreplay.store import Store, open_store
 from streamreplay.summary import Summarizer
 
 FORMAT = "streamreplay-cassette"
@@ -68,26 +75,71 @@ def _request_body(body: bytes) -> dict[str, Any]:
         return _chunk_payload(body)
 
 
+def _request_body_bytes(body: dict[str, Any] | None) -> bytes:
+    body = body or {}
+    return json.dumps(body["json"]).encode() if "json" in body else (_chunk_bytes(body) if body else b"")
+
+
+def _without(volatile: frozenset[str]) -> Callable[[list[list[str]]], list[list[str]]]:
+    return lambda headers: [[k, v] for k, v in headers if k.lower() not in volatile]
+
+
+#: a field's value as its cassette line holds it, where that is not the value itself
+_TO_LINE: dict[str, Callable[[Any], Any]] = {
+    "request_headers": _without(VOLATILE_REQUEST_HEADERS),
+    "request_body": _request_body,
+    "response_headers": _without(VOLATILE_RESPONSE_HEADERS),
+}
+#: ...and back
+_FROM_LINE: dict[str, Callable[[Any], Any]] = {"request_body": _request_body_bytes}
+
+#: the line types that carry fields, in the order an exchange's lines are written (chunk lines go between
+#: the response and the end)
+_LINES: tuple[Line, ...] = ("request", "response", "end")
+_FIELDS = {line: cassette_fields(line) for line in _LINES}
+
+
+def _line(kind: Line, n: int, ex: Exchange) -> dict[str, Any]:
+    """The `kind` line of exchange number `n`: every field it carries (`when_set` ones only when set)."""
+    out: dict[str, Any] = {"type": kind, "seq": n}
+    for f, col in _FIELDS[kind]:
+        value = getattr(ex, f.name)
+        if col.when_set and not value:
+            continue
+        out[col.key or f.name] = _TO_LINE.get(f.name, _plain)(value)
+    return out
+
+
+def _plain(value: Any) -> Any:
+    return value.value if isinstance(value, Enum) else value
+
+
+def _fill(ex: Exchange, line: dict[str, Any]) -> None:
+    """Set the fields `line` carries on `ex` (a missing key leaves a field its default)."""
+    for f, col in _FIELDS[line["type"]]:
+        key = col.key or f.name
+        if key not in line and not col.required:
+            setattr(ex, f.name, default(f))
+            continue
+        value = line[key]
+        if f.name in _FROM_LINE:
+            value = _FROM_LINE[f.name](value)
+        elif field_type(f) is bool:
+            value = bool(value)
+        elif field_type(f) is EndCause:
+            value = end_cause(value)
+        setattr(ex, f.name, value)
+
+
 def cassette_lines(tape: str, exchanges: list[Exchange], chunks_of: Any, source: str = "") -> Iterator[str]:
     """The cassette text of `exchanges`, a line at a time."""
     yield _dump({"format": FORMAT, "version": VERSION, "tape": tape, "source": source})
     for n, ex in enumerate(exchanges):
-        headers = [[k, v] for k, v in ex.request_headers if k.lower() not in VOLATILE_REQUEST_HEADERS]
-        yield _dump({"type": "request", "seq": n, "method": ex.method, "path": ex.path, "query": ex.query,
-                     "headers": headers, "body": _request_body(ex.request_body),
-                     # when it was recorded: part of the recording, so an import lists it as recorded
-                     **({"started_at": ex.started_at} if ex.started_at else {})})
-        response_headers = [[k, v] for k, v in ex.response_headers if k.lower() not in VOLATILE_RESPONSE_HEADERS]
-        yield _dump({"type": "response", "seq": n, "status": ex.status, "headers": response_headers,
-                     "headers_ns": ex.headers_ns})
+        yield _dump(_line("request", n, ex))
+        yield _dump(_line("response", n, ex))
         for chunk in chunks_of(ex):
             yield _dump({"type": "chunk", "seq": n, "i": chunk.index, "t_ns": chunk.t_ns, **_chunk_payload(chunk.data)})
-        yield _dump({"type": "end", "seq": n, "cause": ex.end_cause, "upstream_end": ex.upstream_end,
-                     "detail": ex.end_detail, "client_left_at_chunk": ex.client_left_at_chunk,
-                     "client_left_ns": ex.client_left_ns, "ttfb_ns": ex.ttfb_ns, "duration_ns": ex.duration_ns,
-                     "done": ex.done, "text": ex.text, "finish_reason": ex.finish_reason,
-                     # only when set: a partial recording stays marked partial in every copy of it
-                     **({"store_error": ex.store_error} if ex.store_error else {})})
+        yield _dump(_line("end", n, ex))
 
 
 def export_tape(db: str | Path, tape: str, path: str | Path) -> int:
@@ -141,34 +193,25 @@ def _read_line(line: dict[str, Any], exchanges: dict[int, Exchange], chunks: dic
     seq = int(line["seq"])
     kind = line["type"]
     if kind == "request":
+        ex = exchanges[seq] = Exchange(id=seq + 1, tape=tape, seq=seq, method=line["method"], path=line["path"])
+        _fill(ex, line)
+        # what a cassette does not carry, derived from what it does
         body = line.get("body") or {}
-        raw = json.dumps(body["json"]).encode() if "json" in body else (_chunk_bytes(body) if body else b"")
         payload = body.get("json") if isinstance(body.get("json"), dict) else {}
-        exchanges[seq] = Exchange(
-            id=seq + 1, tape=tape, seq=seq, method=line["method"], path=line["path"], query=line.get("query", ""),
-            request_headers=line.get("headers", []), request_body=raw, stream=bool(payload.get("stream")),
-            model=payload.get("model") if isinstance(payload.get("model"), str) else None,
-            client=next((v for k, v in line.get("headers", []) if k.lower() == "user-agent"), None),
-            started_at=line.get("started_at"),
-        )
-        exchanges[seq].request_key = request_key(line["method"], line["path"], raw)
+        ex.stream = bool(payload.get("stream"))
+        ex.model = payload.get("model") if isinstance(payload.get("model"), str) else None
+        ex.client = next((v for k, v in ex.request_headers if k.lower() == "user-agent"), None)
+        ex.request_key = request_key(ex.method, ex.path, ex.request_body)
         chunks[seq + 1] = []
         return
     ex = exchanges[seq]
-    if kind == "response":
-        ex.status, ex.response_headers, ex.headers_ns = line["status"], line["headers"], line.get("headers_ns")
-    elif kind == "chunk":
+    if kind == "chunk":
         data = _chunk_bytes(line)
         chunks[ex.id].append(Chunk(int(line["i"]), int(line["t_ns"]), data))
         ex.chunk_count += 1
         ex.byte_count += len(data)
-    elif kind == "end":
-        ex.end_cause, ex.upstream_end, ex.end_detail = line["cause"], line.get("upstream_end"), line.get("detail")
-        ex.client_left_at_chunk, ex.client_left_ns = line.get("client_left_at_chunk"), line.get("client_left_ns")
-        ex.ttfb_ns, ex.duration_ns = line.get("ttfb_ns"), line.get("duration_ns")
-        ex.text, ex.finish_reason = line.get("text"), line.get("finish_reason")
-        ex.done = bool(line.get("done"))
-        ex.store_error = line.get("store_error")
+    elif kind in _LINES:
+        _fill(ex, line)
     else:
         raise CassetteError(f"unknown line type {kind!r}")
 
@@ -213,19 +256,9 @@ def load_cassette(store: Store, path: str | Path, tape: str | None = None) -> tu
             summary = Summarizer(ex.stream, ex.response_header("content-encoding"))
             for chunk in chunks[ex.id]:
                 summary.feed(chunk.data)
-            row = {
-                "tape": name, "seq": ex.seq, "started_at": ex.started_at, "method": ex.method, "path": ex.path,
-                "query": ex.query, "request_headers": json.dumps(ex.request_headers),
-                "request_body": body_for_db(ex.request_body), "stream": int(ex.stream),
-                "model": ex.model, "client": ex.client, "status": ex.status,
-                "request_key": request_key(ex.method, ex.path, ex.request_body),
-                "response_headers": json.dumps(ex.response_headers), "headers_ns": ex.headers_ns,
-                "ttfb_ns": ex.ttfb_ns, "duration_ns": ex.duration_ns, "chunk_count": ex.chunk_count,
-                "byte_count": ex.byte_count, "end_cause": ex.end_cause, "upstream_end": ex.upstream_end,
-                "end_detail": ex.end_detail, "client_left_at_chunk": ex.client_left_at_chunk,
-                "client_left_ns": ex.client_left_ns, "done": int(ex.done), "store_error": ex.store_error,
-                **summary.columns(),
-            }
+            # the summary as the writer would assemble it from these chunks, not as the cassette says it
+            row = {**ex.to_row(), "tape": name, **summary.columns()}
+            del row["id"]  # a new one in this DB
             new_id = store.db["exchanges"].insert(row).last_pk
             store.db["chunks"].insert_all(
                 {"exchange_id": new_id, "idx": c.index, "t_ns": c.t_ns, "data": c.data} for c in chunks[ex.id]

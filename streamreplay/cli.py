@@ -3,21 +3,74 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
 import sys
+import types
+import typing
+from collections.abc import Callable
 from typing import Any
 
 import click
 
 from streamreplay import eventloop
+from streamreplay.proxy.recorder import RecordOptions
+from streamreplay.replay.options import ReplayOptions
 from streamreplay.store import DEFAULT_DB, Store, StoreError, open_store, readable
 
 db_option = click.option(
     "--db", default=DEFAULT_DB, envvar="STREAMREPLAY_DB", show_default=True, show_envvar=True,
     help="SQLite file of recordings, or a cassette (.jsonl) for the commands that only read.",
 )
+#: where `record` and `play` listen unless told otherwise (from Python, port 0: a free one)
+DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8900
+host_option = click.option("--host", default=DEFAULT_HOST, show_default=True, help="Address to bind.")
+port_option = click.option("--port", default=DEFAULT_PORT, show_default=True,
+                           help="Port to bind; 0 picks a free one.")
+
+
+def option_from(options: type, name: str, *decls: str, unit: int = 1) -> Callable[[Any], Any]:
+    """A click option for the field `name` of an options dataclass (RecordOptions, ReplayOptions), passed
+    to the command as `name`: its default, help and kind come from the field, so each is written once.
+
+    A tuple field is repeatable, a bool field that is on by default is the flag that turns it off (its
+    `off_help`), `choices` and `min` in the field's metadata restrict the values. `decls` name the option
+    when it is not `--the-field-name`; with `unit`, the option counts in units of that many (`--cache-mb`
+    of the `cache_bytes` field) and the command gets the field's value.
+    """
+    found = {f.name: f for f in dataclasses.fields(options)}[name]
+    meta, kind = found.metadata, _base_type(typing.get_type_hints(options)[name])
+    attrs: dict[str, Any] = {"help": meta["help"]}
+    default = found.default
+    if kind is bool:
+        attrs.update(is_flag=True, default=default, flag_value=not default, help=meta.get("off_help", meta["help"]))
+        decls = decls or (f"--no-{name.replace('_', '-')}" if default else f"--{name.replace('_', '-')}",)
+    elif kind is tuple:
+        attrs["multiple"] = True
+    elif default is dataclasses.MISSING:
+        attrs["required"] = True
+    else:
+        attrs["default"] = default // unit if default is not None and unit != 1 else default
+        attrs["show_default"] = default not in (None, "")
+    if "choices" in meta:
+        attrs["type"] = click.Choice(list(meta["choices"]))
+    elif "min" in meta:
+        attrs["type"] = click.IntRange(min=meta["min"]) if kind is int else click.FloatRange(min=meta["min"])
+    elif kind in (int, float):
+        attrs["type"] = kind
+    if unit != 1:
+        attrs["callback"] = lambda ctx, param, value: value * unit
+    return click.option(*(decls or (f"--{name.replace('_', '-')}",)), name, **attrs)
+
+
+def _base_type(hint: Any) -> Any:
+    """int for `int`, `int | None`; tuple for `tuple[str, ...]`; the hint itself otherwise."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        kinds = [h for h in typing.get_args(hint) if h is not type(None)]
+        hint = kinds[0] if len(kinds) == 1 else hint
+    return typing.get_origin(hint) or hint
 
 
 def store_at(path: str) -> Store:
@@ -125,42 +178,33 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--upstream", required=True, help="The real API's base URL, e.g. https://api.openai.com/v1.")
+@option_from(RecordOptions, "upstream")
 @db_option
-@click.option("--tape", help="Tape name for this session (default: rec-YYYYmmdd-HHMMSS).")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
-@click.option("--port", default=8900, show_default=True, help="Port to bind; 0 picks a free one.")
-@click.option("--upstream-timeout", default=600.0, show_default=True,
-              help="Seconds of upstream silence before the exchange ends as upstream_timeout.")
-@click.option("--on-client-disconnect", type=click.Choice(["drain", "abort"]), default="drain", show_default=True,
-              help="drain: keep reading upstream so the recording is whole; abort: stop reading.")
-@click.option("--redact-header", multiple=True, help="Another header whose value never reaches disk.")
-@click.option("--redact-field", multiple=True,
-              help="A body field stored as [redacted]: a dotted path (metadata.user_id) or a bare name, any depth.")
-@click.option("--max-body", default=32 * 1024 * 1024, show_default=True, help="Largest request body, bytes.")
-@click.option("--max-db-size", type=int, help="Bytes the DB may grow to; past it exchanges are said to be lost.")
-@click.option("--note", default="", help="Free text stored with the tape: where and how it was recorded.")
-def record(upstream: str, db: str, tape: str | None, host: str, port: int, upstream_timeout: float,
-           on_client_disconnect: str, redact_header: tuple[str, ...], redact_field: tuple[str, ...],
-           max_body: int, max_db_size: int | None, note: str) -> None:
+@option_from(RecordOptions, "tape")
+@host_option
+@port_option
+@option_from(RecordOptions, "upstream_timeout")
+@option_from(RecordOptions, "on_client_disconnect")
+@option_from(RecordOptions, "redact_headers", "--redact-header")
+@option_from(RecordOptions, "redact_fields", "--redact-field")
+@option_from(RecordOptions, "max_body")
+@option_from(RecordOptions, "max_db_bytes", "--max-db-size")
+@option_from(RecordOptions, "tape_source", "--note")
+def record(host: str, port: int, **fields: Any) -> None:
     """Forward every request to UPSTREAM untouched and store each chunk with its timing.
 
     Exits 1 if any exchange could not be stored whole (each is named on stderr as it happens)."""
     from streamreplay.proxy import RecordingProxy
-    from streamreplay.proxy.recorder import RecordOptions
 
     # the per-exchange lines go through threads of their own: a log nobody reads never stops recording
     out, err = _line_log(sys.stdout), _line_log(sys.stderr)
-    options = RecordOptions(
-        upstream=upstream, db=db, tape=tape, upstream_timeout=upstream_timeout,
-        on_client_disconnect=on_client_disconnect, redact_headers=redact_header, redact_fields=redact_field,
-        max_body=max_body, max_db_bytes=max_db_size, log=out, errors=err, tape_source=note,
-    )
+    options = RecordOptions(**fields, log=out, errors=err)
     try:
         proxy = RecordingProxy(options, host=host, port=port)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
-    serve_until_signal(proxy, f"streamreplay: base_url {{base_url}} (recording {upstream} into {db}, tape {{tape}})")
+    serve_until_signal(proxy, f"streamreplay: base_url {{base_url}} (recording {options.upstream} into {options.db}, "
+                              "tape {tape})")
     out.flush()
     if out.dropped:
         err(f"streamreplay: {out.dropped} log lines were not written (stdout was closed or not read)")
@@ -261,39 +305,34 @@ def show(exchange_ref: str, db: str, as_json: bool, html_file: str | None, fault
 
 @main.command()
 @db_option
-@click.option("--tape", help="Serve only this tape (default: every exchange in the DB, or the cassette).")
-@click.option("--speed", default=1.0, show_default=True, help="1 recorded timing, 2 twice as fast, 0 no waits.")
-@click.option("--fault", "faults", multiple=True, help="A fault for every request, e.g. cut:chunk=3 (repeatable).")
-@click.option("--match", type=click.Choice(["key", "sequence"]), default="key", show_default=True,
-              help="key: by method, path and body; sequence: the tape's exchanges in order, whatever the body.")
-@click.option("--ignore-field", multiple=True, help="A request body field matching ignores (repeatable).")
-@click.option("--no-repeat", is_flag=True, help="Answer a miss once identical requests have used up their recordings.")
-@click.option("--upstream", help="Forward a miss to this upstream and record it (VCR's new_episodes).")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
-@click.option("--port", default=8900, show_default=True, help="Port to bind; 0 picks a free one.")
-@click.option("--prefix", default="/v1", show_default=True, help="Base path the clients use.")
-@click.option("--keep-requests", default=1000, show_default=True, type=click.IntRange(min=0),
-              help="Requests whose full record (offsets, ending) stays in memory; totals count them all.")
-@click.option("--cache-mb", default=64, show_default=True, type=click.IntRange(min=0),
-              help="Memory for recordings' chunks read from the DB (least recently replayed dropped first).")
-def play(db: str, tape: str | None, speed: float, faults: tuple[str, ...], match: str,
-         ignore_field: tuple[str, ...], no_repeat: bool, upstream: str | None, host: str, port: int,
-         prefix: str, keep_requests: int, cache_mb: int) -> None:
+@option_from(ReplayOptions, "tape")
+@option_from(ReplayOptions, "speed")
+@option_from(ReplayOptions, "faults", "--fault")
+@option_from(ReplayOptions, "match")
+@option_from(ReplayOptions, "ignore_fields", "--ignore-field")
+@option_from(ReplayOptions, "repeat")
+@option_from(ReplayOptions, "upstream")
+@host_option
+@port_option
+@option_from(ReplayOptions, "prefix")
+@option_from(ReplayOptions, "keep_requests")
+@option_from(ReplayOptions, "cache_bytes", "--cache-mb", unit=2**20)
+def play(db: str, host: str, port: int, **fields: Any) -> None:
     """Serve recordings offline: same bytes, same chunk boundaries, same (or scaled) timing, same ending."""
     from streamreplay.replay import FaultSpecError, ReplayServer
 
+    options = ReplayOptions(db, **fields, log=say)
     try:
-        server = ReplayServer(db, tape=tape, speed=speed, faults=faults, match=match, ignore_fields=ignore_field,
-                              repeat=not no_repeat, upstream=upstream, prefix=prefix, host=host, port=port, log=say,
-                              keep_requests=keep_requests, cache_bytes=cache_mb * 2**20)
+        server = ReplayServer(options, host=host, port=port)
     except FaultSpecError as exc:
         raise click.BadParameter(str(exc), param_hint="--fault") from exc
     except (FileNotFoundError, LookupError, ValueError, StoreError) as exc:
         raise click.ClickException(str(exc)) from exc
     count = len(server.index.exchanges)
     extra = f", faults {' + '.join(f.spec() for f in server.faults)}" if server.faults else ""
+    tape = f", tape {options.tape}" if options.tape else ""
     serve_until_signal(server, f"streamreplay: base_url {{base_url}} (playing {plural(count, 'exchange')} from {db}"
-                               f"{', tape ' + tape if tape else ''}, speed {speed:g}{extra})", precise_timers=True)
+                               f"{tape}, speed {options.speed:g}{extra})", precise_timers=True)
 
 
 @main.command("export")
@@ -410,11 +449,14 @@ def bisect_command(exchange_ref: str, db: str, axis: str, check: str | None, ora
 def client_command(exchange_ref: str, db: str, client: str, behaviour: str, fault: str | None, speed: float) -> None:
     """Run one reference consumer against a replay of an exchange and print what it got."""
     from streamreplay.clientcheck import Behaviour, run_one
-    from streamreplay.clients import CLIENTS
+    from streamreplay.clientid import Client
+    from streamreplay.clients import DRIVERS
     from streamreplay.replay import FaultSpecError, parse_faults
 
-    if client not in CLIENTS:
-        raise click.BadParameter(f"unknown client {client!r}; known: {', '.join(CLIENTS)}", param_hint="--client")
+    try:
+        Client.parse(client, among=DRIVERS)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--client") from exc
     try:
         chosen = Behaviour.parse(behaviour)
         parse_faults(fault)
@@ -474,14 +516,17 @@ def faults_command() -> None:
 @click.option("--markdown", is_flag=True, help="A Markdown table.")
 def matrix(cassette: str | None, clients: tuple[str, ...], timeout: float, markdown: bool) -> None:
     """Replay each ending and fault into each reference client and tabulate what the app got."""
-    from streamreplay.clients import CLIENTS, versions
+    from streamreplay.clientid import Client
+    from streamreplay.clients import DRIVERS, versions
     from streamreplay.demo import find_recordings
     from streamreplay.matrix import DEFAULT_TAPE
     from streamreplay.matrix import main as run_matrix
 
-    unknown = [c for c in clients if c not in CLIENTS]
-    if unknown:
-        raise click.BadParameter(f"unknown client {unknown[0]!r}; known: {', '.join(CLIENTS)}", param_hint="--client")
+    for name in clients:
+        try:
+            Client.parse(name, among=DRIVERS)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--client") from exc
     path = cassette or str(find_recordings() / f"{DEFAULT_TAPE}.jsonl")
     say("clients: " + ", ".join(f"{k} {v}" for k, v in versions().items()))
     run_matrix(path, list(clients) or None, timeout, markdown, say)

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from streamreplay.bisect import OneExchange
-from streamreplay.clients import CLIENTS, Outcome, describe, run_client
-from streamreplay.diagnose import client_name
+from streamreplay.clientid import Client, client_name
+from streamreplay.clients import DRIVERS, Outcome, describe, run_client
+from streamreplay.endcause import EndCause
 from streamreplay.replay import Replayed, ReplayServer
 from streamreplay.store import Exchange, Store
 
@@ -89,7 +90,7 @@ async def openai_consumer(base_url: str, messages: list[dict[str, Any]], behavio
 @dataclass
 class Observation:
     behaviour: str
-    client: str
+    client: str  # the client's label, as the table shows it: "openai async"
     outcome: Outcome
     seen: Replayed
 
@@ -101,7 +102,7 @@ class Observation:
 
 def matches(ex: Exchange, seen: Replayed) -> bool:
     """Left where and (about) when the recorded client left."""
-    recorded_left = ex.client_left_at_chunk is not None and ex.end_cause == "client_left"
+    recorded_left = ex.client_left_at_chunk is not None and ex.end_cause == EndCause.CLIENT_LEFT
     observed_left = seen.client_left_at_chunk is not None and not seen.done_delivered
     if recorded_left != observed_left:
         return False
@@ -114,7 +115,7 @@ def matches(ex: Exchange, seen: Replayed) -> bool:
 
 def behaviours_for(ex: Exchange, silence: float | None) -> list[Behaviour]:
     found = [Behaviour("reads-to-end")]
-    if ex.client_left_at_chunk is not None and ex.end_cause == "client_left":
+    if ex.client_left_at_chunk is not None and ex.end_cause == EndCause.CLIENT_LEFT:
         found.append(Behaviour(f"stop:{ex.client_left_at_chunk}", stop_after=ex.client_left_at_chunk))
     if silence is not None and silence > 0.05:
         found.append(Behaviour(f"timeout:{silence:.2f}", timeout=round(silence, 2)))
@@ -122,24 +123,28 @@ def behaviours_for(ex: Exchange, silence: float | None) -> list[Behaviour]:
     return found
 
 
-async def observe(ex: Exchange, source: OneExchange, runs: list[tuple[str, Behaviour]],
+async def _consume(client: Client, base_url: str, messages: list[dict[str, Any]], behaviour: Behaviour) -> Outcome:
+    """The openai SDK (async) reads any way; the other reference clients read to the end."""
+    if client is Client.OPENAI_ASYNC:
+        return await openai_consumer(base_url, messages, behaviour)
+    return await run_client(client, base_url, messages, behaviour.timeout or 600.0)
+
+
+async def observe(ex: Exchange, source: OneExchange, runs: list[tuple[Client, Behaviour]],
                   speed: float = 1.0) -> list[Observation]:
     messages = (ex.request_json() or {}).get("messages") or [{"role": "user", "content": "hi"}]
     observations = []
     async with ReplayServer(source, speed=speed, match="sequence") as server:
         for client, behaviour in runs:
             before = server.counts.requests
-            if client == "openai async":
-                outcome = await openai_consumer(server.base_url, messages, behaviour)
-            else:
-                outcome = await run_client(client, server.base_url, messages, behaviour.timeout or 600.0)
+            outcome = await _consume(client, server.base_url, messages, behaviour)
             await asyncio.sleep(0.05)  # the server sees the connection go
-            observations.append(Observation(behaviour.describe(), client, outcome, server.since(before)[0]))
+            observations.append(Observation(behaviour.describe(), client.label, outcome, server.since(before)[0]))
     return observations
 
 
 def silence_before_leaving(ex: Exchange, store: Store) -> float | None:
-    if ex.client_left_at_chunk is None or ex.end_cause != "client_left":
+    if ex.client_left_at_chunk is None or ex.end_cause != EndCause.CLIENT_LEFT:
         return None
     chunks = store.chunks(ex.id)
     k = ex.client_left_at_chunk
@@ -151,10 +156,10 @@ def main(store: Store, exchange_id: int, say: Callable[[str], None] = print) -> 
     ex = store.exchange(exchange_id)
     source = OneExchange(ex, store.chunks(exchange_id))
     silence = silence_before_leaving(ex, store)
-    runs = [("openai async", b) for b in behaviours_for(ex, silence)]
-    runs += [(c, Behaviour("reads-to-end")) for c in CLIENTS if c != "openai async"]
+    runs = [(Client.OPENAI_ASYNC, b) for b in behaviours_for(ex, silence)]
+    runs += [(c, Behaviour("reads-to-end")) for c in DRIVERS if c is not Client.OPENAI_ASYNC]
     who = client_name(ex.client) or "the recorded client"
-    if ex.end_cause == "client_left":
+    if ex.end_cause == EndCause.CLIENT_LEFT:
         after = f", {silence:.3f} s after the chunk before" if silence else ""
         say(f"recorded: {who} left at chunk {ex.client_left_at_chunk} of {ex.chunk_count}, "
             f"{(ex.client_left_ns or 0) / 1e9:.3f} s{after}")
@@ -170,34 +175,32 @@ def main(store: Store, exchange_id: int, say: Callable[[str], None] = print) -> 
         say(f"{o.behaviour.ljust(width)}  {o.client:<18} {o.left():<28} {verdict:<8} {got}")
     matching = [o for o in observations if matches(ex, o.seen)]
     whole = [o for o in observations if o.behaviour == "reads to the end" and not o.outcome.error]
-    if ex.end_cause == "client_left" and matching and whole:
+    if ex.end_cause == EndCause.CLIENT_LEFT and matching and whole:
         say(f"verdict: a consumer that {matching[0].behaviour} leaves where the recorded one did, while one that "
             f"reads to the end gets the whole answer: the consumer, not the stream, ended it")
-    elif whole and ex.end_cause != "client_left":
+    elif whole and ex.end_cause != EndCause.CLIENT_LEFT:
         say("verdict: reference consumers read this stream to its end; what they got is what the stream holds")
     elif not whole:
         say("verdict: even a consumer that reads to the end fails on this stream: the stream is at fault")
     return observations
 
 
-def run_one(store: Store, exchange_id: int, client: str, behaviour: Behaviour, fault: str | None,
+def run_one(store: Store, exchange_id: int, client: Client | str, behaviour: Behaviour, fault: str | None,
             speed: float, say: Callable[[str], None] = print) -> Observation:
-    """`streamreplay client`: one reference consumer against a replay of the exchange."""
+    """`streamreplay client`: one reference consumer (by `Client`, id or label) against a replay of the exchange."""
+    chosen = Client.parse(client, among=DRIVERS)
     ex = store.exchange(exchange_id)
     source = OneExchange(ex, store.chunks(exchange_id))
 
     async def go() -> Observation:
         messages = (ex.request_json() or {}).get("messages") or [{"role": "user", "content": "hi"}]
         async with ReplayServer(source, speed=speed, match="sequence", faults=[fault] if fault else []) as server:
-            if client == "openai async":
-                outcome = await openai_consumer(server.base_url, messages, behaviour)
-            else:
-                outcome = await run_client(client, server.base_url, messages, behaviour.timeout or 600.0)
+            outcome = await _consume(chosen, server.base_url, messages, behaviour)
             await asyncio.sleep(0.05)
-            return Observation(behaviour.describe(), client, outcome, server.requests[-1])
+            return Observation(behaviour.describe(), chosen.label, outcome, server.requests[-1])
 
     o = asyncio.run(go())
-    say(f"client     {client}, {o.behaviour}")
+    say(f"client     {o.client}, {o.behaviour}")
     say(f"text       {o.outcome.text!r}")
     say(f"finish     {o.outcome.finish_reason}")
     say(f"error      {o.outcome.error}")

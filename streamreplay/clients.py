@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from streamreplay.clientid import Client
+
 MODEL_INFO = {"vision": False, "function_calling": False, "json_output": False, "family": "unknown",
               "structured_output": False}
 
@@ -138,18 +140,20 @@ async def ag2_generate_reply(base_url: str, messages: list[dict[str, Any]], time
 
 Driver = Callable[[str, list[dict[str, Any]], float], Awaitable[Outcome]]
 
-#: name -> driver, in the order tables show them
-CLIENTS: dict[str, Driver] = {
-    "openai sync": openai_sync,
-    "openai async": openai_async,
-    "autogen-agentchat": autogen_create_stream,
-    "AG2": ag2_generate_reply,
+#: the reference clients, in the order tables show them
+DRIVERS: dict[Client, Driver] = {
+    Client.OPENAI_SYNC: openai_sync,
+    Client.OPENAI_ASYNC: openai_async,
+    Client.AUTOGEN_AGENTCHAT: autogen_create_stream,
+    Client.AG2: ag2_generate_reply,
 }
 
 
-async def run_client(name: str, base_url: str, messages: list[dict[str, Any]], timeout: float = 2.0) -> Outcome:
+async def run_client(name: Client | str, base_url: str, messages: list[dict[str, Any]],
+                     timeout: float = 2.0) -> Outcome:
+    """Send `messages` through a reference client (by `Client`, id or label) and return what the app got."""
     started = time.monotonic()
-    outcome = await CLIENTS[name](base_url, messages, timeout)
+    outcome = await DRIVERS[Client.parse(name, among=DRIVERS)](base_url, messages, timeout)
     outcome.seconds = time.monotonic() - started
     return outcome
 

@@ -7,7 +7,8 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from streamreplay.endcause import EndCause
+from streamreplay.clientid import describe_client
+from streamreplay.endcause import CAUSES, EndCause, known_cause
 from streamreplay.store import Chunk, Exchange, Store
 
 #: a silence this long (and well above the stream's usual gaps) before the client left reads as a timeout
@@ -26,7 +27,7 @@ class Diagnosis:
     tape: str
     cause: str  # a short name: consumer_stopped_reading, client_timeout, upstream_reset, ...
     summary: str  # one sentence in plain words
-    ended_by: str  # client | upstream | daemon | nobody
+    ended_by: str  # client | upstream | daemon | nobody (endcause.ENDED_BY)
     chunk: int | None  # chunks delivered when it ended
     chunks: int
     at_s: float | None
@@ -73,17 +74,6 @@ def _gaps(chunks: list[Chunk], head_ns: int) -> list[float]:
     return gaps
 
 
-def client_name(user_agent: str | None) -> str | None:
-    """The client recognised from a recorded User-Agent."""
-    if not user_agent:
-        return None
-    for prefix, kind in (("AsyncOpenAI/Python", "AsyncOpenAI"), ("OpenAI/Python", "OpenAI")):
-        if user_agent.startswith(prefix):
-            version = user_agent[len(prefix):].strip().split(" ")[0]  # "AsyncOpenAI/Python 2.54.0"
-            return f"openai-python {version}, {kind}"
-    return user_agent
-
-
 def diagnose(store: Store, exchange_id: int, db_label: str = "recordings/streamreplay.db") -> Diagnosis:
     ex = store.exchange(exchange_id)
     chunks = store.chunks(exchange_id)
@@ -91,27 +81,33 @@ def diagnose(store: Store, exchange_id: int, db_label: str = "recordings/streamr
     return diagnose_exchange(ex, chunks, tape, db_label)
 
 
-def diagnose_exchange(ex: Exchange, chunks: list[Chunk], tape: list[Exchange], db_label: str) -> Diagnosis:
-    from streamreplay.repro import describe_client, repro_command  # repro builds on diagnose
+def repro_command(exchange: Exchange, db_label: str) -> str:
+    """The command that writes the repro folder, naming the exchange as TAPE:SEQ (which, unlike an id,
+    is the same in every DB the tape is imported into)."""
+    ref = f"{exchange.tape}:{exchange.seq}"
+    return f"streamreplay repro {ref} --db {shlex.quote(db_label)} -o repro_{exchange.tape}-{exchange.seq}/"
 
+
+def diagnose_exchange(ex: Exchange, chunks: list[Chunk], tape: list[Exchange], db_label: str) -> Diagnosis:
     head_ns = ex.headers_ns or 0
     gaps = _gaps(chunks, head_ns)
     upstream_end = ex.upstream_end or ex.end_cause
     upstream_complete = upstream_end == EndCause.COMPLETE and ex.finish_reason is not None
+    cause = known_cause(ex.end_cause)
+    info = CAUSES[cause if cause is not None else EndCause.COMPLETE]  # an open exchange reads as it stands
     d = Diagnosis(
-        exchange_id=ex.id, tape=ex.tape, cause="", summary="", ended_by="nobody", chunk=None, chunks=len(chunks),
-        at_s=None, gap_before_s=None, upstream_complete=upstream_complete, finish_reason=ex.finish_reason,
-        done=ex.done, client=describe_client(ex),
+        exchange_id=ex.id, tape=ex.tape, cause="", summary="", ended_by=info.ended_by, chunk=None,
+        chunks=len(chunks), at_s=None, gap_before_s=None, upstream_complete=upstream_complete,
+        finish_reason=ex.finish_reason, done=ex.done, client=describe_client(ex),
         replay=f"streamreplay play --db {shlex.quote(db_label)} --tape {shlex.quote(ex.tape)}",
         repro=repro_command(ex, db_label), seq=ex.seq,
     )
-    if ex.end_cause == EndCause.CLIENT_LEFT:
+    if cause is EndCause.CLIENT_LEFT:
         _client_left(d, ex, chunks, gaps)
-    elif ex.end_cause in (EndCause.UPSTREAM_CLOSED, EndCause.UPSTREAM_RESET, EndCause.UPSTREAM_TIMEOUT,
-                          EndCause.UPSTREAM_MALFORMED):
-        _upstream_broke(d, ex, chunks, gaps)
-    elif ex.end_cause == EndCause.EOF_WITHOUT_DONE:
-        d.ended_by, d.chunk, d.at_s = "upstream", len(chunks), (ex.duration_ns or 0) / 1e9
+    elif cause is not None and info.upstream_broke:
+        _upstream_broke(d, ex, cause, chunks, gaps)
+    elif cause is EndCause.EOF_WITHOUT_DONE:
+        d.chunk, d.at_s = len(chunks), (ex.duration_ns or 0) / 1e9
         d.cause = "upstream_no_done"
         if ex.finish_reason is None:
             d.summary = "the upstream ended the stream cleanly but early: no finish_reason, no [DONE]"
@@ -121,22 +117,21 @@ def diagnose_exchange(ex: Exchange, chunks: list[Chunk], tape: list[Exchange], d
         else:
             d.summary = f"the upstream finished the answer (finish_reason {ex.finish_reason}) but never sent [DONE]"
             d.fix = "nothing is lost; a client that waits for [DONE] would hang or fail"
-    elif ex.end_cause in (EndCause.HTTP_ERROR, EndCause.UPSTREAM_UNREACHABLE):
-        d.ended_by, d.chunk, d.at_s = "upstream", len(chunks), (ex.duration_ns or 0) / 1e9
-        d.cause = "http_error" if ex.end_cause == EndCause.HTTP_ERROR else "upstream_unreachable"
+    elif cause in (EndCause.HTTP_ERROR, EndCause.UPSTREAM_UNREACHABLE):
+        d.chunk, d.at_s = len(chunks), (ex.duration_ns or 0) / 1e9
+        d.cause = cause.value
         body = b"".join(c.data for c in chunks)[:300].decode("utf-8", "replace")
-        if ex.end_cause == EndCause.UPSTREAM_UNREACHABLE:
+        if cause is EndCause.UPSTREAM_UNREACHABLE:
             d.summary = f"the upstream could not be reached; the client got HTTP {ex.status} from streamreplay"
-            d.fix = "check the upstream URL and that it is up; clients retry this (the openai SDK twice)"
+            d.fix = info.fix or ""
         else:
             d.summary = f"the upstream answered HTTP {ex.status} before any stream"
             d.fix = ("slow down or retry with backoff (429)" if ex.status == 429
                      else "retry; the upstream failed before streaming")
         d.evidence.append(f"body: {body}")
-    elif ex.end_cause == EndCause.INTERRUPTED:
-        d.ended_by, d.cause = "daemon", "interrupted"
+    elif cause is EndCause.INTERRUPTED:
+        d.cause, d.summary = cause.value, info.summary or ""
         d.chunk, d.at_s = len(chunks), (chunks[-1].t_ns / 1e9 if chunks else 0.0)
-        d.summary = "the recording daemon stopped mid-exchange; the recording holds what had arrived"
     else:
         _completed(d, ex, chunks, tape)
     _retries(d, ex, tape)
@@ -163,7 +158,7 @@ def _client_left(d: Diagnosis, ex: Exchange, chunks: list[Chunk], gaps: list[flo
     last_s = chunks[k - 1].t_ns / 1e9 if 0 < k <= len(chunks) else (ex.headers_ns or 0) / 1e9
     silence = left_s - last_s
     usual = statistics.median(gaps[1:]) if len(gaps) > 2 else 0.0
-    d.ended_by, d.chunk, d.at_s, d.gap_before_s = "client", k, left_s, silence
+    d.chunk, d.at_s, d.gap_before_s = k, left_s, silence
     went_on = ex.upstream_end or "unknown"
     d.evidence.append(f"the upstream went on to {len(chunks)} chunks and ended: {went_on}")
     if silence >= TIMEOUT_SILENCE_S and silence > 3 * usual:
@@ -199,29 +194,16 @@ def _deadline_near(seconds: float) -> float | None:
     return None
 
 
-def _upstream_broke(d: Diagnosis, ex: Exchange, chunks: list[Chunk], gaps: list[float]) -> None:
-    d.ended_by, d.chunk = "upstream", len(chunks)
-    d.at_s = (ex.duration_ns or 0) / 1e9
+def _upstream_broke(d: Diagnosis, ex: Exchange, cause: EndCause, chunks: list[Chunk], gaps: list[float]) -> None:
+    d.chunk, d.at_s = len(chunks), (ex.duration_ns or 0) / 1e9
     d.gap_before_s = gaps[-1] if gaps else None
-    words = {
-        EndCause.UPSTREAM_CLOSED: ("upstream_closed", "the upstream closed the connection mid-body (no chunked end)",
-                                   "clients raise httpx.RemoteProtocolError; retry the request"),
-        EndCause.UPSTREAM_RESET: ("upstream_reset", "the upstream reset the connection mid-stream",
-                                  "clients raise httpx.ReadError; retry the request"),
-        EndCause.UPSTREAM_MALFORMED: ("upstream_malformed", "the upstream's body framing broke (an unreadable chunk "
-                                      "header): the connection was dropped there",
-                                      "clients raise httpx.RemoteProtocolError; look at the upstream or a proxy "
-                                      "in front of it, then retry"),
-        EndCause.UPSTREAM_TIMEOUT: ("upstream_timeout", "the upstream went silent past --upstream-timeout",
-                                    "raise the timeout, or find out why the upstream stalled"),
-    }
-    d.cause, d.summary, d.fix = words[EndCause(ex.end_cause)]
+    d.cause, d.summary, d.fix = cause.value, cause.info.summary or "", cause.info.fix or ""
     if ex.end_detail:
         d.evidence.append(ex.end_detail)
 
 
 def _completed(d: Diagnosis, ex: Exchange, chunks: list[Chunk], tape: list[Exchange]) -> None:
-    d.ended_by, d.chunk, d.at_s = "nobody", len(chunks), (ex.duration_ns or 0) / 1e9
+    d.chunk, d.at_s = len(chunks), (ex.duration_ns or 0) / 1e9
     if ex.finish_reason == "length":
         d.cause = "max_tokens"
         d.summary = "the stream completed, but the answer was cut by the token limit (finish_reason length)"

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streamreplay.cassette import CassetteSource
-from streamreplay.clients import CLIENTS, Outcome, run_client
+from streamreplay.clientid import Client
+from streamreplay.clients import DRIVERS, Outcome, run_client
 from streamreplay.replay import ReplayServer
 
 DEFAULT_TAPE = "openai-happy-path"
@@ -56,6 +57,7 @@ def verdict(outcome: Outcome, full_text: str) -> str:
 
 async def run_matrix(cassette: Path, clients: list[str], timeout: float = 1.0,
                      progress: Callable[[str], None] | None = None) -> tuple[list[Row], dict[tuple[str, str], str]]:
+    """Each row replayed into each client (by id or label); the verdicts by (row label, client as given)."""
     source = CassetteSource(cassette)
     exchange = source.exchanges()[0]
     messages = exchange.request_json()["messages"]
@@ -88,6 +90,6 @@ def render(table_rows: list[Row], clients: list[str], results: dict[tuple[str, s
 
 def main(cassette: Path, clients: list[str] | None = None, timeout: float = 1.0, markdown: bool = False,
          say: Callable[[str], None] = print) -> None:
-    chosen = clients or list(CLIENTS)
+    chosen = [Client.parse(c, among=DRIVERS).label for c in clients] if clients else [c.label for c in DRIVERS]
     table_rows, results = asyncio.run(run_matrix(cassette, chosen, timeout))
     say(render(table_rows, chosen, results, markdown))

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
+from streamreplay.endcause import EndCause
 from streamreplay.sse import Assembled, Assembler, SSEParser
 from streamreplay.store import Chunk, Exchange
 
@@ -33,7 +34,7 @@ def ls_rows(exchanges: list[Exchange]) -> list[tuple[str, ...]]:
     rows = []
     for ex in exchanges:
         end = ex.end_cause or "open"
-        if ex.end_cause == "client_left" and ex.client_left_at_chunk is not None:
+        if ex.end_cause == EndCause.CLIENT_LEFT and ex.client_left_at_chunk is not None:
             end += f"@{ex.client_left_at_chunk}"
         if ex.store_error:
             end += " (partial)"  # never shown as whole: see show's `stored` line

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import shlex
 import textwrap
 import time
 import urllib.request
@@ -21,27 +20,17 @@ from string import Template
 from typing import Any
 
 from streamreplay.cassette import cassette_lines
-from streamreplay.clients import Outcome, describe, run_client
-from streamreplay.diagnose import COMMON_DEADLINES_S, Diagnosis, client_name, diagnose_exchange
+from streamreplay.clientid import Client, recognise_client, request_header, sdk_mode
+from streamreplay.clients import DRIVERS, Outcome, describe, run_client
+from streamreplay.diagnose import COMMON_DEADLINES_S, Diagnosis, diagnose_exchange
+from streamreplay.endcause import EndCause
 from streamreplay.replay import Replayed, ReplayServer
 from streamreplay.sse import SSEParser, assemble_stream
 from streamreplay.store import Chunk, Exchange, Store
 
-CLIENT_KINDS = ("openai-sync", "openai-async", "autogen-agentchat", "ag2", "langchain", "http")
-#: what `repro.py --client` can switch to: the drivers of `streamreplay.clients`, and plain HTTP
-REFERENCE_CLIENTS = ("openai-sync", "openai-async", "autogen-agentchat", "ag2", "http")
-_DRIVERS = {"openai-sync": "openai sync", "openai-async": "openai async", "autogen-agentchat": "autogen-agentchat",
-            "ag2": "AG2"}
-_LABELS = {
-    "openai-sync": "openai.OpenAI", "openai-async": "openai.AsyncOpenAI",
-    "autogen-agentchat": "autogen's OpenAIChatCompletionClient.create_stream",
-    "ag2": "AG2 ConversableAgent.generate_reply", "langchain": "langchain-openai ChatOpenAI",
-    "http": "plain HTTP (urllib)",
-}
-AUTOGEN_SYSTEM = ("You are a helpful AI assistant. Solve tasks using your tools. Reply with TERMINATE when the task "
-                  "has been completed.")
-#: the defaults of AG2's ConversableAgent and AssistantAgent
-AG2_SYSTEM_MESSAGES = ("You are a helpful AI Assistant.", "You are a helpful AI assistant.\nSolve tasks using")
+#: what `repro.py --client` can switch to: the drivers of `streamreplay.clients`, and plain HTTP; as plain
+#: strings, the ids, since repro.py's argparse prints the repr of its choices
+REFERENCE_CLIENTS: tuple[str, ...] = tuple(client.value for client in (*DRIVERS, Client.HTTP))
 OPENAI_DEFAULT_TIMEOUT = 600.0
 #: the parameters of the openai SDK's chat.completions.create() (2.54); others go in extra_body
 SDK_PARAMETERS = frozenset({
@@ -58,8 +47,8 @@ _TAG = re.compile(r"^(.*?)\s*#\?([!\w,]+)$")
 @dataclass
 class ReproInfo:
     exchange_id: int
-    client: str  # the client recognised: one of CLIENT_KINDS
-    script_client: str  # the client repro.py sends through (plain HTTP for paths other than /chat/completions)
+    client: Client  # the client recognised
+    script_client: Client  # the client repro.py sends through (plain HTTP for paths other than /chat/completions)
     behaviour: str  # how repro.py reads the stream, e.g. "stops after 2 chunks (inferred from the recording)"
     cassette: Path
     script: Path
@@ -73,95 +62,6 @@ class ReproInfo:
         return [f"wrote {self.cassette} and {self.script}",
                 f"client {self.client}{via}; the script {self.behaviour}",
                 f"run: python {self.script}"]
-
-
-# -- which client sent it ------------------------------------------------------------------------------
-
-
-def _header(ex: Exchange, name: str) -> str | None:
-    return next((v for k, v in ex.request_headers if k.lower() == name), None)
-
-
-def _sdk(ex: Exchange) -> str | None:
-    """Whether the openai SDK sent it, and which client: sync or async (None: not the SDK)."""
-    agent = ex.client or _header(ex, "user-agent") or ""
-    if agent.startswith("AsyncOpenAI/"):
-        return "async"
-    if agent.startswith("OpenAI/"):
-        return "sync"
-    flag = _header(ex, "x-stainless-async")  # a custom User-Agent leaves the SDK's other headers
-    return None if flag is None else ("sync" if flag == "false" else "async")
-
-
-def _content_first(m: dict[str, Any]) -> bool:
-    keys = list(m)
-    return "content" in keys and "role" in keys and keys.index("content") < keys.index("role")
-
-
-def _order_kept(ex: Exchange) -> bool:
-    """False when the body's key order says nothing: a cassette stores JSON with sorted keys, and an
-    imported exchange's body is that JSON written back (`json.dumps` with its default separators)."""
-    try:
-        return ex.request_body.strip() != json.dumps(json.loads(ex.request_body), sort_keys=True).encode()
-    except ValueError:
-        return True
-
-
-def _ag2(body: dict[str, Any], messages: list[dict[str, Any]], ordered: bool, all_content_first: bool) -> bool:
-    """AG2 sends its agent's system message first, written content-first, and asks for usage in a stream."""
-    if not messages or messages[0].get("role") != "system":
-        return False
-    if str(messages[0].get("content")).startswith(AG2_SYSTEM_MESSAGES):
-        return True
-    if ordered and (not _content_first(messages[0])
-                    or (all_content_first and not any("name" in m for m in messages))):  # the latter: langchain
-        return False
-    return bool(body.get("stream")) and (body.get("stream_options") or {}).get("include_usage") is True
-
-
-def recognise_client(exchange: Exchange) -> str:
-    """The kind of client that sent an exchange: one of CLIENT_KINDS.
-
-    All but plain HTTP use the openai SDK, whose User-Agent (or X-Stainless-Async) says sync or async;
-    the rest is told from the request's shape: autogen-agentchat names every user message after its
-    source (or sends its default system message); AG2 puts its agent's system message first, written
-    content-first, and asks for usage in a stream; langchain-openai writes every message content-first.
-    Key order is only used while the body keeps it (not after a cassette import).
-    """
-    kind = _sdk(exchange)
-    if kind is None:
-        return "http"
-    body = exchange.request_json()
-    body = body if isinstance(body, dict) else {}
-    messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
-    users = [m for m in messages if m.get("role") == "user"]
-    if kind == "async" and ((users and all("name" in m for m in users))
-                            or (messages and messages[0].get("content") == AUTOGEN_SYSTEM)):
-        return "autogen-agentchat"
-    ordered = _order_kept(exchange)
-    all_content_first = ordered and bool(messages) and all(_content_first(m) for m in messages)
-    if kind == "sync" and _ag2(body, messages, ordered, all_content_first):
-        return "ag2"
-    if all_content_first:
-        return "langchain"
-    return f"openai-{kind}"
-
-
-def describe_client(exchange: Exchange) -> str:
-    """For `diagnose`: "autogen-agentchat on openai-python 2.54.0, AsyncOpenAI"."""
-    client = recognise_client(exchange)
-    sdk = client_name(exchange.client) or f"openai-python, {_sdk(exchange)}"
-    if client == "http":
-        return f"plain HTTP ({exchange.client or 'no User-Agent'})"
-    names = {"autogen-agentchat": "autogen-agentchat", "ag2": "AG2", "langchain": "langchain-openai"}
-    return f"{names[client]} on {sdk}" if client in names else sdk
-
-
-def repro_command(exchange: Exchange, db_label: str) -> str:
-    """For `diagnose`: the command that writes the repro folder, naming the exchange as TAPE:SEQ (which,
-    unlike an id, is the same in every DB the tape is imported into)."""
-    ref = f"{exchange.tape}:{exchange.seq}"
-    return f"streamreplay repro {ref} --db {shlex.quote(db_label)} -o repro_{exchange.tape}-{exchange.seq}/"
 
 
 # -- how it read the stream ----------------------------------------------------------------------------
@@ -181,8 +81,9 @@ class Plan:
     behaviour: str = "reads to the end"
 
 
-def _is_async(client: str, sdk: str | None) -> bool:
-    return client in ("openai-async", "autogen-agentchat") or (client == "langchain" and sdk == "async")
+def _is_async(client: Client, sdk: str | None) -> bool:
+    asynchronous = client.info.asynchronous
+    return sdk == "async" if asynchronous is None else asynchronous
 
 
 def _events(chunks: list[Chunk]) -> list[dict[str, Any]]:
@@ -198,21 +99,21 @@ def _events(chunks: list[Chunk]) -> list[dict[str, Any]]:
     return out
 
 
-def _units(client: str, chunks: list[Chunk]) -> int:
+def _units(client: Client, chunks: list[Chunk]) -> int:
     """What the client counts as chunks in these network chunks: SSE events, or autogen's content deltas."""
     events = _events(chunks)
-    if client != "autogen-agentchat":
+    if client is not Client.AUTOGEN_AGENTCHAT:
         return len(events)
     return sum(1 for e in events if ((e.get("choices") or [{}])[0].get("delta") or {}).get("content"))
 
 
-def plan_for(ex: Exchange, chunks: list[Chunk], d: Diagnosis, client: str, sdk: str | None) -> Plan:
-    header = _header(ex, "x-stainless-read-timeout")
+def plan_for(ex: Exchange, chunks: list[Chunk], d: Diagnosis, client: Client, sdk: str | None) -> Plan:
+    header = request_header(ex, "x-stainless-read-timeout")
     recorded = float(header) if header else None
     plan = Plan(recorded or OPENAI_DEFAULT_TIMEOUT,
                 "the client's timeout, from the recorded x-stainless-read-timeout header" if recorded else
                 "no timeout was recorded: 600 s, the openai SDK's default")
-    if ex.end_cause != "client_left":
+    if ex.end_cause != EndCause.CLIENT_LEFT:
         return plan
     k, left_s = ex.client_left_at_chunk or 0, (ex.client_left_ns or 0) / 1e9
     where = f"the client left at chunk {k} of {len(chunks)}, {left_s:.3f} s in"
@@ -225,9 +126,9 @@ def plan_for(ex: Exchange, chunks: list[Chunk], d: Diagnosis, client: str, sdk: 
             plan.timeout_why = f"inferred from the recording: {where}, after {silence:.2f} s of silence"
         plan.behaviour = f"uses a {plan.timeout:g} s timeout (the recorded silence)"
         return plan
-    if client == "ag2":
+    if client is Client.AG2:
         plan.note = (f"{where}, but AG2 reads every stream to its end: this script cannot leave there "
-                     "(--client openai-sync can stop early)")
+                     f"(--client {Client.OPENAI_SYNC} can stop early)")
         plan.behaviour = "reads to the end (AG2 cannot stop early)"
     elif d.cause == "client_deadline" and _is_async(client, sdk):
         plan.deadline = min(COMMON_DEADLINES_S, key=lambda s: abs(s - left_s))
@@ -238,7 +139,7 @@ def plan_for(ex: Exchange, chunks: list[Chunk], d: Diagnosis, client: str, sdk: 
     else:
         units = _units(client, chunks[:k])
         plan.stop_after = max(units, 1)
-        what = "content deltas" if client == "autogen-agentchat" else "chunks"
+        what = "content deltas" if client is Client.AUTOGEN_AGENTCHAT else "chunks"
         why = (f"the app stopped reading (a break, a cancelled task, a returned handler) after {units} {what}"
                if d.cause != "client_deadline" else
                f"a total deadline of about {min(COMMON_DEADLINES_S, key=lambda s: abs(s - left_s)):g} s, "
@@ -283,14 +184,14 @@ def _short(text: str | None, limit: int = 70) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
-def _docstring(ex: Exchange, chunks: list[Chunk], client: str, script_client: str) -> tuple[str, str]:
-    title = f"Exchange {ex.id} of tape {ex.tape}, replayed offline into {_LABELS[script_client]}."
+def _docstring(ex: Exchange, chunks: list[Chunk], client: Client, script_client: Client) -> tuple[str, str]:
+    title = f"Exchange {ex.id} of tape {ex.tape}, replayed offline into {script_client.info.script}."
     body = ex.request_json() or {}
     lines = [f"Recorded: {ex.method} {ex.path}, model {body.get('model')}, {_n(len(chunks), 'chunk')}, "
              f"from {ex.client or 'an unnamed client'}, recognised as {client}."]
     if script_client != client:
         lines.append(f"Sent here as plain HTTP: the {client} script knows only /chat/completions.")
-    if ex.end_cause == "client_left":
+    if ex.end_cause == EndCause.CLIENT_LEFT:
         k = ex.client_left_at_chunk or 0
         got = assemble_stream(b"".join(c.data for c in chunks[:k])).text if ex.stream else ""
         lines.append(f"Ended: the client left at chunk {k} of {len(chunks)}, {(ex.client_left_ns or 0) / 1e9:.3f} s "
@@ -302,19 +203,19 @@ def _docstring(ex: Exchange, chunks: list[Chunk], client: str, script_client: st
     return title, "\n".join(wrapped).replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
 
 
-def _tags(script_client: str, asynchronous: bool, stream: bool, stop: bool, deadline: bool) -> set[str]:
+def _tags(script_client: Client, asynchronous: bool, stream: bool, stop: bool, deadline: bool) -> set[str]:
     base = {"stream", "stop"} if stop else {"stream" if stream else "nostream"}
     mode = "async" if asynchronous else "sync"
     tags = base | {f"{mode}_{t}" for t in base} | {mode}
     tags |= {"asyncio"} if asynchronous else set()
     tags |= {"deadline"} if deadline else set()
-    tags |= {"contextlib"} if script_client in ("ag2", "langchain") else set()
-    return tags | {"ag2": {"io"}, "http": {"urllib"}}.get(script_client, set())
+    tags |= {"contextlib"} if script_client in (Client.AG2, Client.LANGCHAIN) else set()
+    return tags | {Client.AG2: {"io"}, Client.HTTP: {"urllib"}}.get(script_client, set())
 
 
-def _constants(ex: Exchange, script_client: str, plan: Plan, stop: bool, deadline: str | None,
+def _constants(ex: Exchange, script_client: Client, plan: Plan, stop: bool, deadline: str | None,
                extra: list[str]) -> list[str]:
-    constants = [f"PATH = {ex.path!r}"] if script_client == "http" else []
+    constants = [f"PATH = {ex.path!r}"] if script_client is Client.HTTP else []
     if extra:
         constants += ["# not parameters of the SDK's create(): the app must have sent them in extra_body",
                       f"EXTRA = {{k: REQUEST[k] for k in ({''.join(json.dumps(k) + ', ' for k in extra).strip()})}}"]
@@ -332,9 +233,15 @@ def _constants(ex: Exchange, script_client: str, plan: Plan, stop: bool, deadlin
     return constants + (_comment(plan.note) if plan.note else [])
 
 
-def render_script(ex: Exchange, chunks: list[Chunk], client: str, plan: Plan, sdk: str | None) -> str:
+def _script_client(ex: Exchange, client: Client) -> Client:
+    """The client repro.py sends through: the templates of SDK clients know only /chat/completions."""
+    return client if ex.path == "/chat/completions" else Client.HTTP
+
+
+def render_script(ex: Exchange, chunks: list[Chunk], client: Client | str, plan: Plan, sdk: str | None) -> str:
     """The text of repro.py."""
-    script_client = client if ex.path == "/chat/completions" else "http"
+    client = Client(client)
+    script_client = _script_client(ex, client)
     asynchronous = _is_async(script_client, sdk)
     imports, _, code = _template(script_client).partition("# ---\n")
     stop = plan.stop_after is not None and ex.stream  # a whole JSON body cannot be left halfway
@@ -351,7 +258,7 @@ def render_script(ex: Exchange, chunks: list[Chunk], client: str, plan: Plan, sd
     constants = _constants(ex, script_client, plan, stop, deadline, extra)
     body = "\n".join(constants) + ("\n\n\n" if code.startswith(("def ", "async def ")) else "\n") + code
     title, recorded = _docstring(ex, chunks, client, script_client)
-    ours = "MODEL_INFO, Outcome, describe" if script_client == "autogen-agentchat" else "Outcome, describe"
+    ours = "MODEL_INFO, Outcome, describe" if script_client is Client.AUTOGEN_AGENTCHAT else "Outcome, describe"
     text = Template(_template("script")).substitute(
         title=title, recorded=recorded, imports=imports, client=script_client, clients_imports=ours, body=body,
         call=call)
@@ -364,7 +271,7 @@ def write_repro(store: Store, exchange_id: int, out_dir: Path) -> ReproInfo:
     if not isinstance(ex.request_json(), dict):
         raise ValueError(f"exchange {exchange_id}: the request body is not a JSON object, there is nothing to resend")
     chunks = store.chunks(exchange_id)
-    client, sdk = recognise_client(ex), _sdk(ex)
+    client, sdk = recognise_client(ex), sdk_mode(ex)
     d = diagnose_exchange(ex, chunks, store.exchanges(tape=ex.tape), "")
     plan = plan_for(ex, chunks, d, client, sdk)
     out_dir = Path(out_dir)
@@ -375,21 +282,20 @@ def write_repro(store: Store, exchange_id: int, out_dir: Path) -> ReproInfo:
                         encoding="utf-8")
     script = out_dir / "repro.py"
     script.write_text(render_script(ex, chunks, client, plan, sdk), encoding="utf-8")
-    script_client = client if ex.path == "/chat/completions" else "http"
-    return ReproInfo(ex.id, client, script_client, plan.behaviour, cassette, script)
+    return ReproInfo(ex.id, client, _script_client(ex, client), plan.behaviour, cassette, script)
 
 
 # -- what repro.py calls ---------------------------------------------------------------------------------
 
 
-def run_reference(client: str, base_url: str, request: dict[str, Any], timeout: float = 600.0) -> Outcome:
+def run_reference(client: Client | str, base_url: str, request: dict[str, Any], timeout: float = 600.0) -> Outcome:
     """Send the recorded messages through a reference client (reading to the end); what the app got."""
-    if client == "http":
-        return _http_reference(base_url, request, timeout)
-    if client not in _DRIVERS:
+    if client not in REFERENCE_CLIENTS:
         raise ValueError(f"unknown reference client {client!r}: {', '.join(REFERENCE_CLIENTS)}")
+    if client == Client.HTTP:
+        return _http_reference(base_url, request, timeout)
     messages = request.get("messages") or [{"role": "user", "content": "hi"}]
-    return asyncio.run(run_client(_DRIVERS[client], base_url, messages, timeout))
+    return asyncio.run(run_client(Client(client), base_url, messages, timeout))
 
 
 def _http_reference(base_url: str, request: dict[str, Any], timeout: float) -> Outcome:

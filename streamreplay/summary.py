@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import zlib
 from typing import Any
 
+from streamreplay.exchange import exchange_row
 from streamreplay.sse import Assembler, SSEParser, assemble_json
 
 #: body bytes fed to the summary; past this the listing notes that it was cut, memory stays flat
@@ -87,10 +87,6 @@ class Summarizer:
             problems.append("the body's Content-Encoding could not be decoded")
         if self.fed == 0:
             problems = []
-        return {
-            "text": result.text,
-            "finish_reason": result.finish_reason,
-            "tool_calls": json.dumps(result.tool_calls) if result.tool_calls else None,
-            "usage": json.dumps(result.usage) if result.usage else None,
-            "problems": json.dumps(problems[:20]) if problems else None,
-        }
+        # nothing to say is NULL, not an empty list
+        return exchange_row(text=result.text, finish_reason=result.finish_reason, tool_calls=result.tool_calls or None,
+                            usage=result.usage or None, problems=problems[:20] or None)

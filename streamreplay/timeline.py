@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from streamreplay.endcause import CAUSES, EndCause
 from streamreplay.report import chunk_deltas, chunk_events
 from streamreplay.sse import assemble
 from streamreplay.store import Chunk, Exchange
@@ -117,20 +118,16 @@ def _text(chunks: Sequence[Chunk], content_type: str | None) -> str:
     return assemble(b"".join(c.data for c in chunks), content_type).text
 
 
-#: how the upstream's end is drawn, by recorded end cause: (marker kind, words)
+#: how the upstream's end is drawn, by recorded end cause: (marker kind, words), from endcause.CAUSES. The
+#: client leaving is drawn as a marker of its own; "abort" stands for an upstream end nobody read (the proxy
+#: stopped reading with the client), None for an exchange still being recorded
 UPSTREAM_ENDS: dict[str | None, tuple[str, str]] = {
-    "complete": ("end", "upstream end · complete"),
-    "eof_without_done": ("stop", "clean end, no [DONE]"),
-    "upstream_closed": ("closed", "upstream closed mid-body"),
-    "upstream_reset": ("reset", "upstream reset (TCP RST)"),
-    "upstream_malformed": ("closed", "upstream framing broke"),
-    "upstream_timeout": ("timeout", "upstream went silent (timeout)"),
-    "http_error": ("error", "HTTP error"),
-    "upstream_unreachable": ("error", "upstream unreachable"),
-    "interrupted": ("closed", "recording interrupted"),
+    **{cause.value: (info.marker, info.label) for cause, info in CAUSES.items() if cause is not EndCause.CLIENT_LEFT},
     "abort": ("stop", "recording stopped with the client (abort)"),
     None: ("open", "still recording…"),
 }
+#: how the client leaving is drawn (in a recording or a replay)
+LEFT = CAUSES[EndCause.CLIENT_LEFT]
 
 
 def recorded_series(ex: Exchange, chunks: Sequence[Chunk], *, title: str | None = None) -> Series:
@@ -140,7 +137,7 @@ def recorded_series(ex: Exchange, chunks: Sequence[Chunk], *, title: str | None 
                _marks(chunks, [c.t_ns for c in chunks]), text=ex.text or _text(chunks, ctype))
     s.first_byte_ns = chunks[0].t_ns if chunks else None
     _recorded_ends(s, ex, len(chunks), chunks[-1].t_ns if chunks else 0, sum(len(c.data) for c in chunks))
-    if ex.end_cause == "client_left" and ex.client_left_ns is not None:
+    if ex.end_cause == EndCause.CLIENT_LEFT and ex.client_left_ns is not None:
         s.seen_text = _text(chunks[:ex.client_left_at_chunk or 0], ctype)
     return s
 
@@ -148,10 +145,10 @@ def recorded_series(ex: Exchange, chunks: Sequence[Chunk], *, title: str | None 
 def _recorded_ends(s: Series, ex: Exchange, n: int, last_t: int, nbytes: int) -> None:
     """The client leaving (and the chunks it never read) and the upstream's end, as markers; and the note."""
     upstream = ex.end_cause
-    if ex.end_cause == "client_left" and ex.client_left_ns is not None:
+    if ex.end_cause == EndCause.CLIENT_LEFT and ex.client_left_ns is not None:
         k = ex.client_left_at_chunk or 0
-        s.markers.append(Marker("client-left", ex.client_left_ns,
-                                f"client left at {ex.client_left_ns / 1e6:.1f} ms · after {k} of {n} chunks"))
+        s.markers.append(Marker(LEFT.marker, ex.client_left_ns,
+                                f"{LEFT.label} at {ex.client_left_ns / 1e6:.1f} ms · after {k} of {n} chunks"))
         for mark in s.marks:
             mark.unseen = mark.index >= k
         # what the upstream did while nobody was reading; None when the proxy stopped reading too (abort)
@@ -174,7 +171,7 @@ def overview_series(ex: Exchange, rows: Iterable[tuple[int, int, int]], *, span_
     fall in the same time slice (one of `bars`) become one bar, as tall as their bytes. Reads no chunk data,
     keeps at most `bars` marks, so its size and the page's are bounded whatever the exchange's size.
     `span_ns` is the last row's t_ns (known beforehand from a cheap SQL query), to cut the time slices."""
-    k = ex.client_left_at_chunk if ex.end_cause == "client_left" and ex.client_left_ns is not None else None
+    k = ex.client_left_at_chunk if ex.end_cause == EndCause.CLIENT_LEFT and ex.client_left_ns is not None else None
     slice_ns = max(span_ns, 1) / bars
     marks: list[Mark] = []
     key = None
@@ -248,8 +245,8 @@ def replay_series(replayed: Replayed, chunks: Sequence[Chunk], *, title: str | N
     s.markers, ended = _fault_markers(applied, times, replayed.client_left_ns or 0,
                                       reached_end=not left or replayed.delivered == replayed.total)
     if left:
-        s.markers.append(Marker("client-left", replayed.client_left_ns or 0,
-                                f"client left at {(replayed.client_left_ns or 0) / 1e6:.1f} ms · "
+        s.markers.append(Marker(LEFT.marker, replayed.client_left_ns or 0,
+                                f"{LEFT.label} at {(replayed.client_left_ns or 0) / 1e6:.1f} ms · "
                                 f"after {replayed.client_left_at_chunk} of {replayed.total} chunks"))
     else:
         _replay_ending(s.markers, ended, replayed.ending, replayed.done_delivered, times[-1] if times else 0)
@@ -586,9 +583,6 @@ h1{font-size:20px;margin:0 0 4px}h2{font-size:15px;margin:22px 0 6px}h3{font-siz
 .meta{color:#4b5563;font-size:13px}.lead{font-size:14.5px;margin:8px 0}
 .badge{display:inline-block;padding:1px 8px;border-radius:9px;font-size:12px;font-weight:600;color:#fff;
  background:#6b7280;vertical-align:middle}
-.b-complete{background:#1f8a3a}.b-client_left{background:#d62828}.b-upstream_reset,.b-upstream_closed,
-.b-upstream_malformed,.b-upstream_timeout,.b-upstream_unreachable,.b-http_error{background:#b3261e}.b-eof_without_done{background:#c77700}
-.b-open{background:#2563eb}
 svg.timeline{max-width:100%;height:auto;display:block;margin:8px 0}
 .chunk{cursor:pointer}.chunk:hover rect:first-of-type{stroke:#111827;stroke-width:1.5}
 pre{background:#f6f7f9;border:1px solid #e5e7eb;border-radius:6px;padding:8px 10px;white-space:pre-wrap;
@@ -602,6 +596,10 @@ tr:target{background:#fff4c2}td{white-space:nowrap}
 .exchanges th,.tapes th,.exchanges td,.tapes td{text-align:left}a{color:#2563eb}nav{font-size:13px;margin-bottom:10px}
 form{display:inline}input{font-size:12.5px;padding:2px 4px}
 """
+#: a badge's colour, by its end cause's tone (endcause.CAUSES); `.b-open`: an exchange still being recorded
+BADGE_COLORS = {"ok": "#1f8a3a", "warning": "#c77700", "failed": "#b3261e", "client": "#d62828", "neutral": "#6b7280"}
+CSS += "".join(f".b-{cause.value}{{background:{BADGE_COLORS[info.tone]}}}" for cause, info in CAUSES.items())
+CSS += ".b-open{background:#2563eb}\n"
 
 
 def html_page(title: str, body: str, *, refresh_s: int | None = None) -> str:
@@ -630,7 +628,7 @@ def chunk_page(ex: Exchange, chunks: Sequence[Chunk], sizes: Sequence[int], prev
     bounded number of bytes), `sizes` are their recorded lengths. Events are parsed from the page's first
     chunk, so an event that began on the page before shows no delta here."""
     marks = _marks(chunks, [c.t_ns for c in chunks], first_seen=bool(chunks) and chunks[0].index > 0)
-    left = ex.client_left_at_chunk if ex.end_cause == "client_left" and ex.client_left_ns is not None else None
+    left = ex.client_left_at_chunk if ex.end_cause == EndCause.CLIENT_LEFT and ex.client_left_ns is not None else None
     for mark, size in zip(marks, sizes, strict=True):
         mark.nbytes = size
         mark.unseen = left is not None and mark.index >= left

@@ -26,6 +26,7 @@ from urllib.parse import quote, urlencode
 from aiohttp import web
 
 from streamreplay.diagnose import diagnose, diagnose_exchange
+from streamreplay.endcause import EndCause
 from streamreplay.replay.faults import FaultSpecError, apply_faults, parse_faults
 from streamreplay.replay.schedule import recorded_schedule
 from streamreplay.serving import AppServer
@@ -65,7 +66,8 @@ def _short(text: str | None, limit: int = 70) -> str:
 
 
 def _end(ex: Exchange) -> str:
-    at = f"@{ex.client_left_at_chunk}" if ex.end_cause == "client_left" and ex.client_left_at_chunk is not None else ""
+    left = ex.end_cause == EndCause.CLIENT_LEFT and ex.client_left_at_chunk is not None
+    at = f"@{ex.client_left_at_chunk}" if left else ""
     return badge(ex.end_cause) + _esc(at)
 
 

@@ -37,6 +37,8 @@ HOP_BY_HOP = frozenset(
 )
 
 FAULT_HEADER = "X-Streamreplay-Fault"
+#: the largest request body the recording proxy and the replay server accept unless told otherwise
+DEFAULT_MAX_BODY = 32 * 1024 * 1024
 
 log = logging.getLogger("streamreplay")
 
@@ -95,7 +97,10 @@ def close_mid_body(request: web.BaseRequest) -> None:
 @web.middleware
 async def openai_errors(request: web.Request, handler: Any) -> web.StreamResponse:
     """Every answer streamreplay makes itself is in OpenAI's error shape: refusals before routing
-    (CONNECT has no path to route), aiohttp's own 4xx, and anything unexpected as a 500."""
+    (CONNECT has no path to route), aiohttp's own 4xx, and anything unexpected as a 500.
+
+    This is where `refuse_request` runs, once for every route: the handlers behind it never see a request
+    it refuses."""
     refusal = refuse_request(request)
     if refusal is not None:
         return refusal

@@ -88,3 +88,26 @@ def test_a_broken_cassette_names_its_line(tmp_path: Path):
     path.write_text('{"format":"streamreplay-cassette","tape":"b","version":1}\n{"type":"chunk","seq":0}\n')
     with pytest.raises(CassetteError, match=r"broken.jsonl:2"):
         CassetteSource(path)
+
+
+RECORDINGS = Path(__file__).resolve().parent.parent / "recordings"
+
+
+@pytest.mark.parametrize("cassette", sorted(RECORDINGS.glob("*.jsonl")), ids=lambda p: p.stem)
+def test_a_bundled_cassette_imported_and_exported_is_the_same_file(cassette: Path, tmp_path: Path):
+    tape, _ = import_cassette(cassette, tmp_path / "db.db")
+    export_tape(tmp_path / "db.db", tape, tmp_path / cassette.name)
+    assert (tmp_path / cassette.name).read_bytes() == cassette.read_bytes()
+
+
+def test_an_end_cause_from_a_newer_version_survives_import_and_export(tmp_path: Path):
+    lines = (RECORDINGS / "consumer-break.jsonl").read_text().splitlines()
+    end = json.loads(lines[-1])
+    lines[-1] = lines[-1].replace(f'"cause":"{end["cause"]}"', '"cause":"a_new_cause"')
+    newer = tmp_path / "newer.jsonl"
+    newer.write_text("\n".join(lines) + "\n")
+    assert CassetteSource(newer).exchanges()[0].end_cause == "a_new_cause"
+    tape, _ = import_cassette(newer, tmp_path / "db.db")
+    assert Store(tmp_path / "db.db").exchanges()[0].end_cause == "a_new_cause"
+    export_tape(tmp_path / "db.db", tape, tmp_path / "again.jsonl")
+    assert (tmp_path / "again.jsonl").read_text() == newer.read_text()

@@ -31,12 +31,12 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streamreplay import store as store_module
 from streamreplay.cli import main
 from streamreplay.proxy import RecordingProxy
 from streamreplay.proxy.recorder import RecordOptions
 from streamreplay.replay import ReplayServer
 from streamreplay.store import Store, StoreWriter
+from streamreplay.store import writer as writer_module
 from streamreplay.testing import Script, ScriptedUpstream
 from tests.helpers import chat, post, sha
 
@@ -139,14 +139,14 @@ async def test_a_full_disk_never_stops_forwarding_and_is_said(tmp_path: Path):
 
 
 async def test_an_exception_in_the_writer_loses_only_its_exchange(tmp_path: Path, monkeypatch):
-    real_key = store_module.request_key
+    real_key = writer_module.request_key
 
     def key(method: str, path: str, body: bytes) -> str:
         if b"poison" in body:
             raise RuntimeError("injected: a bug in the writer")
         return real_key(method, path, body)
 
-    monkeypatch.setattr(store_module, "request_key", key)
+    monkeypatch.setattr(writer_module, "request_key", key)
     db = tmp_path / "bug.db"
     said: list[str] = []
     async with ScriptedUpstream() as upstream, \

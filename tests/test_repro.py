@@ -16,10 +16,11 @@ from typing import Any
 import openai
 import pytest
 
+from streamreplay.clientid import describe_client, recognise_client
 from streamreplay.clients import Outcome, ag2_generate_reply, autogen_create_stream, describe
 from streamreplay.proxy import RecordingProxy
 from streamreplay.proxy.recorder import RecordOptions
-from streamreplay.repro import Plan, describe_client, recognise_client, render_script, write_repro
+from streamreplay.repro import Plan, render_script, write_repro
 from streamreplay.store import Exchange, Store
 from streamreplay.testing import Script, ScriptedUpstream
 

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from yarl import URL
 
 from streamreplay import redact
 from streamreplay.endcause import EndCause
+from streamreplay.exchange import exchange_row
 from streamreplay.proxy.endings import classify_read_error, clean_end_cause, end_body_when_connection_drops
 from streamreplay.redact import redact_headers, redact_query
 from streamreplay.requestkey import json_object
@@ -31,34 +31,44 @@ from streamreplay.sse import find_done
 from streamreplay.store import DEFAULT_DB, STORE_BACKLOG, ExchangeHandle, StoreWriter, now_iso
 from streamreplay.summary import Decoder
 from streamreplay.wire import (
+    DEFAULT_MAX_BODY,
     close_mid_body,
     forwardable,
     openai_error,
     openai_errors,
-    refuse_request,
     reset_connection,
 )
 
 DEFAULT_UPSTREAM_TIMEOUT = 600.0
-DEFAULT_MAX_BODY = 32 * 1024 * 1024
 
 
 @dataclass
 class RecordOptions:
-    """Options of `streamreplay record`, each with the help text the CLI shows."""
+    """Options of `RecordingProxy` and `streamreplay record`, each with the help text the CLI shows
+    (`metadata["help"]`; `choices` where only some values are taken)."""
 
-    upstream: str
-    db: str = DEFAULT_DB  # SQLite file the recordings go to
-    tape: str | None = None  # tape name; default: a timestamped one
-    upstream_timeout: float = DEFAULT_UPSTREAM_TIMEOUT  # seconds of upstream silence before giving up
-    on_client_disconnect: str = "drain"  # drain: keep reading upstream so the recording is whole; abort: stop
-    redact_headers: tuple[str, ...] = ()  # more header names whose values never reach disk
-    redact_fields: tuple[str, ...] = ()  # request body fields replaced by [redacted] before storing
-    max_body: int = DEFAULT_MAX_BODY  # largest request body accepted, in bytes
-    tape_source: str = ""  # free text stored with the tape, e.g. where it was recorded from
-    max_db_bytes: int | None = None  # the DB may not grow past this; exchanges past it are said to be lost
-    log: Callable[[str], None] | None = None  # one line per finished exchange
-    errors: Callable[[str], None] | None = None  # one line each time storing fails (default: the log)
+    upstream: str = field(metadata={"help": "The real API's base URL, e.g. https://api.openai.com/v1."})
+    db: str = field(default=DEFAULT_DB, metadata={"help": "SQLite file the recordings go to."})
+    tape: str | None = field(default=None, metadata={
+        "help": "Tape name for this session (default: rec-YYYYmmdd-HHMMSS)."})
+    upstream_timeout: float = field(default=DEFAULT_UPSTREAM_TIMEOUT, metadata={
+        "help": "Seconds of upstream silence before the exchange ends as upstream_timeout."})
+    on_client_disconnect: str = field(default="drain", metadata={
+        "help": "drain: keep reading upstream so the recording is whole; abort: stop reading.",
+        "choices": ("drain", "abort")})
+    redact_headers: tuple[str, ...] = field(default=(), metadata={
+        "help": "Another header whose value never reaches disk."})
+    redact_fields: tuple[str, ...] = field(default=(), metadata={
+        "help": "A body field stored as [redacted]: a dotted path (metadata.user_id) or a bare name, any depth."})
+    max_body: int = field(default=DEFAULT_MAX_BODY, metadata={"help": "Largest request body, bytes."})
+    tape_source: str = field(default="", metadata={
+        "help": "Free text stored with the tape: where and how it was recorded."})
+    max_db_bytes: int | None = field(default=None, metadata={
+        "help": "Bytes the DB may grow to; past it exchanges are said to be lost."})
+    log: Callable[[str], None] | None = field(default=None, metadata={
+        "help": "Called with one line per finished exchange."})
+    errors: Callable[[str], None] | None = field(default=None, metadata={
+        "help": "Called with one line each time storing fails (default: log)."})
 
     def tape_name(self) -> str:
         """The tape to record into; a default one is made unique in the DB when the recording starts."""
@@ -171,10 +181,8 @@ class RecordingProxy(AppServer):
     # -- the request path -------------------------------------------------------------------------
 
     def _relative(self, request: web.Request) -> str | web.Response:
-        """The request's raw path relative to the base, or the error that refuses it."""
-        refusal = refuse_request(request)
-        if refusal is not None:
-            return refusal
+        """The request's raw path relative to the base, or the error that refuses it (what no streamreplay
+        server serves was refused before: wire.openai_errors)."""
         raw_path = request.raw_path.split("?", 1)[0]
         if self.prefix and not (raw_path == self.prefix or raw_path.startswith(self.prefix + "/")):
             return openai_error(404, f"path {request.path} is not under the base path {self.prefix}",
@@ -218,18 +226,18 @@ class RecordingProxy(AppServer):
     def _request_row(self, request: web.Request, rel_path: str, body: bytes) -> dict[str, Any]:
         stored_body = redact_body(body, self.options.redact_fields)
         stream, model = _stream_and_model(stored_body)
-        return {
-            "started_at": now_iso(),
-            "method": request.method,
-            "path": rel_path,
-            "query": redact_query(request.query.items()) if request.query_string else "",
-            "request_headers": json.dumps(redact_headers(request.headers.items(), self.options.redact_headers)),
-            "request_body": stored_body,
-            "stream": int(stream),
-            "model": model,
-            "client": request.headers.get("User-Agent"),
-            "upstream": str(self.upstream),
-        }
+        return exchange_row(
+            started_at=now_iso(),
+            method=request.method,
+            path=rel_path,
+            query=redact_query(request.query.items()) if request.query_string else "",
+            request_headers=redact_headers(request.headers.items(), self.options.redact_headers),
+            request_body=stored_body,
+            stream=stream,
+            model=model,
+            client=request.headers.get("User-Agent"),
+            upstream=str(self.upstream),
+        )
 
     def _answer_error(self, flow: _Flow, cause: EndCause, status: int, message: str) -> web.Response:
         """Answer for an upstream that never answered, and store that answer so replay gives it too."""
@@ -238,12 +246,12 @@ class RecordingProxy(AppServer):
         assert isinstance(data, bytes)
         self.writer.chunk(flow.handle, 0, flow.elapsed(), data)
         flow.index, flow.size, flow.status = 1, len(data), status
-        self.writer.end(flow.handle, {
-            "status": status,
-            "response_headers": json.dumps([[k, v] for k, v in response.headers.items()]),
-            "end_cause": cause.value, "upstream_end": cause.value, "end_detail": message,
-            "duration_ns": flow.elapsed(), "chunk_count": 1, "byte_count": len(data),
-        })
+        self.writer.end(flow.handle, exchange_row(
+            status=status,
+            response_headers=[[k, v] for k, v in response.headers.items()],
+            end_cause=cause, upstream_end=cause, end_detail=message,
+            duration_ns=flow.elapsed(), chunk_count=1, byte_count=len(data),
+        ))
         self._open.discard(flow.handle)
         return response
 
@@ -254,12 +262,12 @@ class RecordingProxy(AppServer):
         flow.decoder = decoder if decoder.active else None
         head_ns = flow.elapsed()
         raw_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in upstream.raw_headers]
-        self.writer.update(flow.handle, {
-            "status": upstream.status,
+        self.writer.update(flow.handle, exchange_row(
+            status=upstream.status,
             # a Set-Cookie or a session token the upstream hands out is a secret too (replay sends [redacted])
-            "response_headers": json.dumps(redact_headers(raw_headers, self.options.redact_headers)),
-            "headers_ns": head_ns,
-        })
+            response_headers=redact_headers(raw_headers, self.options.redact_headers),
+            headers_ns=head_ns,
+        ))
         protocol = upstream.connection.protocol if upstream.connection else None
         end_body_when_connection_drops(upstream, protocol)
         resp = web.StreamResponse(status=upstream.status, reason=upstream.reason,
@@ -364,20 +372,11 @@ class RecordingProxy(AppServer):
 
     def _end(self, flow: _Flow, cause: EndCause, detail: str | None,
              upstream_end: EndCause | None = None) -> None:
-        updates: dict[str, Any] = {
-            "end_cause": cause.value,
-            "end_detail": detail,
-            "upstream_end": upstream_end.value if upstream_end else None,
-            "ttfb_ns": flow.ttfb_ns,
-            "duration_ns": flow.elapsed(),
-            "chunk_count": flow.index,
-            "byte_count": flow.size,
-            "done": int(flow.saw_done),
-        }
-        if flow.left_ns is not None:
-            updates["client_left_at_chunk"] = flow.delivered
-            updates["client_left_ns"] = flow.left_ns
-        self.writer.end(flow.handle, updates)
+        left = {} if flow.left_ns is None else {"client_left_at_chunk": flow.delivered, "client_left_ns": flow.left_ns}
+        self.writer.end(flow.handle, exchange_row(
+            end_cause=cause, end_detail=detail, upstream_end=upstream_end, ttfb_ns=flow.ttfb_ns,
+            duration_ns=flow.elapsed(), chunk_count=flow.index, byte_count=flow.size, done=flow.saw_done, **left,
+        ))
         self._open.discard(flow.handle)
 
     async def settle(self, timeout: float = 10.0) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, replace
 
-from streamreplay.endcause import EndCause, Ending
+from streamreplay.endcause import Ending, wire_ending
 from streamreplay.sse import assemble_stream, synthesize_chat_stream
 from streamreplay.store import Chunk, Exchange
 from streamreplay.wire import HOP_BY_HOP
@@ -58,13 +58,7 @@ def recorded_ending(ex: Exchange) -> Ending:
     the upstream sent, and the client may leave again."""
     if ex.response_header("x-streamreplay-error"):
         return Ending.CLEAN  # the proxy's own error answer (unreachable, timeout before headers)
-    cause = ex.upstream_end or ex.end_cause
-    if cause in (EndCause.UPSTREAM_CLOSED, EndCause.UPSTREAM_MALFORMED, EndCause.UPSTREAM_TIMEOUT,
-                 EndCause.INTERRUPTED, EndCause.CLIENT_LEFT):
-        return Ending.CLOSE
-    if cause == EndCause.UPSTREAM_RESET:
-        return Ending.RESET
-    return Ending.CLEAN
+    return wire_ending(ex.upstream_end or ex.end_cause)
 
 
 def recorded_schedule(ex: Exchange, chunks: list[Chunk]) -> Schedule:

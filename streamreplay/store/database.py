@@ -1,0 +1,170 @@
+"""The store's DB: its schema and migrations, and the reads every command makes."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from streamreplay.exchange import EXCHANGE_COLUMNS, Chunk, Exchange
+from streamreplay.store import maintenance
+
+DEFAULT_DB = "recordings/streamreplay.db"
+SCHEMA_VERSION = 2
+
+
+class StoreError(Exception):
+    """A DB that cannot be used, said plainly: not a streamreplay DB, corrupt, locked, too new."""
+
+
+def open_store(path: str | Path, readonly: bool = False) -> Store:
+    """A Store, or a StoreError saying why not (instead of a sqlite3 traceback).
+
+    A DB that cannot be written (a read-only file or directory, where SQLite cannot make its -wal and
+    -shm files) is opened read-only, so it can still be listed, shown and replayed."""
+    try:
+        try:
+            return Store(path, readonly=readonly)
+        except sqlite3.OperationalError as exc:
+            if readonly or not any(w in str(exc) for w in ("readonly", "read-only", "unable to open")):
+                raise
+            if not Path(path).exists():
+                raise
+            return Store(path, readonly=True)
+    except sqlite3.DatabaseError as exc:
+        text = str(exc)
+        if "locked" in text or "busy" in text:
+            raise StoreError(f"{path} is locked by another process (a recording daemon?): {text}") from None
+        raise StoreError(f"{path} is not a usable streamreplay database: {text}") from None
+    except OSError as exc:  # the folder for a new DB cannot be made
+        raise StoreError(f"{path} cannot be opened: {exc}") from None
+
+
+class Store:
+    """Reads and schema. One per thread: sqlite3 connections stay on the thread that made them."""
+
+    def __init__(self, path: str | Path, readonly: bool = False) -> None:
+        self.path = Path(path)
+        self.readonly = readonly
+        if readonly:
+            # immutable: no -shm or lock files either, which a read-only place cannot hold; it is only
+            # safe for a DB nobody writes meanwhile, which is what a read-only place means
+            uri = f"{self.path.resolve().as_uri()}?mode=ro&immutable=1"
+            self.db = sqlite_utils.Database(sqlite3.connect(uri, uri=True, check_same_thread=False))
+            return
+        if str(path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        # one thread at a time, but not always the one that opened it (a server started from sync code)
+        self.db = sqlite_utils.Database(sqlite3.connect(str(path), check_same_thread=False))
+        self.db.conn.execute("PRAGMA busy_timeout = 5000")
+        self.ensure_schema()
+
+    # -- schema ------------------------------------------------------------------------------
+
+    def ensure_schema(self) -> None:
+        db = self.db
+        if str(self.path) != ":memory:":
+            db.enable_wal()
+        # WAL with synchronous=NORMAL: a commit is not fsynced, so it costs microseconds, and a killed
+        # daemon still loses nothing it committed (the WAL is in the OS's cache); only a power cut can.
+        db.conn.execute("PRAGMA synchronous = NORMAL")
+        if "tapes" not in db.table_names():
+            db["tapes"].create({"name": str, "created_at": str, "source": str}, pk="name")
+        if "exchanges" not in db.table_names():
+            db["exchanges"].create(EXCHANGE_COLUMNS, pk="id", not_null={"tape", "method", "path"})
+            db["exchanges"].create_index(["tape", "seq"])
+            db["exchanges"].create_index(["end_cause"])
+        if "chunks" not in db.table_names():
+            db["chunks"].create(
+                {"exchange_id": int, "idx": int, "t_ns": int, "data": bytes},
+                pk=("exchange_id", "idx"),
+                foreign_keys=[("exchange_id", "exchanges", "id")],
+            )
+        self.migrate()
+
+    def migrate(self) -> None:
+        """Bring a DB written by an older version up to this schema: columns are only ever added."""
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"{self.path} was written by a newer streamreplay (schema {version} > {SCHEMA_VERSION})")
+        existing = self.db["exchanges"].columns_dict
+        for name, kind in EXCHANGE_COLUMNS.items():
+            if name not in existing:
+                self.db["exchanges"].add_column(name, kind)
+        if version != SCHEMA_VERSION:
+            self.db.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def tapes(self) -> list[dict[str, Any]]:
+        return list(
+            self.db.query(
+                "select t.name, t.created_at, t.source, count(e.id) as exchanges "
+                "from tapes t left join exchanges e on e.tape = t.name group by t.name order by t.created_at"
+            )
+        )
+
+    def exchanges(
+        self, tape: str | None = None, cause: str | None = None, limit: int | None = None
+    ) -> list[Exchange]:
+        where, params = [], []
+        if tape:
+            where.append("tape = ?")
+            params.append(tape)
+        if cause:
+            where.append("end_cause = ?")
+            params.append(cause)
+        sql = "select * from exchanges"
+        if where:
+            sql += " where " + " and ".join(where)
+        sql += " order by id"
+        if limit:
+            sql += f" limit {int(limit)}"
+        return [Exchange.from_row(r) for r in self.db.query(sql, params)]
+
+    def exchange(self, exchange_id: int) -> Exchange:
+        rows = list(self.db.query("select * from exchanges where id = ?", [exchange_id]))
+        if not rows:
+            raise KeyError(f"no exchange {exchange_id} in {self.path}")
+        return Exchange.from_row(rows[0])
+
+    def resolve(self, ref: str | int) -> int:
+        """The id of the exchange a user names: `12` (an id), `TAPE` (its last exchange) or `TAPE:SEQ`
+        (the seq `ls` and miss messages print). Names that do not depend on the order a DB was filled."""
+        text = str(ref).strip()
+        if text.isdigit():
+            self.exchange(int(text))  # KeyError when there is none
+            return int(text)
+        tape, _, seq = text.rpartition(":") if ":" in text else (text, "", "")
+        if seq and not seq.isdigit():
+            raise KeyError(f"{text!r} is not an exchange: give an id, TAPE or TAPE:SEQ")
+        sql = ("select id from exchanges where tape = ?" + (" and seq = ?" if seq else "")
+               + " order by seq desc, id desc")
+        row = self.db.execute(sql, [tape, int(seq)] if seq else [tape]).fetchone()
+        if row is None:
+            known = ", ".join(t["name"] for t in self.tapes()) or "none"
+            where = f"no exchange {seq} in tape {tape!r}" if seq else f"no tape {tape!r}"
+            raise KeyError(f"{where} in {self.path} (tapes: {known})")
+        return int(row[0])
+
+    def chunks(self, exchange_id: int) -> list[Chunk]:
+        return list(self.iter_chunks(exchange_id))
+
+    def iter_chunks(self, exchange_id: int) -> Iterator[Chunk]:
+        cursor = self.db.conn.execute(
+            "select idx, t_ns, data from chunks where exchange_id = ? order by idx", [exchange_id]
+        )
+        for idx, t_ns, data in cursor:
+            yield Chunk(idx, t_ns, bytes(data))
+
+    # -- maintenance (streamreplay.store.maintenance) ----------------------------------------------
+
+    def mark_interrupted(self) -> list[int]:
+        """Exchanges left open by a daemon that is no longer running become `interrupted`."""
+        return maintenance.mark_interrupted(self.db.conn)
+
+    def integrity_ok(self) -> bool:
+        return self.db.execute("pragma integrity_check").fetchone()[0] == "ok"

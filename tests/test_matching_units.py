@@ -1,0 +1,260 @@
+"""Matching without a server: each matcher alone (its match and its reason), the composed list, the
+index built on it (keys, ignored fields, closest recording, sequence mode), and the request parsed once."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from streamreplay.replay import request as request_module
+from streamreplay.replay.matching import (
+    DEFAULT_MATCH_ON,
+    MATCHERS,
+    Index,
+    MatchRules,
+    Miss,
+    matchers_named,
+    register_matcher,
+)
+from streamreplay.replay.request import IncomingRequest
+from streamreplay.requestkey import NOT_JSON, request_key
+from streamreplay.store import Exchange
+
+RULES = MatchRules()
+
+
+def body(content: str = "Say hello in five words.", **extra: Any) -> bytes:
+    return json.dumps({"model": "smollm2", "messages": [{"role": "user", "content": content}], **extra}).encode()
+
+
+def exchange(n: int, payload: bytes = b"", method: str = "POST", path: str = "/chat/completions", query: str = "",
+             tape: str = "t") -> Exchange:
+    return Exchange(id=n, tape=tape, seq=n - 1, method=method, path=path, query=query, request_body=payload)
+
+
+def req(payload: bytes = b"", method: str = "POST", path: str = "/chat/completions", query: str = "",
+        rules: MatchRules = RULES) -> IncomingRequest:
+    return IncomingRequest(method, path, payload, rules, query)
+
+
+def recorded(payload: bytes = b"", method: str = "POST", path: str = "/chat/completions", query: str = ""):
+    return RULES.recorded(exchange(1, payload, method, path, query))
+
+
+# -- each matcher alone -----------------------------------------------------------------------------------
+
+
+def test_method_matches_whatever_the_case_and_names_both_sides():
+    method = MATCHERS["method"]
+    assert method(recorded(method="POST"), req(method="post")) is None
+    assert method(recorded(method="POST"), req(method="GET")) == "method: GET != POST"
+
+
+def test_path_matches_exactly_and_names_both_sides():
+    path = MATCHERS["path"]
+    assert path(recorded(path="/chat/completions"), req(path="/chat/completions")) is None
+    assert path(recorded(path="/chat/completions"), req(path="/completions")) == \
+        "path: /completions != /chat/completions"
+
+
+def test_body_names_the_first_field_that_differs():
+    match = MATCHERS["body"]
+    assert match(recorded(body()), req(body())) is None
+    assert match(recorded(body()), req(body("Say hi in five words."))) == \
+        "messages[0].content: 'Say hi in five words.' != 'Say hello in five words.' (request != recording)"
+    assert match(recorded(body()), req(body(temperature=0.5))) == \
+        "temperature: 0.5 in the request, not in the recording"
+    assert match(recorded(body(temperature=0)), req(body())) == "temperature: recorded 0, missing in the request"
+
+
+def test_body_leaves_out_how_the_answer_is_delivered_and_secrets():
+    match = MATCHERS["body"]
+    assert match(recorded(body(stream=True)), req(body(stream=False, stream_options={"x": 1}))) is None
+    # the recorder stores a secret-looking field as [redacted]: a request carrying the real one matches it
+    assert match(recorded(body(api_key="[redacted]")), req(body(api_key="sk-live-123"))) is None
+
+
+def test_body_that_is_not_json_is_compared_as_bytes():
+    match = MATCHERS["body"]
+    assert match(recorded(b"{not json"), req(b"{not json")) is None
+    assert match(recorded(b"{not json"), req(b"{not json!")) == \
+        "body: b'{not json!' != b'{not json' (request != recording)"
+
+
+def test_query_matches_in_any_order_with_secrets_as_stored():
+    query = MATCHERS["query"]
+    assert query(recorded(query="a=1&b=2"), req(query="b=2&a=1")) is None
+    assert query(recorded(query="api_key=%5Bredacted%5D"), req(query="api_key=sk-123")) is None
+    assert query(recorded(query="a=1"), req(query="a=2")) == "query: a=2 != a=1"
+    assert query(recorded(query="a=1"), req()) == "query: (none) != a=1"
+
+
+@pytest.mark.parametrize("name", sorted(MATCHERS))
+@pytest.mark.parametrize(("theirs", "ours"), [
+    (dict(), dict()),
+    (dict(method="POST"), dict(method="GET")),
+    (dict(path="/a"), dict(path="/b")),
+    (dict(payload=body()), dict(payload=body("other"))),
+    (dict(payload=body(stream=True)), dict(payload=body())),
+    (dict(query="a=1"), dict(query="a=2")),
+])
+def test_a_matcher_gives_a_reason_exactly_when_its_keys_differ(name: str, theirs: dict, ours: dict):
+    matcher = MATCHERS[name]
+    a, b = recorded(**theirs), req(**ours)
+    assert (matcher(a, b) is None) == (matcher.key(a) == matcher.key(b))
+
+
+# -- the composed list ---------------------------------------------------------------------------------------
+
+
+def test_the_list_explains_with_its_first_matcher_that_differs():
+    rules = MatchRules()
+    assert [m.name for m in rules.matchers] == list(DEFAULT_MATCH_ON)
+    theirs = rules.recorded(exchange(1, body()))
+    assert rules.explain(theirs, req(body())) is None
+    assert rules.explain(theirs, req(body("x"), path="/completions")) == \
+        "path differs: path: /completions != /chat/completions"
+    assert rules.explain(theirs, req(body("x"), method="GET", path="/x")) == "method differs: method: GET != POST"
+    assert rules.key(req(body())) == rules.key(theirs)
+
+
+def test_the_default_key_is_the_stored_request_key():
+    """The index's key and the request_key the store keeps for diagnose say "the same request" alike."""
+    key = req(body(stream=True), method="post").key
+    assert " ".join(key) == request_key("post", "/chat/completions", body(stream=True))
+
+
+def test_a_list_without_body_matches_whatever_the_body():
+    index = Index([exchange(1, body())], match_on=("method", "path"))
+    assert index.lookup(index.request("POST", "/chat/completions", body("anything else"))).id == 1
+    miss = index.lookup(index.request("POST", "/completions", body()))
+    assert isinstance(miss, Miss) and miss.reason.endswith("path differs: path: /completions != /chat/completions")
+
+
+def test_a_list_with_query_tells_queries_apart():
+    exchanges = [exchange(1, body(), query="page=1"), exchange(2, body(), query="page=2")]
+    index = Index(exchanges, match_on=("method", "path", "query", "body"))
+    assert index.lookup(index.request("POST", "/chat/completions", body(), "page=2")).id == 2
+    miss = index.lookup(index.request("POST", "/chat/completions", body(), "page=3"))
+    assert isinstance(miss, Miss) and "query differs: query: page=3 != page=1" in miss.reason
+
+
+def test_an_unknown_matcher_is_named():
+    with pytest.raises(ValueError, match=r"unknown matcher 'modle' \(known: method, path, body, query"):
+        matchers_named(["method", "modle"])
+
+
+def test_a_registered_matcher_is_composed_by_name(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr("streamreplay.replay.matching.MATCHERS", dict(MATCHERS))
+
+    def model(request: Any) -> Any:
+        return request.json.get("model") if isinstance(request.json, dict) else None
+
+    added = register_matcher("model", model)
+    index = Index([exchange(1, body())], match_on=("method", "path", "model"))
+    assert index.lookup(index.request("POST", "/chat/completions", body("other words"))).id == 1
+    other = json.dumps({"model": "gpt-4o-mini", "messages": []}).encode()
+    miss = index.lookup(index.request("POST", "/chat/completions", other))
+    assert isinstance(miss, Miss)
+    assert miss.reason.endswith("model differs: model: 'gpt-4o-mini' != 'smollm2'")
+    assert added(index.rules.recorded(exchange(2, other)), req(other)) is None
+
+
+# -- the index --------------------------------------------------------------------------------------------
+
+
+def test_a_miss_names_the_closest_recording_and_the_field():
+    index = Index([exchange(1, body(), tape="my-session")])
+    miss = index.lookup(index.request("POST", "/chat/completions", body("Say hi in five words.")))
+    assert isinstance(miss, Miss) and miss.closest.id == 1
+    assert miss.reason == (
+        "no recording matches POST /chat/completions; closest is exchange 1 (tape my-session, #0): body differs: "
+        "messages[0].content: 'Say hi in five words.' != 'Say hello in five words.' (request != recording)")
+
+
+def test_the_closest_recording_is_the_one_fewest_fields_away():
+    exchanges = [exchange(1, body("far", temperature=1, top_p=1)), exchange(2, body("near")),
+                 exchange(3, body("nearer"), path="/completions")]
+    index = Index(exchanges)
+    miss = index.lookup(index.request("POST", "/chat/completions", body("new")))
+    assert miss.closest.id == 2  # a different path weighs more than any body field
+    assert Index([]).lookup(req(body())).reason == "no recording matches POST /chat/completions: the tape is empty"
+
+
+def test_identical_requests_get_their_recordings_in_order_then_the_last_again():
+    index = Index([exchange(1, body()), exchange(2, body("other")), exchange(3, body())])
+    assert [index.lookup(index.request("POST", "/chat/completions", body())).id for _ in range(3)] == [1, 3, 3]
+    assert index.unused() == [index.exchanges[1]]
+    once = Index([exchange(1, body())], repeat=False)
+    assert once.lookup(once.request("POST", "/chat/completions", body())).id == 1
+    miss = once.lookup(once.request("POST", "/chat/completions", body()))
+    assert miss.reason == "all 1 recordings of this request were used, and repeat is off" and miss.closest.id == 1
+
+
+def test_ignored_fields_are_left_out_of_the_key_and_the_reason():
+    index = Index([exchange(1, body(user="a"))], ignore=["user"])
+    assert index.lookup(index.request("POST", "/chat/completions", body(user="b"))).id == 1
+    assert index.lookup(index.request("POST", "/chat/completions", body())).id == 1
+    miss = index.lookup(index.request("POST", "/chat/completions", body("x", user="b")))
+    assert "user" not in miss.reason and "messages[0].content" in miss.reason
+
+
+def test_fields_a_recording_redacted_match_any_value():
+    """A --redact-field of the recording (unknown to replay) is seen in the stored body and masked."""
+    index = Index([exchange(1, body(metadata={"user_id": "[redacted]"}))])
+    assert index.lookup(index.request("POST", "/chat/completions", body(metadata={"user_id": "u-42"}))).id == 1
+
+
+def test_a_request_read_with_other_rules_is_read_again_with_the_index_rules():
+    index = Index([exchange(1, body(user="a"))], ignore=["user"])
+    assert index.lookup(req(body(user="b"))).id == 1  # made with the default rules, which keep `user`
+
+
+def test_sequence_mode_serves_the_tape_in_order_whatever_the_request():
+    index = Index([exchange(1, body("one")), exchange(2, body("two"))], mode="sequence")
+    assert [index.lookup(req(b"anything", method="GET", path="/x")).id for _ in range(3)] == [1, 2, 2]
+    once = Index([exchange(1, body("one")), exchange(2, body("two"))], mode="sequence", repeat=False)
+    assert [once.lookup(req()).id for _ in range(2)] == [1, 2]
+    assert once.lookup(req()).reason == "the tape's 2 exchanges were all served (sequence mode)"
+    with pytest.raises(ValueError, match="match mode must be key or sequence"):
+        Index([], mode="random")
+
+
+def test_added_recordings_are_matched_and_count_as_used():
+    index = Index([exchange(1, body())], repeat=False)
+    new = exchange(2, body("new"))
+    index.add([new])
+    assert index.unused() == [index.exchanges[0]]
+    assert isinstance(index.lookup(index.request("POST", "/chat/completions", body("new"))), Miss)  # used: by the miss
+    index.add([exchange(3, body("new"))])
+    assert isinstance(index.lookup(index.request("POST", "/chat/completions", body("new"))), Miss)
+    assert index.key_of(new) == index.request("POST", "/chat/completions", body("new")).key
+
+
+# -- the request, parsed once -------------------------------------------------------------------------------
+
+
+def test_the_request_body_is_parsed_once_however_much_is_read(monkeypatch: pytest.MonkeyPatch):
+    index = Index([exchange(1, body())])
+    calls: list[bytes] = []
+    real = request_module.parse_body
+    monkeypatch.setattr(request_module, "parse_body", lambda raw: calls.append(raw) or real(raw))
+    incoming = index.request("POST", "/chat/completions", body(stream=True))
+    assert isinstance(incoming.key, tuple) and incoming.stream is True and incoming.is_json
+    assert index.lookup(incoming).id == 1 and incoming.canonical == json.loads(body())
+    assert calls == [body(stream=True)]
+
+
+@pytest.mark.parametrize(("raw", "stream", "is_json"), [
+    (body(stream=True), True, True),
+    (body(), False, True),
+    (b"[1, 2]", None, True),
+    (b"", None, True),
+    (b"{not json", None, False),
+])
+def test_what_the_body_asks_for(raw: bytes, stream: bool | None, is_json: bool):
+    incoming = req(raw)
+    assert (incoming.stream, incoming.is_json) == (stream, is_json)
+    assert (incoming.json is NOT_JSON) == (not is_json)
