@@ -189,7 +189,7 @@ def main() -> None:
 @option_from(RecordOptions, "redact_fields", "--redact-field")
 @option_from(RecordOptions, "max_body")
 @option_from(RecordOptions, "max_db_bytes", "--max-db-size")
-@option_from(RecordOptions, "tape_source", "--note")
+@option_from(RecordOptions, "note", "--note")
 def record(host: str, port: int, **fields: Any) -> None:
     """Forward every request to UPSTREAM untouched and store each chunk with its timing.
 

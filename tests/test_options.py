@@ -68,7 +68,7 @@ def test_options_reach_their_fields_under_the_names_the_cli_gives_them():
     ctx = cli.record.make_context("record", ["--upstream", "http://u/v1", "--redact-header", "X-Key", "--note", "n",
                                              "--max-db-size", "1000", "--on-client-disconnect", "abort"])
     options = RecordOptions(**{k: v for k, v in ctx.params.items() if k not in NOT_FIELDS})
-    assert (options.redact_headers, options.tape_source, options.max_db_bytes) == (("X-Key",), "n", 1000)
+    assert (options.redact_headers, options.note, options.max_db_bytes) == (("X-Key",), "n", 1000)
     assert options.on_client_disconnect == "abort"
 
 

@@ -61,7 +61,7 @@ class RecordOptions:
     redact_fields: tuple[str, ...] = field(default=(), metadata={
         "help": "A body field stored as [redacted]: a dotted path (metadata.user_id) or a bare name, any depth."})
     max_body: int = field(default=DEFAULT_MAX_BODY, metadata={"help": "Largest request body, bytes."})
-    tape_source: str = field(default="", metadata={
+    note: str = field(default="", metadata={
         "help": "Free text stored with the tape: where and how it was recorded."})
     max_db_bytes: int | None = field(default=None, metadata={
         "help": "Bytes the DB may grow to; past it exchanges are said to be lost."})
@@ -76,7 +76,7 @@ class RecordOptions:
 
 
 @dataclass
-class _Flow:
+class _InFlight:
     """The state of one exchange while its body passes through."""
 
     handle: ExchangeHandle
@@ -110,7 +110,7 @@ class RecordingProxy(AppServer):
         if self.upstream.scheme not in ("http", "https") or not self.upstream.host:
             raise ValueError(f"--upstream must be an http(s) URL, got {options.upstream!r}")
         self.prefix = self.upstream.path.rstrip("/")  # the local base path mirrors the upstream's
-        self.writer = StoreWriter(options.db, options.tape_name(), options.tape_source or str(self.upstream),
+        self.writer = StoreWriter(options.db, options.tape_name(), options.note or str(self.upstream),
                                   unique_tape=not options.tape, max_bytes=options.max_db_bytes)
         self._session: aiohttp.ClientSession | None = None
         self._draining: set[asyncio.Task[None]] = set()
@@ -209,7 +209,7 @@ class RecordingProxy(AppServer):
         headers = forwardable(request.headers.items(), drop=("host", "content-length", "accept-encoding"))
         headers["Accept-Encoding"] = "identity"  # stored bytes must be the bytes the client gets
         assert self._session is not None
-        flow = _Flow(handle, time.perf_counter_ns())
+        flow = _InFlight(handle, time.perf_counter_ns())
         try:
             upstream = await self._session.request(
                 request.method, target, data=body or None, headers=headers, allow_redirects=False
@@ -239,7 +239,7 @@ class RecordingProxy(AppServer):
             upstream=str(self.upstream),
         )
 
-    def _answer_error(self, flow: _Flow, cause: EndCause, status: int, message: str) -> web.Response:
+    def _answer_error(self, flow: _InFlight, cause: EndCause, status: int, message: str) -> web.Response:
         """Answer for an upstream that never answered, and store that answer so replay gives it too."""
         response = openai_error(status, message, type="upstream_error", code=cause.value)
         data = response.body
@@ -255,7 +255,8 @@ class RecordingProxy(AppServer):
         self._open.discard(flow.handle)
         return response
 
-    async def _relay(self, request: web.Request, upstream: aiohttp.ClientResponse, flow: _Flow) -> web.StreamResponse:
+    async def _relay(self, request: web.Request, upstream: aiohttp.ClientResponse,
+                     flow: _InFlight) -> web.StreamResponse:
         flow.status = upstream.status
         flow.stream = "text/event-stream" in upstream.headers.get("Content-Type", "")
         decoder = Decoder(upstream.headers.get("Content-Encoding"))
@@ -311,7 +312,7 @@ class RecordingProxy(AppServer):
         self._end(flow, cause, None, upstream_end=cause)
         return resp
 
-    async def _pump(self, upstream: aiohttp.ClientResponse, flow: _Flow, resp: web.StreamResponse | None) -> None:
+    async def _pump(self, upstream: aiohttp.ClientResponse, flow: _InFlight, resp: web.StreamResponse | None) -> None:
         """Read the upstream until its end, storing each read and (while the client is there) writing it."""
         content = upstream.content
         while True:
@@ -340,7 +341,7 @@ class RecordingProxy(AppServer):
                 except ConnectionError:
                     flow.left_ns = flow.elapsed()
 
-    async def _drain(self, upstream: aiohttp.ClientResponse, flow: _Flow, protocol: object | None) -> None:
+    async def _drain(self, upstream: aiohttp.ClientResponse, flow: _InFlight, protocol: object | None) -> None:
         """After the client left: read the rest so the recording is whole."""
         try:
             await self._pump(upstream, flow, None)
@@ -354,11 +355,11 @@ class RecordingProxy(AppServer):
         finally:
             upstream.release()
 
-    def _cancel_cause(self, flow: _Flow) -> EndCause:
+    def _cancel_cause(self, flow: _InFlight) -> EndCause:
         flow.left_ns = flow.elapsed()
         return EndCause.INTERRUPTED if self._stopping else EndCause.CLIENT_LEFT
 
-    def _end_left(self, flow: _Flow, upstream_end: EndCause) -> None:
+    def _end_left(self, flow: _InFlight, upstream_end: EndCause) -> None:
         assert flow.left_ns is not None
         if flow.done_delivered:
             # The openai SDK closes the connection as soon as it reads [DONE], before the body's
@@ -370,7 +371,7 @@ class RecordingProxy(AppServer):
                   f"the upstream ended: {upstream_end.value}")
         self._end(flow, EndCause.CLIENT_LEFT, detail, upstream_end=upstream_end)
 
-    def _end(self, flow: _Flow, cause: EndCause, detail: str | None,
+    def _end(self, flow: _InFlight, cause: EndCause, detail: str | None,
              upstream_end: EndCause | None = None) -> None:
         left = {} if flow.left_ns is None else {"client_left_at_chunk": flow.delivered, "client_left_ns": flow.left_ns}
         self.writer.end(flow.handle, exchange_row(
