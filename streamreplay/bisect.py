@@ -19,24 +19,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streamreplay.replay import ReplayServer
+from streamreplay.replay.source import OneExchange
 from streamreplay.report import chunk_events, describe_event
-from streamreplay.store import Chunk, Exchange, Store
+from streamreplay.store import Chunk, Store
 
 GOOD, BAD, SKIP = "good", "bad", "skip"
 CUT_KINDS = ("cut", "close", "reset", "error-event")
-
-
-class OneExchange:
-    """A replay source with a single exchange, served to whatever request comes (sequence mode, repeat)."""
-
-    def __init__(self, exchange: Exchange, chunks: list[Chunk]) -> None:
-        self.exchange, self._chunks = exchange, chunks
-
-    def exchanges(self) -> list[Exchange]:
-        return [self.exchange]
-
-    def chunks(self, exchange: Exchange) -> list[Chunk]:
-        return self._chunks
 
 
 @dataclass

@@ -216,21 +216,6 @@ def _read_line(line: dict[str, Any], exchanges: dict[int, Exchange], chunks: dic
         raise CassetteError(f"unknown line type {kind!r}")
 
 
-class CassetteSource:
-    """A cassette file as a replay source: everything in memory, no DB."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.header, self._exchanges, self._chunks = read_cassette(self.path)
-        self.tape = self.header["tape"]
-
-    def exchanges(self) -> list[Exchange]:
-        return list(self._exchanges)
-
-    def chunks(self, exchange: Exchange) -> list[Chunk]:
-        return self._chunks[exchange.id]
-
-
 def import_cassette(path: str | Path, db: str | Path, tape: str | None = None) -> tuple[str, int]:
     """Load a cassette into a store, as tape `tape` (default: the cassette's own); returns (tape, count)."""
     return load_cassette(open_store(db), path, tape)

@@ -12,11 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from streamreplay.bisect import OneExchange
 from streamreplay.clientid import Client, client_name
 from streamreplay.clients import DRIVERS, Outcome, describe, run_client
 from streamreplay.endcause import EndCause
 from streamreplay.replay import Replayed, ReplayServer
+from streamreplay.replay.source import OneExchange
 from streamreplay.store import Exchange, Store
 
 

@@ -9,9 +9,9 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
-from streamreplay.cassette import CassetteSource
 from streamreplay.clients import MODEL_INFO
 from streamreplay.replay import ReplayServer
+from streamreplay.replay.source import CassetteSource
 
 DEMO_TAPE = "agent-happy-path"
 TASK = "Write a haiku about the sea."

@@ -11,10 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from streamreplay.cassette import CassetteSource
 from streamreplay.clientid import Client
 from streamreplay.clients import DRIVERS, Outcome, run_client
 from streamreplay.replay import ReplayServer
+from streamreplay.replay.source import CassetteSource
 
 DEFAULT_TAPE = "openai-happy-path"
 

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from streamreplay.cassette import CassetteError, CassetteSource, export_tape, import_cassette
+from streamreplay.cassette import CassetteError, export_tape, import_cassette
 from streamreplay.cli import main
 from streamreplay.replay import ReplayServer
+from streamreplay.replay.source import CassetteSource
 from streamreplay.store import Store
 from streamreplay.testing import Script
 from tests.helpers import SECRET, chat, post, record, sha

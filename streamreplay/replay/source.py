@@ -1,4 +1,4 @@
-"""Where replay reads recordings from: a SQLite store (or, see `cassette`, a JSONL file)."""
+"""Where replay reads recordings from: a SQLite store, a JSONL cassette, or one exchange in memory."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Protocol
 
+from streamreplay.cassette import read_cassette
 from streamreplay.store import Chunk, Exchange, open_store
 
 #: memory a StoreSource's chunk cache may take: the recordings replayed most recently, not the whole DB
@@ -85,11 +86,38 @@ class StoreSource:
         return chunks
 
 
+class CassetteSource:
+    """A cassette file as a replay source: everything in memory, no DB."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.header, self._exchanges, self._chunks = read_cassette(self.path)
+        self.tape = self.header["tape"]
+
+    def exchanges(self) -> list[Exchange]:
+        return list(self._exchanges)
+
+    def chunks(self, exchange: Exchange) -> list[Chunk]:
+        return self._chunks[exchange.id]
+
+
+class OneExchange:
+    """A replay source with a single exchange, served to whatever request comes (sequence mode, repeat):
+    what bisect and the reference clients replay."""
+
+    def __init__(self, exchange: Exchange, chunks: list[Chunk]) -> None:
+        self.exchange, self._chunks = exchange, chunks
+
+    def exchanges(self) -> list[Exchange]:
+        return [self.exchange]
+
+    def chunks(self, exchange: Exchange) -> list[Chunk]:
+        return self._chunks
+
+
 def open_source(path: str | Path, tape: str | None = None, cache_bytes: int = DEFAULT_CACHE_BYTES) -> TapeSource:
     """A DB file, or a `.jsonl` cassette (`cache_bytes` bounds a DB's chunk cache; a cassette is held
     whole, as it has no DB to read again from)."""
     if str(path).endswith(".jsonl"):
-        from streamreplay.cassette import CassetteSource
-
         return CassetteSource(path)
     return StoreSource(path, tape, cache_bytes)
