@@ -71,7 +71,7 @@ def _chunk_bytes(line: dict[str, Any]) -> bytes:
 def _request_body(body: bytes) -> dict[str, Any]:
     try:
         return {"json": json.loads(body)} if body else {}
-    except ValueError:
+    except (ValueError, RecursionError):
         return _chunk_payload(body)
 
 

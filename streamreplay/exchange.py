@@ -142,7 +142,7 @@ class Exchange:
         """The request body as JSON, or None when it is not JSON."""
         try:
             return json.loads(self.request_body) if self.request_body else None
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
 
     def response_header(self, name: str) -> str | None:

@@ -202,7 +202,7 @@ def _redact_reencoded(body: bytes, rule: FieldRule) -> bytes:
     """A JSON body in UTF-16 or UTF-32 (json.loads reads those too): redacted, written back as UTF-8."""
     try:
         value = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return body
     redacted = rule.apply(value)
     return body if redacted is value else json.dumps(redacted, ensure_ascii=False).encode("utf-8")

@@ -29,7 +29,7 @@ def parse_body(body: bytes) -> Any:
         return None
     try:
         return json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested past Python's recursion limit: compared as its bytes
         return NOT_JSON
 
 

@@ -34,6 +34,8 @@ from typing import Any
 
 from aiohttp import web
 
+from streamreplay.wire import openai_error
+
 
 class HeaderTimeoutHandler(web.RequestHandler):
     """aiohttp's request handler (protocol) plus a deadline for each request head."""
@@ -73,6 +75,18 @@ class HeaderTimeoutHandler(web.RequestHandler):
         if self._header_timer is not None:
             self._header_timer.cancel()
             self._header_timer = None
+
+    def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        """A request aiohttp could not parse (a bad Content-Length, chunk size, header): the client's
+        fault, so a 4xx in OpenAI's error shape and no traceback on stderr. Our own failures (5xx), and
+        a response already under way, stay aiohttp's."""
+        if status >= 500 or request.writer.output_size > 0:
+            return super().handle_error(request, status, exc, message)
+        words = " ".join((message or str(exc or "")).split())[:300] or "unreadable request"
+        response = openai_error(status, f"bad HTTP request: {words}", code="bad_http_request")
+        response.force_close()
+        return response
 
     def _header_timed_out(self) -> None:
         self._header_timer = None

@@ -444,3 +444,35 @@ async def test_a_gzip_upstream_is_forwarded_as_sent_and_read_decoded(tmp_path: P
     (ex,) = Store(db).exchanges()
     assert sha(b"".join(c.data for c in Store(db).chunks(ex.id))) == sha(body)  # stored as sent
     assert ex.end_cause == "complete" and ex.done and ex.text == "one two " and ex.finish_reason == "stop"
+
+
+def test_odd_json_is_stored_and_unparseable_http_gets_an_openai_error_without_a_traceback(tmp_path: Path):
+    db = tmp_path / "odd.db"
+    odd = [b'{"model":"m","temperature":NaN,"stream":true}', b'{"model":"m","max_tokens":Infinity}',
+           b'\xef\xbb\xbf{"model":"m"}', b'[1,2,3]', b'{"model":' + b"[" * 5000 + b"]" * 5000 + b"}"]
+    broken = [b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\nConnection: close\r\n\r\n",
+              b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close"
+              b"\r\n\r\nzz\r\n"]
+    with ScriptedUpstream() as upstream:
+        proc = subprocess.Popen([sys.executable, "-m", "streamreplay.cli", "record", "--upstream", upstream.base_url,
+                                 "--db", str(db), "--port", "0", "--tape", "odd"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        port = int(re.search(r":(\d+)/v1 ", proc.stdout.readline()).group(1))
+        for body in odd:
+            assert raw_request(port, b"x", body).startswith(b"HTTP/1.1 200")  # nested 5000 deep included
+        for request in broken:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.sendall(request)
+                answer = b""
+                while data := sock.recv(65536):
+                    answer += data
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert head.split(b" ")[1] == b"400", answer
+            assert json.loads(body)["error"]["code"] == "bad_http_request", body
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    assert [ex.request_body for ex in Store(db).exchanges(tape="odd")] == odd
+    with ReplayServer(str(db), tape="odd", speed=0) as replay:
+        for body in odd:
+            assert raw_request(replay.port, b"x", body).startswith(b"HTTP/1.1 200")
