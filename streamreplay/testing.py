@@ -226,7 +226,7 @@ class ScriptedUpstream(AppServer):
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         try:
             payload = json.loads(await request.read())
-        except (ValueError, RecursionError):  # a client that sends garbage still gets an answer: the recorder's tests send it
+        except (ValueError, RecursionError):  # garbage still gets an answer: the recorder's tests send it
             payload = None
         if not isinstance(payload, dict):
             payload = {}
