@@ -1,6 +1,6 @@
 """`streamreplay ui`: a local web page over a recordings DB: tapes, exchanges, timelines, comparisons.
 
-Plain server-rendered HTML (timeline.py draws it); no scripts, nothing fetched from elsewhere.
+Plain server-rendered HTML (the timeline package draws it); no scripts, nothing fetched from elsewhere.
 The DB is opened afresh for every request, on a worker thread, so the page shows what a running
 recording has committed so far (WAL readers never block the writer) without stalling the loop.
 
