@@ -11,6 +11,9 @@ Each block is preceded by a directive that says how it is checked:
     <!-- readme-test: file NAME -->         the block is saved as NAME, for the blocks after it to run
     <!-- readme-test: skip REASON -->       not run here, and the reason says where it is run instead
 
+A directive with `alone` marks a block that needs nothing an earlier block made: it runs as a test
+of its own, in a folder of its own, so pytest-xdist spreads those over its workers.
+
 Blocks run in order in one fresh folder holding a copy of `recordings/` and `tests/apps/`, with no
 OpenAI key set: what a user who copies each block in turn gets. Volatile parts are masked on both
 sides: ports and clock times always; per block `mask=decimals` (durations), `mask=ints` (counts
@@ -90,12 +93,15 @@ def masks_of(block: Block) -> set[str]:
     return {arg.split("=", 1)[1] for arg in block.args.split() if arg.startswith("mask=")}
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    here = tmp_path_factory.mktemp("readme")
+def fresh_folder(here: Path) -> Path:
     shutil.copytree(ROOT / "recordings", here / "recordings")
     shutil.copytree(ROOT / "tests" / "apps", here / "tests" / "apps")
     return here
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return fresh_folder(tmp_path_factory.mktemp("readme"))
 
 
 def environment(realmodel: bool) -> dict[str, str]:
@@ -160,7 +166,8 @@ def check(block: Block, cwd: Path) -> None:
     if block.kind in ("transcript",):
         run_transcript(block, cwd)
     elif block.kind == "output":
-        result = subprocess.run(["bash", "-c", block.args], cwd=cwd, env=environment(False), capture_output=True,
+        command = " ".join(w for w in block.args.split() if w != "alone" and not w.startswith("mask="))
+        result = subprocess.run(["bash", "-c", command], cwd=cwd, env=environment(False), capture_output=True,
                                 text=True, timeout=240, stdin=subprocess.DEVNULL)
         assert mask(result.stdout, masks_of(block)) == mask(block.body, masks_of(block)), result.stdout + result.stderr
     elif block.kind == "python":
@@ -182,13 +189,21 @@ def test_every_block_says_how_it_is_checked():
 
 
 RUN = [b for b in ALL if b.kind in ("transcript", "output", "python", "file")]
+CHAINED = [b for b in RUN if "alone" not in b.args.split()]
+ALONE = [b for b in RUN if "alone" in b.args.split()]
+
+
+@pytest.mark.parametrize("block", ALONE, ids=[f"line{b.line}" for b in ALONE])
+def test_a_block_that_stands_alone_runs_as_pasted(block: Block, tmp_path: Path):
+    check(block, fresh_folder(tmp_path))
 
 
 def test_every_block_runs_as_pasted(workdir: Path):
-    """One test, the blocks in README order: a block may use what an earlier one made (a file, a DB),
-    so they must not be spread over workers. Every block runs; the failures are reported together."""
+    """The other blocks, in one test, in README order: a block may use what an earlier one made (a file,
+    a DB), so they must not be spread over workers. Every block runs; the failures are reported together."""
+    assert len(ALONE) >= 5 and len(CHAINED) >= 5  # neither half silently empty
     failures = []
-    for block in RUN:
+    for block in CHAINED:
         try:
             check(block, workdir)
         except (AssertionError, subprocess.SubprocessError) as exc:
