@@ -21,7 +21,17 @@ from pathlib import Path
 from typing import Any
 
 from streamreplay.endcause import EndCause
-from streamreplay.exchange import Chunk, Exchange, Line, cassette_fields, default, end_cause, field_type, now_iso
+from streamreplay.exchange import (
+    Chunk,
+    Exchange,
+    Line,
+    cassette_fields,
+    default,
+    end_cause,
+    field_type,
+    json_text,
+    now_iso,
+)
 from streamreplay.requestkey import request_key
 from streamreplay.store import Store, open_store
 from streamreplay.summary import Summarizer
@@ -47,12 +57,12 @@ def check_tape_name(name: str) -> str:
 
 
 def _dump(obj: dict[str, Any]) -> str:
-    text = json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate (a byte that was not UTF-8): JSON's \\u escape keeps it
-        text = json.dumps(obj, sort_keys=True, separators=(",", ":"))
-    return text
+    return json_text(obj, sort_keys=True, separators=(",", ":"))
+
+
+def is_cassette(path: str | Path) -> bool:
+    """A cassette file rather than a DB: what every command that reads recordings tells apart."""
+    return str(path).endswith(".jsonl")
 
 
 def _chunk_payload(data: bytes) -> dict[str, str]:
@@ -148,8 +158,7 @@ def export_tape(db: str | Path, tape: str, path: str | Path) -> int:
     store = open_store(db)
     exchanges = store.exchanges(tape=tape)
     if not exchanges:
-        known = ", ".join(t["name"] for t in store.tapes()) or "none"
-        raise LookupError(f"no tape {tape!r} in {db} (tapes: {known})")
+        raise LookupError(store.unknown_tape(tape, db))
     source = next((t["source"] for t in store.tapes() if t["name"] == tape), "") or ""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

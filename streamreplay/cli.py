@@ -79,9 +79,9 @@ def store_at(path: str) -> Store:
     if not os.path.exists(path):
         raise click.ClickException(f"no recordings at {path}")
     try:
-        if path.endswith(".jsonl"):
-            from streamreplay.cassette import CassetteError, cassette_store
+        from streamreplay.cassette import CassetteError, cassette_store, is_cassette
 
+        if is_cassette(path):
             try:
                 return cassette_store(path)
             except CassetteError as exc:
@@ -253,8 +253,7 @@ def ls_command(db: str, tape: str | None, cause: str | None, limit: int | None, 
 
     store = store_at(db)
     if tape and not any(t["name"] == tape for t in store.tapes()):
-        known = ", ".join(t["name"] for t in store.tapes()) or "none"
-        raise click.ClickException(f"no tape {tape!r} in {db} (tapes: {known})")
+        raise click.ClickException(store.unknown_tape(tape, db))
     exchanges = store.exchanges(tape=tape, cause=cause, limit=limit)
     if as_json:
         for ex in exchanges:

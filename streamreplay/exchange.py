@@ -195,6 +195,18 @@ def readable(text: str) -> str:
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def json_text(obj: Any, **options: Any) -> str:
+    """`json.dumps` as text that encodes to UTF-8: written as is where it can be, and with JSON's `\\u`
+    escapes throughout when it holds a lone surrogate (a byte that was not UTF-8), which they carry
+    losslessly where UTF-8 cannot."""
+    text = json.dumps(obj, ensure_ascii=False, **options)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(obj, **options)
+    return text
+
+
 def storable(row: dict[str, Any]) -> dict[str, Any]:
     """Column values as the writer stores them: every text valid UTF-8 (`readable`)."""
     return {k: readable(v) if isinstance(v, str) else v for k, v in row.items()}

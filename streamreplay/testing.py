@@ -19,6 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
+from streamreplay.exchange import json_text
 from streamreplay.serving import AppServer
 from streamreplay.wire import close_mid_body, reset_connection
 
@@ -80,12 +81,8 @@ class Sent:
 
 
 def _dumps(obj: Any, spaced: bool) -> str:
-    text = json.dumps(obj, separators=(", ", ": ") if spaced else (",", ":"), ensure_ascii=False)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate echoed from the request: only \\u escapes can carry it
-        text = json.dumps(obj, separators=(", ", ": ") if spaced else (",", ":"))
-    return text
+    # json_text: a lone surrogate echoed from the request's model still makes valid UTF-8
+    return json_text(obj, separators=(", ", ": ") if spaced else (",", ":"))
 
 
 def split_pieces(text: str) -> list[str]:

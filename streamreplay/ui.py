@@ -344,11 +344,11 @@ class UIServer(AppServer):
 
     @contextmanager
     def _store(self) -> Iterator[Store]:
-        if self.db.suffix == ".jsonl":
+        from streamreplay.cassette import cassette_store, is_cassette
+
+        if is_cassette(self.db):
             with self._cassette_lock:
                 if self._cassette is None:
-                    from streamreplay.cassette import cassette_store
-
                     self._cassette = cassette_store(self.db)
                 yield self._cassette
             return

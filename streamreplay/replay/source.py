@@ -6,7 +6,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Protocol
 
-from streamreplay.cassette import read_cassette
+from streamreplay.cassette import is_cassette, read_cassette
 from streamreplay.store import Chunk, Exchange, open_store
 
 #: memory a StoreSource's chunk cache may take: the recordings replayed most recently, not the whole DB
@@ -70,8 +70,7 @@ class StoreSource:
         self.store = open_store(self.path)
         self.tape = tape
         if tape is not None and not self.store.exchanges(tape=tape, limit=1):
-            known = ", ".join(t["name"] for t in self.store.tapes()) or "none"
-            raise LookupError(f"no tape {tape!r} in {self.path} (tapes: {known})")
+            raise LookupError(self.store.unknown_tape(tape, self.path))
         self.cache = ChunkCache(cache_bytes)
 
     def exchanges(self) -> list[Exchange]:
@@ -118,6 +117,6 @@ class OneExchange:
 def open_source(path: str | Path, tape: str | None = None, cache_bytes: int = DEFAULT_CACHE_BYTES) -> TapeSource:
     """A DB file, or a `.jsonl` cassette (`cache_bytes` bounds a DB's chunk cache; a cassette is held
     whole, as it has no DB to read again from)."""
-    if str(path).endswith(".jsonl"):
+    if is_cassette(path):
         return CassetteSource(path)
     return StoreSource(path, tape, cache_bytes)

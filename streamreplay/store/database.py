@@ -9,8 +9,8 @@ from typing import Any
 
 import sqlite_utils
 
+import streamreplay.store.maintenance as maintenance
 from streamreplay.exchange import EXCHANGE_COLUMNS, Chunk, Exchange
-from streamreplay.store import maintenance
 
 DEFAULT_DB = "recordings/streamreplay.db"
 SCHEMA_VERSION = 2
@@ -145,10 +145,15 @@ class Store:
                + " order by seq desc, id desc")
         row = self.db.execute(sql, [tape, int(seq)] if seq else [tape]).fetchone()
         if row is None:
-            known = ", ".join(t["name"] for t in self.tapes()) or "none"
-            where = f"no exchange {seq} in tape {tape!r}" if seq else f"no tape {tape!r}"
-            raise KeyError(f"{where} in {self.path} (tapes: {known})")
+            if seq:
+                raise KeyError(self.unknown_tape(tape, self.path, what=f"no exchange {seq} in tape {tape!r}"))
+            raise KeyError(self.unknown_tape(tape, self.path))
         return int(row[0])
+
+    def unknown_tape(self, tape: str, where: str | Path, what: str | None = None) -> str:
+        """What every command says for a tape (or a place in it) the DB does not have: the tapes it has."""
+        known = ", ".join(t["name"] for t in self.tapes()) or "none"
+        return f"{what or f'no tape {tape!r}'} in {where} (tapes: {known})"
 
     def chunks(self, exchange_id: int) -> list[Chunk]:
         return list(self.iter_chunks(exchange_id))
