@@ -204,7 +204,7 @@ class RecordingProxy(AppServer):
         query = request.query_string
         target = URL(str(self.upstream) + rel + (f"?{query}" if query else ""), encoded=True)
         rel_path = target.path[len(self.upstream.path.rstrip("/")):] or "/"
-        handle = self.writer.begin(self._request_row(request, rel_path, body))
+        handle = self.writer.begin(self._request_row(request, rel_path, body), self._finish_request_row)
         self._open.add(handle)
         headers = forwardable(request.headers.items(), drop=("host", "content-length", "accept-encoding"))
         headers["Accept-Encoding"] = "identity"  # stored bytes must be the bytes the client gets
@@ -224,20 +224,24 @@ class RecordingProxy(AppServer):
         return await self._relay(request, upstream, flow)
 
     def _request_row(self, request: web.Request, rel_path: str, body: bytes) -> dict[str, Any]:
-        stored_body = redact_body(body, self.options.redact_fields)
-        stream, model = _stream_and_model(stored_body)
+        """What is known of the request on the forwarding path; the body is read on the writer's thread."""
         return exchange_row(
             started_at=now_iso(),
             method=request.method,
             path=rel_path,
             query=redact_query(request.query.items()) if request.query_string else "",
             request_headers=redact_headers(request.headers.items(), self.options.redact_headers),
-            request_body=stored_body,
-            stream=stream,
-            model=model,
+            request_body=body,
             client=request.headers.get("User-Agent"),
             upstream=str(self.upstream),
         )
+
+    def _finish_request_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        """On the writer's thread, before anything is stored: the body's secrets redacted, and the stream
+        flag and model read from it. Both parse the whole body, which the forwarding path need not wait for."""
+        body = redact_body(row["request_body"], self.options.redact_fields)
+        stream, model = _stream_and_model(body)
+        return {**row, **exchange_row(request_body=body, stream=stream, model=model)}
 
     def _answer_error(self, flow: _InFlight, cause: EndCause, status: int, message: str) -> web.Response:
         """Answer for an upstream that never answered, and store that answer so replay gives it too."""

@@ -121,9 +121,12 @@ class StoreWriter:
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def begin(self, row: dict[str, Any]) -> ExchangeHandle:
+    def begin(self, row: dict[str, Any],
+              finish: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> ExchangeHandle:
+        """Queue a new exchange's row. `finish`, when given, completes the row on the writer thread before
+        anything is stored (the recorder redacts the body and reads it there, off the forwarding path)."""
         handle = ExchangeHandle(self.tape, f"{row.get('method')} {row.get('path')}")
-        self._queue.put(("begin", handle, row))
+        self._queue.put(("begin", handle, row, finish))
         return handle
 
     def chunk(self, handle: ExchangeHandle, index: int, t_ns: int, data: bytes) -> None:
@@ -304,7 +307,8 @@ class StoreWriter:
         self._insert_chunks(conn, chunk_rows)  # chunks first: an update may be the exchange's end
         if kind == "begin":
             # pessimistic until its end is stored: a row whose end never lands (a full disk, a kill) says so
-            row = dict(msg[2], tape=handle.tape, recorder_pid=os.getpid(), store_error=UNFINISHED)
+            row = msg[3](msg[2]) if msg[3] is not None else msg[2]
+            row = dict(row, tape=handle.tape, recorder_pid=os.getpid(), store_error=UNFINISHED)
             body = row.get("request_body") or b""
             row.setdefault("request_key", request_key(row["method"], row["path"], body))
             if isinstance(body, bytes):
