@@ -13,13 +13,11 @@ import gzip
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 import zlib
 from pathlib import Path
@@ -347,8 +345,9 @@ def test_db_commands_say_one_line_on_a_corrupt_db(tmp_path: Path):
 
 
 def test_a_db_in_a_read_only_directory_can_be_listed(tmp_path: Path):
-    """No -wal/-shm can be made beside it and the file cannot be written: it is opened read-only."""
-    folder = Path(tempfile.mkdtemp(prefix="streamreplay-ro-"))
+    """No -wal/-shm can be made beside it: it is opened read-only."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
     db = folder / "r.db"
     bundled = Path(__file__).parent.parent / "recordings" / "openai-happy-path.jsonl"
     subprocess.run([sys.executable, "-m", "streamreplay.cli", "import", str(bundled), "--db", str(db)], check=True,
@@ -358,11 +357,14 @@ def test_a_db_in_a_read_only_directory_can_be_listed(tmp_path: Path):
     with contextlib.closing(sqlite3.connect(db)) as conn:
         assert conn.execute("pragma journal_mode").fetchone()[0] == "wal"
     assert sorted(p.name for p in folder.iterdir()) == ["r.db"]
-    os.chown(db, 65534, 65534) if os.geteuid() == 0 else None  # the user's own file, writable by them
     folder.chmod(0o555)
-    # root writes anyway: the command runs as nobody, for whom the directory really is read-only
-    as_user = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"] if os.geteuid() == 0 else []
+    # root writes anyway: it runs the command without the capabilities that override file permissions,
+    # so the directory is read-only for it too (and the checkout stays readable, whoever owns it)
+    caps = "-dac_override,-dac_read_search"
+    as_user = ["setpriv", f"--bounding-set={caps}", f"--inh-caps={caps}"] if os.geteuid() == 0 else []
     try:
+        denied = subprocess.run([*as_user, "touch", str(folder / "probe")], capture_output=True)
+        assert denied.returncode != 0, "the folder must really be read-only for the command"
         result = subprocess.run([*as_user, sys.executable, "-m", "streamreplay.cli", "ls", "--db", str(db)],
                                 capture_output=True, text=True, timeout=30, cwd=folder)
         assert result.returncode == 0, result.stderr
@@ -370,7 +372,6 @@ def test_a_db_in_a_read_only_directory_can_be_listed(tmp_path: Path):
         assert sorted(p.name for p in folder.iterdir()) == ["r.db"]
     finally:
         folder.chmod(0o755)
-        shutil.rmtree(folder)
 
 
 def test_record_that_cannot_listen_leaves_no_db(tmp_path: Path):
