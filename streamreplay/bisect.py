@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from streamreplay.dialects import CHAT, Dialect
 from streamreplay.replay import ReplayServer
 from streamreplay.replay.source import OneExchange
 from streamreplay.report import chunk_events, describe_event
@@ -92,11 +93,10 @@ def _kill_group(proc: asyncio.subprocess.Process) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-def chunk_text(chunks: list[Chunk], index: int) -> str:
+def chunk_text(chunks: list[Chunk], index: int, dialect: Dialect = CHAT) -> str:
     """What chunk `index` carries, in words: its delta text, finish_reason or [DONE]."""
-    events = chunk_events(chunks[: index + 1])[index]
-    parts = [repr(r.text) if r is not None and r.text else describe_event(r).strip("<>") or "(no text)"
-             for r in events]
+    events = chunk_events(chunks[: index + 1], dialect)[index]
+    parts = [repr(r.text) if r.text else describe_event(r, dialect).strip("<>") or "(no text)" for r in events]
     return ", ".join(parts) or f"{len(chunks[index].data)} bytes, no whole event"
 
 
@@ -150,7 +150,7 @@ class Bisector:
                     lo, hi = (lo, mid) if verdict == GOOD else (mid, hi)
                 else:
                     needed = hi - 1
-                    what = chunk_text(self.chunks, needed)
+                    what = chunk_text(self.chunks, needed, self.exchange.dialect)
                     result.answer = (f"bad for {kind} at or before chunk {lo}, good from {hi}: the app needs chunk "
                                      f"{needed} ({what})")
                     result.boundary = {"bad": lo, "good": hi, "needed_chunk": needed, "chunk": what}

@@ -20,6 +20,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from streamreplay.dialects import dialect_for
 from streamreplay.endcause import EndCause
 from streamreplay.exchange import (
     Chunk,
@@ -247,7 +248,7 @@ def load_cassette(store: Store, path: str | Path, tape: str | None = None) -> tu
         store.db["tapes"].insert({"name": name, "created_at": now_iso(), "source": header.get("source", "")},
                                  replace=True)
         for ex in exchanges:
-            summary = Summarizer(ex.stream, ex.response_header("content-encoding"))
+            summary = Summarizer(ex.stream, ex.response_header("content-encoding"), dialect_for(ex.path))
             for chunk in chunks[ex.id]:
                 summary.feed(chunk.data)
             # the summary as the writer would assemble it from these chunks, not as the cassette says it

@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Any, Literal
 
+from streamreplay.dialects import Dialect, dialect_for
 from streamreplay.endcause import EndCause
 
 Line = Literal["request", "response", "end"]
@@ -150,6 +151,11 @@ class Exchange:
             if k.lower() == name.lower():
                 return v
         return None
+
+    @property
+    def dialect(self) -> Dialect:
+        """The provider API it spoke, from its path (streamreplay.dialects)."""
+        return dialect_for(self.path)
 
 
 #: columns that are not fields of an exchange: the recorder's bookkeeping. Name: (type, the column before it)

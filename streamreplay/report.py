@@ -7,8 +7,9 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
+from streamreplay.dialects import CHAT, Dialect
 from streamreplay.endcause import EndCause
-from streamreplay.sse import Assembled, Assembler, SSEParser
+from streamreplay.sse import Assembled
 from streamreplay.store import Chunk, Exchange
 
 
@@ -24,10 +25,12 @@ def _words(text: str | None, limit: int = 40) -> str:
 def exchange_json(ex: Exchange) -> dict[str, Any]:
     data = asdict(ex)
     data["request_body"] = ex.request_body.decode("utf-8", "replace")
+    data["dialect"] = ex.dialect.name
     return data
 
 
-LS_COLUMNS = ("id", "tape", "started", "request", "model", "stream", "chunks", "ttfb_ms", "ms", "end", "text")
+LS_COLUMNS = ("id", "tape", "started", "request", "dialect", "model", "stream", "chunks", "ttfb_ms", "ms", "end",
+              "text")
 
 
 def ls_rows(exchanges: list[Exchange]) -> list[tuple[str, ...]]:
@@ -39,9 +42,9 @@ def ls_rows(exchanges: list[Exchange]) -> list[tuple[str, ...]]:
         if ex.store_error:
             end += " (partial)"  # never shown as whole: see show's `stored` line
         rows.append((
-            str(ex.id), ex.tape, (ex.started_at or "")[11:19], f"{ex.method} {ex.path}", ex.model or "-",
-            "yes" if ex.stream else "no", str(ex.chunk_count), _ms(ex.ttfb_ns), _ms(ex.duration_ns), end,
-            _words(ex.text),
+            str(ex.id), ex.tape, (ex.started_at or "")[11:19], f"{ex.method} {ex.path}", ex.dialect.name,
+            ex.model or "-", "yes" if ex.stream else "no", str(ex.chunk_count), _ms(ex.ttfb_ns), _ms(ex.duration_ns),
+            end, _words(ex.text),
         ))
     return rows
 
@@ -53,34 +56,31 @@ def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     return "\n".join(lines)
 
 
-def chunk_events(chunks: Sequence[Chunk]) -> list[list[Assembled | None]]:
-    """For each chunk, every event it completes, assembled on its own (None stands for `[DONE]`).
+def chunk_events(chunks: Sequence[Chunk], dialect: Dialect = CHAT) -> list[list[Assembled]]:
+    """For each chunk, every event it completes, each assembled on its own (its terminal event has `done`).
 
     One parser runs across all chunks: an event may start in one read and end in the next.
     """
-    parser = SSEParser()
+    parser = dialect.parser()
     out = []
     for chunk in chunks:
-        results: list[Assembled | None] = []
+        results: list[Assembled] = []
         for event in parser.feed(chunk.data):
-            if event.data.startswith("[DONE]"):
-                results.append(None)
-                continue
-            one = Assembler()
+            one = dialect.assembler()
             one.feed_event(event)
             results.append(one.result())
         out.append(results)
     return out
 
 
-def describe_event(result: Assembled | None) -> str:
+def describe_event(result: Assembled, dialect: Dialect = CHAT) -> str:
     """An event in a few characters: its text, or what it carries instead."""
-    if result is None:
-        return "[DONE]"
     if result.text:
         return result.text
+    if result.done:
+        return dialect.terminal
     if result.finish_reason:
-        return f"<finish_reason={result.finish_reason}>"
+        return f"<{dialect.stop_field}={result.finish_reason}>"
     if result.error:
         return f"<error {result.error.get('message', '')}>"
     if result.tool_calls:
@@ -89,17 +89,17 @@ def describe_event(result: Assembled | None) -> str:
     return ""
 
 
-def chunk_deltas(chunks: Sequence[Chunk]) -> list[str]:
+def chunk_deltas(chunks: Sequence[Chunk], dialect: Dialect = CHAT) -> list[str]:
     """For each chunk, the text its completed events add (what a user would see arrive)."""
-    return ["".join(describe_event(result) for result in events) for events in chunk_events(chunks)]
+    return ["".join(describe_event(result, dialect) for result in events) for events in chunk_events(chunks, dialect)]
 
 
 def show_lines(ex: Exchange, chunks: list[Chunk]) -> list[str]:
     req = ex.request_json()
     lines = [
         f"exchange {ex.tape}:{ex.seq}  (id {ex.id})  {ex.started_at or ''}",
-        f"request   {ex.method} {ex.path}{'?' + ex.query if ex.query else ''}  model {ex.model or '-'}  "
-        f"stream {'yes' if ex.stream else 'no'}  client {ex.client or '-'}",
+        f"request   {ex.method} {ex.path}{'?' + ex.query if ex.query else ''}  {ex.dialect.name}  "
+        f"model {ex.model or '-'}  stream {'yes' if ex.stream else 'no'}  client {ex.client or '-'}",
     ]
     if isinstance(req, dict) and isinstance(req.get("messages"), list) and req["messages"]:
         last = req["messages"][-1]
@@ -110,7 +110,7 @@ def show_lines(ex: Exchange, chunks: list[Chunk]) -> list[str]:
     lines.append("")
     lines.append(f"{'chunk':>5} {'at ms':>9} {'gap ms':>8} {'bytes':>6}  delta")
     prev = 0
-    deltas = chunk_deltas(chunks)
+    deltas = chunk_deltas(chunks, ex.dialect)
     for chunk, delta in zip(chunks, deltas, strict=False):
         left = ""
         if ex.client_left_at_chunk is not None and chunk.index == ex.client_left_at_chunk:
@@ -124,8 +124,10 @@ def show_lines(ex: Exchange, chunks: list[Chunk]) -> list[str]:
         lines.append(f"stored    PARTIAL: {ex.store_error}")
     if ex.upstream_end and ex.upstream_end != ex.end_cause:
         lines.append(f"upstream  {ex.upstream_end}")
-    lines.append(f"done      {'[DONE] seen' if ex.done else 'no [DONE]'}  finish_reason {ex.finish_reason}  "
-                 f"{ex.chunk_count} chunks  {ex.byte_count} bytes  {_ms(ex.duration_ns)} ms")
+    terminal = ex.dialect.terminal
+    lines.append(f"done      {terminal + ' seen' if ex.done else 'no ' + terminal}  "
+                 f"{ex.dialect.stop_field} {ex.finish_reason}  {ex.chunk_count} chunks  {ex.byte_count} bytes  "
+                 f"{_ms(ex.duration_ns)} ms")
     if ex.usage:
         lines.append(f"usage     {json.dumps(ex.usage)}")
     for call in ex.tool_calls:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import zlib
 from typing import Any
 
+from streamreplay.dialects import CHAT, Dialect
 from streamreplay.exchange import exchange_row
-from streamreplay.sse import Assembler, SSEParser, assemble_json
 
 #: body bytes fed to the summary; past this the listing notes that it was cut, memory stays flat
 SUMMARY_LIMIT = 1024 * 1024
-_SSE_STARTS = (b"data:", b"event:", b"id:", b"retry:", b":")
 
 
 class Decoder:
@@ -42,11 +41,12 @@ class Decoder:
 class Summarizer:
     """Fed each chunk as it is stored; gives the exchange's summary columns at the end."""
 
-    def __init__(self, stream: bool, content_encoding: str | None = None) -> None:
+    def __init__(self, stream: bool, content_encoding: str | None = None, dialect: Dialect = CHAT) -> None:
         self.stream = stream
+        self.dialect = dialect
         self.decoder = Decoder(content_encoding)
-        self.parser = SSEParser()
-        self.assembler = Assembler()
+        self.parser = dialect.parser()
+        self.assembler = dialect.assembler()
         self.body = bytearray()  # only for non-stream bodies
         self.fed = 0
         self.sse = False
@@ -55,7 +55,7 @@ class Summarizer:
         data = self.decoder.feed(data)
         if self.fed == 0:
             # the request's stream flag can lie (an error body answers a stream request)
-            self.sse = data.lstrip().startswith(_SSE_STARTS)
+            self.sse = self.dialect.looks_like_stream(data)
         room = SUMMARY_LIMIT - self.fed
         self.fed += len(data)
         if room <= 0:
@@ -79,7 +79,7 @@ class Summarizer:
             result = self.assembler.result()
             problems = list(self.parser.problems) + list(result.problems)
         else:
-            result = assemble_json(bytes(self.body))
+            result = self.dialect.assemble_json(bytes(self.body))
             problems = list(result.problems)
         if self.fed > SUMMARY_LIMIT:
             problems.append(f"summary built from the first {SUMMARY_LIMIT} bytes only")

@@ -21,13 +21,14 @@ from aiohttp import web
 from yarl import URL
 
 from streamreplay import redact
+from streamreplay.dialects import Dialect, dialect_for
+from streamreplay.dialects.base import SEAM
 from streamreplay.endcause import EndCause
 from streamreplay.exchange import exchange_row
 from streamreplay.proxy.endings import classify_read_error, clean_end_cause, end_body_when_connection_drops
 from streamreplay.redact import redact_headers, redact_query
 from streamreplay.requestkey import json_object
 from streamreplay.serving import AppServer
-from streamreplay.sse import find_done
 from streamreplay.store import DEFAULT_DB, STORE_BACKLOG, ExchangeHandle, StoreWriter, now_iso
 from streamreplay.summary import Decoder
 from streamreplay.wire import (
@@ -81,6 +82,7 @@ class _InFlight:
 
     handle: ExchangeHandle
     t0: int
+    dialect: Dialect
     stream: bool = False
     status: int = 0
     index: int = 0
@@ -209,7 +211,7 @@ class RecordingProxy(AppServer):
         headers = forwardable(request.headers.items(), drop=("host", "content-length", "accept-encoding"))
         headers["Accept-Encoding"] = "identity"  # stored bytes must be the bytes the client gets
         assert self._session is not None
-        flow = _InFlight(handle, time.perf_counter_ns())
+        flow = _InFlight(handle, time.perf_counter_ns(), dialect_for(rel_path))
         try:
             upstream = await self._session.request(
                 request.method, target, data=body or None, headers=headers, allow_redirects=False
@@ -262,7 +264,7 @@ class RecordingProxy(AppServer):
     async def _relay(self, request: web.Request, upstream: aiohttp.ClientResponse,
                      flow: _InFlight) -> web.StreamResponse:
         flow.status = upstream.status
-        flow.stream = "text/event-stream" in upstream.headers.get("Content-Type", "")
+        flow.stream = flow.dialect.is_stream(upstream.headers.get("Content-Type"))
         decoder = Decoder(upstream.headers.get("Content-Encoding"))
         flow.decoder = decoder if decoder.active else None
         head_ns = flow.elapsed()
@@ -332,8 +334,9 @@ class RecordingProxy(AppServer):
             if not flow.saw_done:
                 said = data if flow.decoder is None else flow.decoder.feed(data)
                 # the seam between two reads is checked apart: no copy of a whole read
-                flow.saw_done = find_done(said) or find_done(flow.tail + said[:16])
-                flow.tail = said[-16:]
+                terminal = flow.dialect.find_terminal
+                flow.saw_done = terminal(said) or terminal(flow.tail + said[:SEAM])
+                flow.tail = said[-SEAM:]
             if self.writer.backlog > STORE_BACKLOG:
                 # the disk is behind the network: hold this stream back rather than grow without bound
                 await self.writer.room()

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, get_type_hints
 
+from streamreplay.dialects.base import openai_error_json
 from streamreplay.endcause import Ending
 from streamreplay.replay.schedule import Piece, Schedule
 
@@ -302,21 +301,17 @@ def _splice(schedule: Schedule, edit: Callable[[bytes], bytes | None], name: str
     return out
 
 
-_DONE_EVENT = re.compile(rb"(?m)^data: ?\[DONE\][ \t]*(\r\n|\r|\n)(\r\n|\r|\n)?")
-
-
 @register
 @dataclass(frozen=True)
 class DropDone(Fault):
     name = "drop-done"
     usage = "drop-done"
-    help = "the data: [DONE] event removed (the upstream ends without [DONE])"
+    help = ("the stream's terminal event removed (the upstream ends without it): [DONE], response.completed, "
+            "message_stop, the done line")
 
     def apply(self, schedule: Schedule) -> Schedule:
-        return _splice(schedule, lambda body: _DONE_EVENT.sub(b"", body), self.spec())
+        return _splice(schedule, schedule.dialect.drop_terminal, self.spec())
 
-
-_FINISH = re.compile(rb'("finish_reason"\s*:\s*)"[^"]*"')
 
 
 @register
@@ -324,15 +319,14 @@ _FINISH = re.compile(rb'("finish_reason"\s*:\s*)"[^"]*"')
 class DropFinish(Fault):
     name = "drop-finish"
     usage = "drop-finish"
-    help = "every finish_reason in the stream set to null"
+    help = "every stop reason in the stream set to null: finish_reason, status, stop_reason, done_reason"
 
     def apply(self, schedule: Schedule) -> Schedule:
-        return _splice(schedule, lambda body: _FINISH.sub(rb"\1null", body), self.spec())
+        return _splice(schedule, schedule.dialect.drop_stop, self.spec())
 
 
 def error_body(message: str, code: int | None = None) -> bytes:
-    return json.dumps({"error": {"message": message, "type": "server_error", "param": None,
-                                 "code": str(code) if code else None}}).encode()
+    return openai_error_json(message, code)
 
 
 @register
@@ -344,13 +338,13 @@ class Status(Fault):
     code: int = param(500, STATUS_CODES)
 
     def apply(self, schedule: Schedule) -> Schedule:
-        body = error_body(f"streamreplay fault: status {self.code}", self.code)
+        body = schedule.dialect.error_body(f"streamreplay fault: status {self.code}", self.code)
         headers = [("Content-Type", "application/json")]
         if self.code == 429:
             headers.append(("Retry-After", "0"))  # let clients retry at once, as a recording should
         out = Schedule(status=self.code, headers=headers, pieces=[Piece(schedule.head_ns, body)],
                        ending=Ending.CLEAN, head_ns=schedule.head_ns, head_extra_ns=schedule.head_extra_ns,
-                       applied=[*schedule.applied, self.spec()])
+                       applied=[*schedule.applied, self.spec()], dialect=schedule.dialect)
         return out
 
 
@@ -359,7 +353,7 @@ class Status(Fault):
 class ErrorEvent(Fault):
     name = "error-event"
     usage = "error-event:chunk=N"
-    help = f'deliver N chunks, then data: {{"error": {{...}}}}, then a clean end; N {CHUNKS}'
+    help = f"deliver N chunks, then the API's error event (data: {{\"error\": ...}}), then a clean end; N {CHUNKS}"
     chunk: int = param(0, CHUNKS)
 
     def apply(self, schedule: Schedule) -> Schedule:
@@ -367,13 +361,10 @@ class ErrorEvent(Fault):
         at = schedule.pieces[self.chunk].t_ns if self.chunk < len(schedule.pieces) else (
             kept[-1].t_ns if kept else schedule.head_ns)
         extra = kept[-1].extra_ns if kept else 0
-        event = b"data: " + error_body("streamreplay fault: error event mid-stream") + b"\n\n"
+        event = schedule.dialect.error_event("streamreplay fault: error event mid-stream")
         out = schedule.copy(pieces=[*kept, Piece(at, event, extra)], ending=Ending.CLEAN)
         out.applied.append(self.spec())
         return out
-
-
-_DATA_JSON = re.compile(rb"data: ?(\{[^\r\n]*)")
 
 
 @register
@@ -388,11 +379,11 @@ class Corrupt(Fault):
         if self.chunk >= len(schedule.pieces):
             return schedule
         piece = schedule.pieces[self.chunk]
-        match = _DATA_JSON.search(piece.data)
-        if match is None:  # no JSON starts in this chunk: cut the chunk's bytes instead
+        span = schedule.dialect.payload_span(piece.data)
+        if span is None:  # no JSON starts in this chunk: cut the chunk's bytes instead
             data = piece.data[: len(piece.data) // 2]
         else:
-            start, end = match.span(1)
+            start, end = span
             data = piece.data[: start + (end - start) // 2] + piece.data[end:]
         pieces = list(schedule.pieces)
         pieces[self.chunk] = Piece(piece.t_ns, data, piece.extra_ns)

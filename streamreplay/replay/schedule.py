@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, replace
 
+from streamreplay.dialects import CHAT, Dialect, dialect_for
 from streamreplay.endcause import Ending, wire_ending
-from streamreplay.sse import assemble_stream, synthesize_chat_stream
 from streamreplay.store import Chunk, Exchange
 from streamreplay.wire import HOP_BY_HOP
 
@@ -34,6 +34,8 @@ class Schedule:
     head_extra_ns: int = 0
     #: what was done to the recording on the way, for the log: fault specs, conversions
     applied: list[str] = field(default_factory=list)
+    #: the wire format of the body: what faults that rewrite events rewrite
+    dialect: Dialect = CHAT
 
     @property
     def body(self) -> bytes:
@@ -69,17 +71,17 @@ def recorded_schedule(ex: Exchange, chunks: list[Chunk]) -> Schedule:
         pieces=[Piece(c.t_ns, c.data) for c in chunks],
         ending=recorded_ending(ex),
         head_ns=ex.headers_ns or (chunks[0].t_ns if chunks else 0),
+        dialect=dialect_for(ex.path),
     )
 
 
 def is_event_stream(schedule: Schedule) -> bool:
-    return "text/event-stream" in (schedule.header("content-type") or "")
+    return schedule.dialect.is_stream(schedule.header("content-type"))
 
 
-def as_completion(schedule: Schedule) -> Schedule:
-    """A streamed chat recording answered as the `chat.completion` JSON a `stream: false` call gets."""
-    result = assemble_stream(schedule.body)
-    body = json.dumps(result.to_chat_completion()).encode()
+def as_completion(schedule: Schedule, whole: dict) -> Schedule:
+    """A streamed recording answered as the whole JSON answer a non-stream call gets."""
+    body = json.dumps(whole).encode()
     last = schedule.pieces[-1].t_ns if schedule.pieces else schedule.head_ns
     out = schedule.copy(pieces=[Piece(last, body)], head_ns=last)
     out.set_header("Content-Type", "application/json")
@@ -87,15 +89,14 @@ def as_completion(schedule: Schedule) -> Schedule:
     return out
 
 
-def as_stream(schedule: Schedule) -> Schedule:
-    """A non-stream chat recording answered as a stream: events spread from the head to the answer's time."""
-    completion = json.loads(schedule.body)
-    events = synthesize_chat_stream(completion)
+def as_stream(schedule: Schedule, events: list[bytes]) -> Schedule:
+    """A non-stream recording answered as a stream: events spread from the head to the answer's time."""
     start = schedule.head_ns
     end = schedule.pieces[-1].t_ns if schedule.pieces else start
     step = (end - start) // max(len(events) - 1, 1)
     out = schedule.copy(pieces=[Piece(start + i * step, e) for i, e in enumerate(events)])
-    out.set_header("Content-Type", "text/event-stream; charset=utf-8")
+    out.set_header("Content-Type", schedule.dialect.stream_content_type +
+                   ("; charset=utf-8" if schedule.dialect.stream_content_type.startswith("text/") else ""))
     out.applied.append("json->stream")
     return out
 
@@ -107,10 +108,12 @@ def convert_for_request(schedule: Schedule, want_stream: bool | None) -> Schedul
     streamed = is_event_stream(schedule)
     if want_stream and not streamed and "json" in (schedule.header("content-type") or ""):
         try:
-            if json.loads(schedule.body).get("object") == "chat.completion":
-                return as_stream(schedule)
-        except (ValueError, AttributeError):
+            whole = json.loads(schedule.body)
+        except (ValueError, RecursionError):
             return schedule
-    if not want_stream and streamed and assemble_stream(schedule.body).kind == "chat.completion":
-        return as_completion(schedule)
+        events = schedule.dialect.stream_events(whole) if isinstance(whole, dict) else None
+        return as_stream(schedule, events) if events else schedule
+    if not want_stream and streamed:
+        whole = schedule.dialect.whole_body(schedule.body)
+        return as_completion(schedule, whole) if whole is not None else schedule
     return schedule

@@ -12,6 +12,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
+from streamreplay.dialects.base import SEAM
 from streamreplay.endcause import Ending
 from streamreplay.replay.faults import Fault, FaultSpecError, apply_faults, parse_faults
 from streamreplay.replay.matching import Index, Miss
@@ -22,7 +23,6 @@ from streamreplay.replay.request import IncomingRequest
 from streamreplay.replay.schedule import Schedule, convert_for_request, recorded_schedule
 from streamreplay.replay.source import TapeSource, open_source
 from streamreplay.serving import AppServer
-from streamreplay.sse import find_done
 from streamreplay.store import Chunk, Exchange
 from streamreplay.wire import FAULT_HEADER, close_mid_body, openai_error, openai_errors, reset_connection
 
@@ -252,8 +252,8 @@ class ReplayServer(AppServer):
                 rec.offsets_ns.append(int((loop.time() - arrived) * 1e9))
                 rec.delivered += 1
                 if not rec.done_delivered:
-                    rec.done_delivered = find_done(tail + piece.data)
-                    tail = piece.data[-16:]
+                    rec.done_delivered = schedule.dialect.find_terminal(tail + piece.data)
+                    tail = piece.data[-SEAM:]
             if schedule.ending is Ending.RESET:
                 await asyncio.sleep(0.005)  # an RST discards unsent bytes: let the last write leave first
                 reset_connection(request)

@@ -6,6 +6,7 @@ import json
 import os
 import sqlite3
 
+from streamreplay.dialects import dialect_for
 from streamreplay.endcause import EndCause
 from streamreplay.exchange import storable
 from streamreplay.summary import Summarizer
@@ -33,9 +34,9 @@ def mark_interrupted(conn: sqlite3.Connection) -> list[int]:
 
 def summarize(conn: sqlite3.Connection, exchange_id: int) -> None:
     """Write an exchange's summary columns from its stored chunks (decoded when the upstream compressed them)."""
-    stream, status, headers = conn.execute(
-        "select stream, status, response_headers from exchanges where id = ?", [exchange_id]).fetchone()
-    summary = Summarizer(bool(stream), content_encoding=_header(headers, "content-encoding"))
+    stream, status, headers, path = conn.execute(
+        "select stream, status, response_headers, path from exchanges where id = ?", [exchange_id]).fetchone()
+    summary = Summarizer(bool(stream), content_encoding=_header(headers, "content-encoding"), dialect=dialect_for(path))
     for (data,) in conn.execute("select data from chunks where exchange_id = ? order by idx", [exchange_id]):
         summary.feed(bytes(data))
         if summary.full:

@@ -12,9 +12,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from streamreplay.dialects import CHAT, Dialect, dialect_for
 from streamreplay.endcause import CAUSES, EndCause
 from streamreplay.report import chunk_deltas, chunk_events
-from streamreplay.sse import assemble
 from streamreplay.store import Chunk, Exchange
 
 if TYPE_CHECKING:  # only for the hints: rendering needs neither the replay server nor aiohttp
@@ -82,15 +82,14 @@ def fmt_ns(ns: float) -> str:
     return f"{ms / 1000:.2f} s"
 
 
-def _kinds(chunks: Sequence[Chunk]) -> list[set[str]]:
+def _kinds(chunks: Sequence[Chunk], dialect: Dialect) -> list[set[str]]:
     """What each chunk carries, event by event."""
     out = []
-    for events in chunk_events(chunks):
+    for events in chunk_events(chunks, dialect):
         kinds: set[str] = set()
         for result in events:
-            if result is None:
+            if result.done:
                 kinds.add("done")
-                continue
             if result.text or result.tool_calls:
                 kinds.add("content")
             if result.finish_reason:
@@ -101,9 +100,11 @@ def _kinds(chunks: Sequence[Chunk]) -> list[set[str]]:
     return out
 
 
-def chunk_marks(chunks: Sequence[Chunk], times: Sequence[int], first_seen: bool = False) -> list[Mark]:
+def chunk_marks(chunks: Sequence[Chunk], times: Sequence[int], first_seen: bool = False,
+                dialect: Dialect = CHAT) -> list[Mark]:
     marks = []
-    for chunk, t_ns, delta, kinds in zip(chunks, times, chunk_deltas(list(chunks)), _kinds(chunks), strict=False):
+    for chunk, t_ns, delta, kinds in zip(chunks, times, chunk_deltas(list(chunks), dialect), _kinds(chunks, dialect),
+                                         strict=False):
         if "content" in kinds and not first_seen:
             kinds.add("first")
             first_seen = True
@@ -111,8 +112,8 @@ def chunk_marks(chunks: Sequence[Chunk], times: Sequence[int], first_seen: bool 
     return marks
 
 
-def _text(chunks: Sequence[Chunk], content_type: str | None) -> str:
-    return assemble(b"".join(c.data for c in chunks), content_type).text
+def _text(chunks: Sequence[Chunk], content_type: str | None, dialect: Dialect = CHAT) -> str:
+    return dialect.assemble(b"".join(c.data for c in chunks), content_type).text
 
 
 #: how the upstream's end is drawn, by recorded end cause: (marker kind, words), from endcause.CAUSES. The
@@ -131,11 +132,12 @@ def recorded_series(ex: Exchange, chunks: Sequence[Chunk], *, title: str | None 
     """A recording as it happened: chunks at their recorded offsets, the client leaving, the upstream's end."""
     ctype = ex.response_header("content-type")
     s = Series(title or f"recorded · exchange {ex.id} · {ex.end_cause or 'open'}",
-               chunk_marks(chunks, [c.t_ns for c in chunks]), text=ex.text or _text(chunks, ctype))
+               chunk_marks(chunks, [c.t_ns for c in chunks], dialect=ex.dialect),
+               text=ex.text or _text(chunks, ctype, ex.dialect))
     s.first_byte_ns = chunks[0].t_ns if chunks else None
     _recorded_ends(s, ex, len(chunks), chunks[-1].t_ns if chunks else 0, sum(len(c.data) for c in chunks))
     if ex.end_cause == EndCause.CLIENT_LEFT and ex.client_left_ns is not None:
-        s.seen_text = _text(chunks[:ex.client_left_at_chunk or 0], ctype)
+        s.seen_text = _text(chunks[:ex.client_left_at_chunk or 0], ctype, ex.dialect)
     return s
 
 
@@ -218,11 +220,12 @@ def _fault_markers(applied: Sequence[str], times: Sequence[int], until_ns: int,
     return markers, ended
 
 
-def _replay_ending(markers: list[Marker], ended: bool, ending: str, done: bool, t_ns: int) -> None:
+def _replay_ending(markers: list[Marker], ended: bool, ending: str, done: bool, t_ns: int,
+                   dialect: Dialect = CHAT) -> None:
     if ended:
         return
     kind, words = {"close": ("closed", "closed mid-body"), "reset": ("reset", "TCP reset")}.get(
-        ending, ("end", "end · complete") if done else ("stop", "clean end, no [DONE]"))
+        ending, ("end", "end · complete") if done else ("stop", f"clean end, no {dialect.terminal}"))
     markers.append(Marker(kind, t_ns, f"{words} · {fmt_ns(t_ns)}"))
 
 
@@ -235,8 +238,9 @@ def replay_series(replayed: Replayed, chunks: Sequence[Chunk], *, title: str | N
     times = list(replayed.offsets_ns)
     pieces = [Chunk(i, t, chunks[i].data if i < len(chunks) else b"") for i, t in enumerate(times)]
     applied = list(replayed.applied)
-    s = Series(title or f"replay #{replayed.n} · {' + '.join(applied) or 'no fault'}", chunk_marks(pieces, times),
-               text=_text(pieces, None))
+    dialect = dialect_for(replayed.path)
+    s = Series(title or f"replay #{replayed.n} · {' + '.join(applied) or 'no fault'}",
+               chunk_marks(pieces, times, dialect=dialect), text=_text(pieces, None, dialect))
     s.first_byte_ns = times[0] if times else None
     left = replayed.client_left_at_chunk is not None and not replayed.done_delivered
     s.markers, ended = _fault_markers(applied, times, replayed.client_left_ns or 0,
@@ -246,7 +250,8 @@ def replay_series(replayed: Replayed, chunks: Sequence[Chunk], *, title: str | N
                                 f"{LEFT.label} at {(replayed.client_left_ns or 0) / 1e6:.1f} ms · "
                                 f"after {replayed.client_left_at_chunk} of {replayed.total} chunks"))
     else:
-        _replay_ending(s.markers, ended, replayed.ending, replayed.done_delivered, times[-1] if times else 0)
+        _replay_ending(s.markers, ended, replayed.ending, replayed.done_delivered, times[-1] if times else 0,
+                       dialect)
     how = "the client left" if left else f"ended {replayed.ending}"
     s.note = f"{replayed.delivered}/{replayed.total} chunks delivered · {how}"
     return s
@@ -256,12 +261,13 @@ def schedule_series(schedule: Schedule, *, title: str | None = None, speed: floa
     """A replay's plan (a `Schedule` after faults) on the wall clock it would take at `speed`: no sockets."""
     times = [int((p.t_ns / speed if speed else 0) + p.extra_ns) for p in schedule.pieces]
     pieces = [Chunk(i, t, p.data) for i, (t, p) in enumerate(zip(times, schedule.pieces, strict=True))]
-    s = Series(title or f"replay plan · {' + '.join(schedule.applied) or 'no fault'}", chunk_marks(pieces, times),
-               text=_text(pieces, schedule.header("content-type")))
+    s = Series(title or f"replay plan · {' + '.join(schedule.applied) or 'no fault'}",
+               chunk_marks(pieces, times, dialect=schedule.dialect),
+               text=_text(pieces, schedule.header("content-type"), schedule.dialect))
     s.first_byte_ns = times[0] if times else None
     s.markers, ended = _fault_markers(schedule.applied, times, times[-1] if times else 0)
     done = any("done" in m.kinds for m in s.marks)
-    _replay_ending(s.markers, ended, schedule.ending.value, done, times[-1] if times else 0)
+    _replay_ending(s.markers, ended, schedule.ending.value, done, times[-1] if times else 0, schedule.dialect)
     s.note = f"{len(times)} chunks · ends {schedule.ending.value}"
     s.has_client = False
     return s

@@ -1,0 +1,48 @@
+"""OpenAI chat.completions (and the legacy completions): `data:` events, `finish_reason`, `data: [DONE]`.
+
+Also the fallback for a path no dialect claims: an OpenAI-compatible server is the common case.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from streamreplay.dialects.base import Assembler, Dialect, openai_error_json
+from streamreplay.sse import Assembler as OpenAIAssembler
+from streamreplay.sse import assemble_stream, find_done, synthesize_chat_stream
+
+_DONE_EVENT = re.compile(rb"(?m)^data: ?\[DONE\][ \t]*(\r\n|\r|\n)(\r\n|\r|\n)?")
+_FINISH = re.compile(rb'("finish_reason"\s*:\s*)"[^"]*"')
+
+
+class Chat(Dialect):
+    name = "chat"
+    label = "OpenAI chat.completions"
+    terminal = "[DONE]"
+    stop_field = "finish_reason"
+
+    def recognises(self, path: str) -> bool:
+        return path.rstrip("/").endswith("/completions")
+
+    def find_terminal(self, data: bytes) -> bool:
+        return find_done(data)
+
+    def assembler(self) -> Assembler:
+        return OpenAIAssembler()
+
+    def drop_terminal(self, body: bytes) -> bytes:
+        return _DONE_EVENT.sub(b"", body)
+
+    def drop_stop(self, body: bytes) -> bytes:
+        return _FINISH.sub(rb"\1null", body)
+
+    def error_event(self, message: str) -> bytes:
+        return b"data: " + openai_error_json(message) + b"\n\n"
+
+    def whole_body(self, stream_body: bytes) -> dict[str, Any] | None:
+        result = assemble_stream(stream_body)
+        return result.to_chat_completion() if result.kind == "chat.completion" else None
+
+    def stream_events(self, whole: dict[str, Any]) -> list[bytes] | None:
+        return synthesize_chat_stream(whole) if whole.get("object") == "chat.completion" else None
