@@ -39,6 +39,18 @@ class Client(str, Enum):
     AG2 = "ag2"
     LANGCHAIN = "langchain"
     HTTP = "http"
+    # the other dialects' clients (ClientInfo.dialect says which)
+    OPENAI_RESPONSES = "openai-responses"
+    OPENAI_RESPONSES_STREAM = "openai-responses-stream"
+    LANGCHAIN_RESPONSES = "langchain-responses"
+    ANTHROPIC = "anthropic"
+    ANTHROPIC_STREAM = "anthropic-stream"
+    AUTOGEN_ANTHROPIC = "autogen-anthropic"
+    AG2_ANTHROPIC = "ag2-anthropic"
+    AZURE_OPENAI = "azure-openai"
+    AUTOGEN_AZURE = "autogen-azure"
+    OLLAMA = "ollama"
+    AUTOGEN_OLLAMA = "autogen-ollama"
 
     def __str__(self) -> str:
         return self.value
@@ -68,6 +80,7 @@ class ClientInfo:
     script: str  # what repro.py sends through, in its docstring: "openai.AsyncOpenAI"
     library: str | None = None  # the framework on top of the openai SDK, as `diagnose` names it; None: the SDK alone
     asynchronous: bool | None = False  # None: as the recorded SDK client was (langchain has both)
+    dialect: str = "chat"  # the API it speaks (streamreplay.dialects)
 
 
 CLIENT_INFO: dict[Client, ClientInfo] = {
@@ -79,6 +92,25 @@ CLIENT_INFO: dict[Client, ClientInfo] = {
     Client.LANGCHAIN: ClientInfo("langchain", "langchain-openai ChatOpenAI", library="langchain-openai",
                                  asynchronous=None),
     Client.HTTP: ClientInfo("plain HTTP", "plain HTTP (urllib)"),
+    Client.OPENAI_RESPONSES: ClientInfo("openai responses", "openai.OpenAI responses.create(stream=True)",
+                                        dialect="responses"),
+    Client.OPENAI_RESPONSES_STREAM: ClientInfo("openai responses.stream", "openai.AsyncOpenAI responses.stream()",
+                                               asynchronous=True, dialect="responses"),
+    Client.LANGCHAIN_RESPONSES: ClientInfo("langchain responses", "langchain-openai ChatOpenAI(use_responses_api=True)",
+                                           library="langchain-openai", dialect="responses"),
+    Client.ANTHROPIC: ClientInfo("anthropic", "anthropic.Anthropic messages.create(stream=True)", dialect="anthropic"),
+    Client.ANTHROPIC_STREAM: ClientInfo("anthropic messages.stream", "anthropic.AsyncAnthropic messages.stream()",
+                                        asynchronous=True, dialect="anthropic"),
+    Client.AUTOGEN_ANTHROPIC: ClientInfo("autogen Anthropic", "autogen's AnthropicChatCompletionClient.create_stream",
+                                         library="autogen-agentchat", asynchronous=True, dialect="anthropic"),
+    Client.AG2_ANTHROPIC: ClientInfo("AG2 Anthropic", "AG2 ConversableAgent with api_type anthropic",
+                                     library="AG2", dialect="anthropic"),
+    Client.AZURE_OPENAI: ClientInfo("AzureOpenAI", "openai.AzureOpenAI", dialect="azure"),
+    Client.AUTOGEN_AZURE: ClientInfo("autogen Azure", "autogen's AzureOpenAIChatCompletionClient.create_stream",
+                                     library="autogen-agentchat", asynchronous=True, dialect="azure"),
+    Client.OLLAMA: ClientInfo("ollama", "ollama.Client chat(stream=True)", dialect="ollama"),
+    Client.AUTOGEN_OLLAMA: ClientInfo("autogen Ollama", "autogen's OllamaChatCompletionClient.create_stream",
+                                      library="autogen-agentchat", asynchronous=True, dialect="ollama"),
 }
 
 AUTOGEN_SYSTEM = ("You are a helpful AI assistant. Solve tasks using your tools. Reply with TERMINATE when the task "

@@ -9,33 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from streamreplay.clientid import Client
+from streamreplay.drivers import DIALECT_DRIVERS
+from streamreplay.outcome import Driver, Outcome, describe
 
 MODEL_INFO = {"vision": False, "function_calling": False, "json_output": False, "family": "unknown",
               "structured_output": False}
-
-
-@dataclass
-class Outcome:
-    text: str
-    finish_reason: str | None = None
-    error: str | None = None  # "module.Type: message"
-    seconds: float = 0.0
-
-    @property
-    def error_type(self) -> str | None:
-        return self.error.split(":", 1)[0] if self.error else None
-
-
-def describe(exc: BaseException) -> str:
-    name = f"{type(exc).__module__.split('.')[0]}.{type(exc).__name__}"
-    # asyncio.wait_for's TimeoutError says nothing: say what it means rather than print an empty message
-    message = str(exc) or ("(no message: a deadline ran out)" if isinstance(exc, TimeoutError) else "(no message)")
-    return f"{name}: {message}"
 
 
 async def openai_async(base_url: str, messages: list[dict[str, Any]], timeout: float) -> Outcome:
@@ -138,14 +119,13 @@ async def ag2_generate_reply(base_url: str, messages: list[dict[str, Any]], time
     return await asyncio.to_thread(_ag2_generate_reply, base_url, messages, timeout)
 
 
-Driver = Callable[[str, list[dict[str, Any]], float], Awaitable[Outcome]]
-
 #: the reference clients, in the order tables show them
 DRIVERS: dict[Client, Driver] = {
     Client.OPENAI_SYNC: openai_sync,
     Client.OPENAI_ASYNC: openai_async,
     Client.AUTOGEN_AGENTCHAT: autogen_create_stream,
     Client.AG2: ag2_generate_reply,
+    **DIALECT_DRIVERS,
 }
 
 
@@ -162,7 +142,8 @@ def versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     found = {}
-    for package in ("openai", "httpx", "autogen-agentchat", "autogen-ext", "ag2"):
+    for package in ("openai", "anthropic", "ollama", "langchain-openai", "httpx", "autogen-agentchat", "autogen-ext",
+                    "ag2"):
         try:
             found[package] = version(package)
         except PackageNotFoundError:

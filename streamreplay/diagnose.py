@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from streamreplay.clientid import describe_client
+from streamreplay.dialects import Dialect, dialect_named
 from streamreplay.endcause import CAUSES, EndCause, known_cause
 from streamreplay.store import Chunk, Exchange, Store
 
@@ -37,6 +38,7 @@ class Diagnosis:
     done: bool
     evidence: list[str] = field(default_factory=list)
     fix: str = ""
+    dialect: str = "chat"
     replay: str = ""
     repro: str = ""
     client: str | None = None
@@ -54,8 +56,9 @@ class Diagnosis:
             who = "ended      normally" if self.ended_by == "nobody" else f"ended by   the {self.ended_by}"
             out.append(f"{who}, at chunk {self.chunk} of {self.chunks}, {self.at_s:.3f} s{gap}")
         answer = "complete" if self.upstream_complete else "not complete"
-        out.append(f"upstream   answer {answer}: finish_reason {self.finish_reason}, "
-                   f"{'[DONE] seen' if self.done else 'no [DONE]'}")
+        dialect = dialect_named(self.dialect)
+        out.append(f"upstream   answer {answer}: {dialect.stop_field} {self.finish_reason}, "
+                   f"{dialect.terminal + ' seen' if self.done else 'no ' + dialect.terminal}")
         out.append(f"cause      {self.cause}")
         out += [f"evidence   {e}" for e in self.evidence]
         if self.fix:
@@ -94,13 +97,14 @@ def diagnose_exchange(ex: Exchange, chunks: list[Chunk], tape: list[Exchange], d
     upstream_end = ex.upstream_end or ex.end_cause
     upstream_complete = upstream_end == EndCause.COMPLETE and ex.finish_reason is not None
     cause = known_cause(ex.end_cause)
+    api = ex.dialect
     info = CAUSES[cause if cause is not None else EndCause.COMPLETE]  # an open exchange reads as it stands
     d = Diagnosis(
         exchange_id=ex.id, tape=ex.tape, cause="", summary="", ended_by=info.ended_by, chunk=None,
         chunks=len(chunks), at_s=None, gap_before_s=None, upstream_complete=upstream_complete,
         finish_reason=ex.finish_reason, done=ex.done, client=describe_client(ex),
         replay=f"streamreplay play --db {shlex.quote(db_label)} --tape {shlex.quote(ex.tape)}",
-        repro=repro_command(ex, db_label), seq=ex.seq,
+        repro=repro_command(ex, db_label), seq=ex.seq, dialect=api.name,
     )
     if cause is EndCause.CLIENT_LEFT:
         _client_left(d, ex, chunks, gaps)
@@ -110,13 +114,15 @@ def diagnose_exchange(ex: Exchange, chunks: list[Chunk], tape: list[Exchange], d
         d.chunk, d.at_s = len(chunks), (ex.duration_ns or 0) / 1e9
         d.cause = "upstream_no_done"
         if ex.finish_reason is None:
-            d.summary = "the upstream ended the stream cleanly but early: no finish_reason, no [DONE]"
+            d.summary = (f"the upstream ended the stream cleanly but early: no {api.stop_field}, "
+                         f"no {api.terminal}")
             d.evidence.append("clients take a clean end as the end of the answer: the app got a truncated "
                               "answer and no error (see streamreplay matrix)")
-            d.fix = "check finish_reason in the app; treat a stream without it as failed, and retry"
+            d.fix = f"check {api.stop_field} in the app; treat a stream without it as failed, and retry"
         else:
-            d.summary = f"the upstream finished the answer (finish_reason {ex.finish_reason}) but never sent [DONE]"
-            d.fix = "nothing is lost; a client that waits for [DONE] would hang or fail"
+            d.summary = (f"the upstream finished the answer ({api.stop_field} {ex.finish_reason}) but never sent "
+                         f"{api.terminal}")
+            d.fix = f"nothing is lost; a client that waits for {api.terminal} would hang or fail"
     elif cause in (EndCause.HTTP_ERROR, EndCause.UPSTREAM_UNREACHABLE):
         d.chunk, d.at_s = len(chunks), (ex.duration_ns or 0) / 1e9
         d.cause = cause.value
@@ -133,7 +139,7 @@ def diagnose_exchange(ex: Exchange, chunks: list[Chunk], tape: list[Exchange], d
         d.cause, d.summary = cause.value, info.summary or ""
         d.chunk, d.at_s = len(chunks), (chunks[-1].t_ns / 1e9 if chunks else 0.0)
     else:
-        _completed(d, ex, chunks, tape)
+        _completed(d, ex, chunks, tape, api)
     _retries(d, ex, tape)
     _malformed(d, ex)
     if ex.store_error:
@@ -202,23 +208,24 @@ def _upstream_broke(d: Diagnosis, ex: Exchange, cause: EndCause, chunks: list[Ch
         d.evidence.append(ex.end_detail)
 
 
-def _completed(d: Diagnosis, ex: Exchange, chunks: list[Chunk], tape: list[Exchange]) -> None:
+def _completed(d: Diagnosis, ex: Exchange, chunks: list[Chunk], tape: list[Exchange], api: Dialect) -> None:
     d.chunk, d.at_s = len(chunks), (ex.duration_ns or 0) / 1e9
-    if ex.finish_reason == "length":
+    if ex.finish_reason in api.length_reasons:
         d.cause = "max_tokens"
-        d.summary = "the stream completed, but the answer was cut by the token limit (finish_reason length)"
-        d.fix = "raise max_tokens (or max_completion_tokens)"
+        d.summary = (f"the stream completed, but the answer was cut by the token limit "
+                     f"({api.stop_field} {ex.finish_reason})")
+        d.fix = "raise max_tokens (or max_completion_tokens, max_output_tokens, num_predict)"
         return
     if ex.stream and ex.finish_reason is None:
         d.cause = "no_finish_reason"
-        d.summary = "the stream completed with [DONE], but no chunk carried a finish_reason"
+        d.summary = f"the stream completed with {api.terminal}, but no event carried a {api.stop_field}"
         d.fix = "an upstream quirk; AG2 raises on it (see streamreplay matrix)"
         return
     d.cause = "complete"
     d.summary = "the exchange completed: the client read the whole answer"
     if ex.client_left_ns is not None:
-        d.evidence.append(f"the client closed the connection after [DONE], at {ex.client_left_ns / 1e9:.3f} s "
-                          "(the openai SDK does this)")
+        d.evidence.append(f"the client closed the connection after {api.terminal}, at "
+                          f"{ex.client_left_ns / 1e9:.3f} s (the openai SDK does this)")
     complete = [e for e in tape if e.end_cause == EndCause.COMPLETE]
     if len(tape) > 1 and len(complete) == len(tape) and ex.id == tape[-1].id:
         d.cause = "round_limit"

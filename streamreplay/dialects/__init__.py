@@ -6,15 +6,19 @@ for how to add one.
 
 from __future__ import annotations
 
+from streamreplay.dialects.anthropic import Anthropic
+from streamreplay.dialects.azure import Azure
 from streamreplay.dialects.base import Dialect
 from streamreplay.dialects.chat import Chat
+from streamreplay.dialects.ollama import Ollama
+from streamreplay.dialects.responses import Responses
 
 __all__ = ["CHAT", "DIALECTS", "Dialect", "dialect_for", "dialect_named"]
 
 CHAT = Chat()
 
 #: every dialect, in the order paths are tried; chat last, as the fallback
-DIALECTS: dict[str, Dialect] = {d.name: d for d in (CHAT,)}
+DIALECTS: dict[str, Dialect] = {d.name: d for d in (Azure(), Responses(), Anthropic(), Ollama(), CHAT)}
 
 
 def dialect_for(path: str | None) -> Dialect:

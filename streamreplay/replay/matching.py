@@ -226,6 +226,8 @@ class Index:
         #: what every request this index is asked about is read with (`request`, IncomingRequest's rules)
         self.rules = MatchRules(matchers_named(match_on), self.ignore, self.masks)
         self._by_key: dict[Hashable, list[Any]] = {}
+        #: every recorded path: a tape recorded against an upstream with no base path stores /v1/messages
+        self.paths: set[str] = {ex.path for ex in self.exchanges}
         for ex in self.exchanges:
             self._by_key.setdefault(self.key_of(ex), []).append(ex)
         self._used: dict[Hashable, int] = {}
@@ -253,6 +255,7 @@ class Index:
                 self._next = len(self.exchanges)
             key = self.key_of(ex)
             self._by_key.setdefault(key, []).append(ex)
+            self.paths.add(ex.path)
             self._used[key] = self._used.get(key, 0) + 1
             self.served.add(id(ex))
 

@@ -165,7 +165,10 @@ class ReplayServer(AppServer):
         if path.startswith("/fault/"):
             spec, _, rest = path[len("/fault/"):].partition("/")
             spec, path = unquote(spec), "/" + rest
-        if self.prefix and (path == self.prefix or path.startswith(self.prefix + "/")):
+        # the base path is left on when the recordings have it: a tape recorded against an upstream with no
+        # base path (Anthropic's, Ollama's, Azure's clients add their own) stores /v1/messages, /api/chat
+        if self.prefix and (path == self.prefix or path.startswith(self.prefix + "/")) \
+                and path not in self.index.paths:
             path = path[len(self.prefix):]
         return path or "/", spec
 

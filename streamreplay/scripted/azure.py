@@ -1,0 +1,10 @@
+"""azure, as the scripted upstream speaks it (following the provider's published reference)."""
+
+from __future__ import annotations
+
+from streamreplay.scripted.script import Wire
+
+
+class AzureWire(Wire):
+    name = "azure"
+    paths: tuple[str, ...] = ()

@@ -1,0 +1,10 @@
+"""ollama, as the scripted upstream speaks it (following the provider's published reference)."""
+
+from __future__ import annotations
+
+from streamreplay.scripted.script import Wire
+
+
+class OllamaWire(Wire):
+    name = "ollama"
+    paths: tuple[str, ...] = ()
