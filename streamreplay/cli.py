@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from streamreplay import eventloop
+from streamreplay.dialects import DIALECTS
 from streamreplay.proxy.recorder import RecordOptions
 from streamreplay.replay.options import ReplayOptions
 from streamreplay.store import DEFAULT_DB, Store, StoreError, open_store, readable
@@ -440,7 +441,8 @@ def bisect_command(exchange_ref: str, db: str, axis: str, check: str | None, ora
 @exchange_argument
 @db_option
 @click.option("--client", "client", default="openai async", show_default=True,
-              help="openai sync, openai async, autogen-agentchat or AG2.")
+              help="A reference client of the exchange's dialect: openai sync, openai async, autogen-agentchat or "
+                   "AG2 for chat (`streamreplay clients` lists them all).")
 @click.option("--behaviour", default="reads-to-end", show_default=True,
               help="reads-to-end, stop:K, timeout:S, slow:S or stream-off (the other clients read to the end).")
 @click.option("--fault", help="A fault spec for the replay, e.g. cut:chunk=3.")
@@ -449,11 +451,13 @@ def client_command(exchange_ref: str, db: str, client: str, behaviour: str, faul
     """Run one reference consumer against a replay of an exchange and print what it got."""
     from streamreplay.clientcheck import Behaviour, run_one
     from streamreplay.clientid import Client
-    from streamreplay.clients import DRIVERS
+    from streamreplay.clients import clients_of
     from streamreplay.replay import FaultSpecError, parse_faults
 
+    store = store_at(db)
+    exchange_id = exchange_at(store, exchange_ref)
     try:
-        Client.parse(client, among=DRIVERS)
+        Client.parse(client, among=clients_of(store.exchange(exchange_id).dialect))
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--client") from exc
     try:
@@ -461,8 +465,7 @@ def client_command(exchange_ref: str, db: str, client: str, behaviour: str, faul
         parse_faults(fault)
     except (ValueError, FaultSpecError) as exc:
         raise click.BadParameter(str(exc)) from exc
-    store = store_at(db)
-    run_one(store, exchange_at(store, exchange_ref), client, chosen, fault, speed, say)
+    run_one(store, exchange_id, client, chosen, fault, speed, say)
 
 
 @main.command()
@@ -510,25 +513,42 @@ def faults_command() -> None:
 @main.command()
 @click.option("--cassette", type=click.Path(exists=True, dir_okay=False),
               help="The recording to replay (default: the bundled openai-happy-path).")
-@click.option("--client", "clients", multiple=True, help="Only these clients (repeatable); default: all.")
+@click.option("--client", "clients", multiple=True,
+              help="Only these clients (repeatable); default: every reference client of the tape's dialect.")
+@click.option("--dialect", type=click.Choice(list(DIALECTS)), default="chat", show_default=True,
+              help="Without a cassette: play this dialect's bundled tape.")
 @click.option("--timeout", default=1.0, show_default=True, help="Each client's timeout, in seconds.")
 @click.option("--markdown", is_flag=True, help="A Markdown table.")
-def matrix(cassette: str | None, clients: tuple[str, ...], timeout: float, markdown: bool) -> None:
+def matrix(cassette: str | None, clients: tuple[str, ...], dialect: str, timeout: float, markdown: bool) -> None:
     """Replay each ending and fault into each reference client and tabulate what the app got."""
     from streamreplay.clientid import Client
-    from streamreplay.clients import DRIVERS, versions
+    from streamreplay.clients import versions
     from streamreplay.demo import find_recordings
-    from streamreplay.matrix import DEFAULT_TAPE
+    from streamreplay.dialects import dialect_named
+    from streamreplay.matrix import DEFAULT_TAPES, clients_of
     from streamreplay.matrix import main as run_matrix
+    from streamreplay.replay.source import CassetteSource
 
+    path = cassette or str(find_recordings() / f"{DEFAULT_TAPES[dialect]}.jsonl")
+    speaks = CassetteSource(path).exchanges()[0].dialect if cassette else dialect_named(dialect)
     for name in clients:
         try:
-            Client.parse(name, among=DRIVERS)
+            Client.parse(name, among=clients_of(speaks))
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--client") from exc
-    path = cassette or str(find_recordings() / f"{DEFAULT_TAPE}.jsonl")
     say("clients: " + ", ".join(f"{k} {v}" for k, v in versions().items()))
     run_matrix(path, list(clients) or None, timeout, markdown, say)
+
+
+@main.command("clients")
+def clients_command() -> None:
+    """The reference clients, by dialect: what `matrix`, `client`, `bisect --by client` and repro.py run."""
+    from streamreplay.clients import DRIVERS, clients_of
+    from streamreplay.report import table
+
+    rows = [(name, c.value, c.label, c.info.script) for name in sorted(DIALECTS, key=lambda n: n != "chat")
+            for c in clients_of(name) if c in DRIVERS]
+    say(table(("dialect", "id", "label", "runs"), rows))
 
 
 @main.command()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from streamreplay.clientid import Client, client_name
-from streamreplay.clients import DRIVERS, Outcome, describe, run_client
+from streamreplay.clients import Outcome, chat_messages, clients_of, describe, run_client
 from streamreplay.endcause import EndCause
 from streamreplay.replay import Replayed, ReplayServer
 from streamreplay.replay.source import OneExchange
@@ -132,7 +132,7 @@ async def _consume(client: Client, base_url: str, messages: list[dict[str, Any]]
 
 async def observe(ex: Exchange, source: OneExchange, runs: list[tuple[Client, Behaviour]],
                   speed: float = 1.0) -> list[Observation]:
-    messages = (ex.request_json() or {}).get("messages") or [{"role": "user", "content": "hi"}]
+    messages = chat_messages(ex.request_json()) or [{"role": "user", "content": "hi"}]
     observations = []
     async with ReplayServer(source, speed=speed, match="sequence") as server:
         for client, behaviour in runs:
@@ -156,8 +156,10 @@ def main(store: Store, exchange_id: int, say: Callable[[str], None] = print) -> 
     ex = store.exchange(exchange_id)
     source = OneExchange(ex, store.chunks(exchange_id))
     silence = silence_before_leaving(ex, store)
-    runs = [(Client.OPENAI_ASYNC, b) for b in behaviours_for(ex, silence)]
-    runs += [(c, Behaviour("reads-to-end")) for c in DRIVERS if c is not Client.OPENAI_ASYNC]
+    speak = clients_of(ex.dialect)
+    # the openai SDK reads a chat stream every way a consumer does; other dialects' clients read to the end
+    runs = [(Client.OPENAI_ASYNC, b) for b in behaviours_for(ex, silence)] if Client.OPENAI_ASYNC in speak else []
+    runs += [(c, Behaviour("reads-to-end")) for c in speak if c is not Client.OPENAI_ASYNC]
     who = client_name(ex.client) or "the recorded client"
     if ex.end_cause == EndCause.CLIENT_LEFT:
         after = f", {silence:.3f} s after the chunk before" if silence else ""
@@ -188,12 +190,12 @@ def main(store: Store, exchange_id: int, say: Callable[[str], None] = print) -> 
 def run_one(store: Store, exchange_id: int, client: Client | str, behaviour: Behaviour, fault: str | None,
             speed: float, say: Callable[[str], None] = print) -> Observation:
     """`streamreplay client`: one reference consumer (by `Client`, id or label) against a replay of the exchange."""
-    chosen = Client.parse(client, among=DRIVERS)
     ex = store.exchange(exchange_id)
+    chosen = Client.parse(client, among=clients_of(ex.dialect))
     source = OneExchange(ex, store.chunks(exchange_id))
 
     async def go() -> Observation:
-        messages = (ex.request_json() or {}).get("messages") or [{"role": "user", "content": "hi"}]
+        messages = chat_messages(ex.request_json()) or [{"role": "user", "content": "hi"}]
         async with ReplayServer(source, speed=speed, match="sequence", faults=[fault] if fault else []) as server:
             outcome = await _consume(chosen, server.base_url, messages, behaviour)
             await asyncio.sleep(0.05)

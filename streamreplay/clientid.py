@@ -182,6 +182,8 @@ def recognise_client(exchange: Exchange) -> Client:
     content-first, and asks for usage in a stream; langchain-openai writes every message content-first.
     Key order is only used while the body keeps it (not after a cassette import).
     """
+    if exchange.dialect.name != "chat":
+        return _dialect_client(exchange)
     kind = sdk_mode(exchange)
     if kind is None:
         return Client.HTTP
@@ -199,6 +201,23 @@ def recognise_client(exchange: Exchange) -> Client:
     if all_content_first:
         return Client.LANGCHAIN
     return Client.OPENAI_ASYNC if kind == "async" else Client.OPENAI_SYNC
+
+
+def _dialect_client(exchange: Exchange) -> Client:
+    """The client of an exchange in another dialect than chat, from its User-Agent; the plain SDK when
+    nothing tells a framework on top of it apart."""
+    agent = exchange.client or request_header(exchange, "user-agent") or ""
+    dialect = exchange.dialect.name
+    asynchronous = agent.startswith("Async") or request_header(exchange, "x-stainless-async") not in (None, "false")
+    if dialect == "anthropic":
+        return Client.ANTHROPIC_STREAM if asynchronous else Client.ANTHROPIC
+    if dialect == "responses":
+        return Client.OPENAI_RESPONSES_STREAM if asynchronous else Client.OPENAI_RESPONSES
+    if dialect == "azure":
+        return Client.AUTOGEN_AZURE if asynchronous else Client.AZURE_OPENAI
+    if dialect == "ollama":
+        return Client.OLLAMA
+    return Client.HTTP
 
 
 def describe_client(exchange: Exchange) -> str:

@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from streamreplay.clientid import Client
+from streamreplay.dialects import Dialect
 from streamreplay.drivers import DIALECT_DRIVERS
 from streamreplay.outcome import Driver, Outcome, describe
 
@@ -136,6 +137,27 @@ async def run_client(name: Client | str, base_url: str, messages: list[dict[str,
     outcome = await DRIVERS[Client.parse(name, among=DRIVERS)](base_url, messages, timeout)
     outcome.seconds = time.monotonic() - started
     return outcome
+
+
+def clients_of(dialect: Dialect | str) -> list[Client]:
+    """The reference clients that speak `dialect`, in the order tables show them."""
+    name = dialect if isinstance(dialect, str) else dialect.name
+    return [c for c in DRIVERS if c.info.dialect == name]
+
+
+def chat_messages(request: Any) -> list[dict[str, Any]]:
+    """A recorded request's conversation as chat messages, whatever its dialect: `messages` (chat, Azure,
+    Ollama, Anthropic with its `system` put first) or the Responses API's `input`."""
+    request = request if isinstance(request, dict) else {}
+    messages = request.get("messages")
+    if messages is None:
+        given = request.get("input")
+        messages = [{"role": "user", "content": given}] if isinstance(given, str) else given
+    messages = [m for m in messages or [] if isinstance(m, dict)]
+    system = request.get("system")
+    if isinstance(system, str):
+        messages = [{"role": "system", "content": system}, *messages]
+    return messages
 
 
 def versions() -> dict[str, str]:

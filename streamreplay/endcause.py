@@ -69,11 +69,12 @@ class EndCauseInfo:
 
 CAUSES: dict[EndCause, EndCauseInfo] = {
     EndCause.COMPLETE: EndCauseInfo(
-        "`data: [DONE]` (or a whole non-stream body), then the end of the body",
+        "the stream's terminal event (`data: [DONE]`; `response.completed`, `message_stop`, `done: true` in the "
+        "other dialects) or a whole non-stream body, then the end of the body",
         Ending.CLEAN, "nobody", "end", "upstream end · complete", "ok"),
     EndCause.EOF_WITHOUT_DONE: EndCauseInfo(
-        "a clean end of the body, but the stream never said `[DONE]`",
-        Ending.CLEAN, "upstream", "stop", "clean end, no [DONE]", "warning"),
+        "a clean end of the body, but the stream never sent its terminal event",
+        Ending.CLEAN, "upstream", "stop", "clean end, no terminal event", "warning"),
     EndCause.UPSTREAM_CLOSED: EndCauseInfo(
         "the upstream closed the connection mid-body (no chunked terminator)",
         Ending.CLOSE, "upstream", "closed", "upstream closed mid-body", "failed",

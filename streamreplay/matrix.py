@@ -1,7 +1,8 @@
 """`streamreplay matrix`: each ending and fault replayed into each reference client, and what the app got.
 
 The answer to "which clients accept a truncated stream silently": a row that reads "partial text,
-no error" is a cutoff the app will never notice unless it checks finish_reason itself.
+no error" is a cutoff the app will never notice unless it checks finish_reason itself. A cassette is
+played into the reference clients of its own dialect (chat, responses, anthropic, azure, ollama).
 """
 
 from __future__ import annotations
@@ -12,11 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streamreplay.clientid import Client
-from streamreplay.clients import DRIVERS, Outcome, run_client
+from streamreplay.clients import Outcome, chat_messages, clients_of, run_client
+from streamreplay.dialects import CHAT, DIALECTS, Dialect
 from streamreplay.replay import ReplayServer
 from streamreplay.replay.source import CassetteSource
 
 DEFAULT_TAPE = "openai-happy-path"
+#: the bundled tape each dialect's matrix plays by default
+DEFAULT_TAPES = {"chat": DEFAULT_TAPE, **{name: f"{name}-happy-path" for name in DIALECTS if name != "chat"}}
 
 
 @dataclass
@@ -25,13 +29,13 @@ class Row:
     spec: str | None
 
 
-def rows(chunks: int, timeout: float) -> list[Row]:
+def rows(chunks: int, timeout: float, dialect: Dialect = CHAT) -> list[Row]:
     n = max(1, chunks // 2)
     late = timeout + 1.0
     return [
         Row("complete (as recorded)", None),
-        Row("eof_without_done (drop-done)", "drop-done"),
-        Row("no finish_reason (drop-finish)", "drop-finish"),
+        Row(f"eof_without_done: no {dialect.terminal} (drop-done)", "drop-done"),
+        Row(f"no {dialect.stop_field} (drop-finish)", "drop-finish"),
         Row(f"clean end mid-answer (cut:chunk={n})", f"cut:chunk={n}"),
         Row(f"upstream_closed (close:chunk={n})", f"close:chunk={n}"),
         Row(f"upstream_reset (reset:chunk={n})", f"reset:chunk={n}"),
@@ -60,8 +64,8 @@ async def run_matrix(cassette: Path, clients: list[str], timeout: float = 1.0,
     """Each row replayed into each client (by id or label); the verdicts by (row label, client as given)."""
     source = CassetteSource(cassette)
     exchange = source.exchanges()[0]
-    messages = exchange.request_json()["messages"]
-    table_rows = rows(len(source.chunks(exchange)), timeout)
+    messages = chat_messages(exchange.request_json())
+    table_rows = rows(len(source.chunks(exchange)), timeout, exchange.dialect)
     results: dict[tuple[str, str], str] = {}
     # sequence matching with repeat: every client's request body differs a little, all get this answer
     async with ReplayServer(source, speed=0, match="sequence") as server:
@@ -90,6 +94,8 @@ def render(table_rows: list[Row], clients: list[str], results: dict[tuple[str, s
 
 def main(cassette: Path, clients: list[str] | None = None, timeout: float = 1.0, markdown: bool = False,
          say: Callable[[str], None] = print) -> None:
-    chosen = [Client.parse(c, among=DRIVERS).label for c in clients] if clients else [c.label for c in DRIVERS]
+    dialect = CassetteSource(cassette).exchanges()[0].dialect
+    speak = clients_of(dialect)
+    chosen = [Client.parse(c, among=speak).label for c in clients] if clients else [c.label for c in speak]
     table_rows, results = asyncio.run(run_matrix(cassette, chosen, timeout))
     say(render(table_rows, chosen, results, markdown))

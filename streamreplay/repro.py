@@ -11,6 +11,7 @@ templates of `repro_templates/` with it and writes the folder. What the script i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import textwrap
@@ -29,7 +30,6 @@ from streamreplay.repro_plan import Plan, is_async, plan_for
 from streamreplay.repro_runtime import REFERENCE_CLIENTS as REFERENCE_CLIENTS
 from streamreplay.repro_runtime import report as report
 from streamreplay.repro_runtime import run_reference as run_reference
-from streamreplay.sse import assemble_stream
 from streamreplay.store import Chunk, Exchange, Store
 
 #: the parameters of the openai SDK's chat.completions.create() (2.54); others go in extra_body
@@ -105,7 +105,7 @@ def _docstring(ex: Exchange, chunks: list[Chunk], client: Client, script_client:
         lines.append(f"Sent here as plain HTTP: the {client} script knows only /chat/completions.")
     if ex.end_cause == EndCause.CLIENT_LEFT:
         k = ex.client_left_at_chunk or 0
-        got = assemble_stream(b"".join(c.data for c in chunks[:k])).text if ex.stream else ""
+        got = ex.dialect.assemble_stream(b"".join(c.data for c in chunks[:k])).text if ex.stream else ""
         lines.append(f"Ended: the client left at chunk {k} of {len(chunks)}, {(ex.client_left_ns or 0) / 1e9:.3f} s "
                      f"in (the upstream went on: {ex.upstream_end}); it had {_short(got)}.")
     else:
@@ -146,7 +146,10 @@ def _constants(ex: Exchange, script_client: Client, plan: Plan, stop: bool, dead
 
 
 def _script_client(ex: Exchange, client: Client) -> Client:
-    """The client repro.py sends through: the templates of SDK clients know only /chat/completions."""
+    """The client repro.py sends through: the templates of chat SDK clients know only /chat/completions; the
+    other dialects' templates send through the client's reference driver, which knows its own path."""
+    if client.info.dialect != "chat":
+        return client
     return client if ex.path == "/chat/completions" else Client.HTTP
 
 
@@ -154,7 +157,8 @@ def render_script(ex: Exchange, chunks: list[Chunk], client: Client | str, plan:
     """The text of repro.py."""
     client = Client(client)
     script_client = _script_client(ex, client)
-    asynchronous = is_async(script_client, sdk)
+    # a reference driver's template is a plain call that runs its own loop
+    asynchronous = is_async(script_client, sdk) and script_client.info.dialect == "chat"
     imports, _, code = _template(script_client).partition("# ---\n")
     stop = plan.stop_after is not None and ex.stream  # a whole JSON body cannot be left halfway
     deadline = None  # "head": the template applies it to the reading, from the response head; "call": to it all
@@ -186,6 +190,8 @@ def write_repro(store: Store, exchange_id: int, out_dir: Path) -> ReproInfo:
     client, sdk = recognise_client(ex), sdk_mode(ex)
     d = diagnose_exchange(ex, chunks, store.exchanges(tape=ex.tape), "")
     plan = plan_for(ex, chunks, d, client, sdk)
+    if client.info.dialect != "chat":  # its reference driver reads to the end, whatever the app did
+        plan = dataclasses.replace(plan, stop_after=None, deadline=None, note="", behaviour="reads to the end")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     source = next((t["source"] for t in store.tapes() if t["name"] == ex.tape), "") or ""

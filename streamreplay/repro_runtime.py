@@ -14,21 +14,21 @@ import urllib.request
 from typing import Any
 
 from streamreplay.clientid import Client
-from streamreplay.clients import DRIVERS, Outcome, describe, run_client
+from streamreplay.clients import DRIVERS, Outcome, chat_messages, clients_of, describe, run_client
 from streamreplay.replay import Replayed, ReplayServer
 
 #: what `repro.py --client` can switch to: the drivers of `streamreplay.clients`, and plain HTTP; as plain
 #: strings, the ids, since repro.py's argparse prints the repr of its choices
-REFERENCE_CLIENTS: tuple[str, ...] = tuple(client.value for client in (*DRIVERS, Client.HTTP))
+REFERENCE_CLIENTS: tuple[str, ...] = tuple(client.value for client in (*clients_of("chat"), Client.HTTP))
 
 
 def run_reference(client: Client | str, base_url: str, request: dict[str, Any], timeout: float = 600.0) -> Outcome:
     """Send the recorded messages through a reference client (reading to the end); what the app got."""
-    if client not in REFERENCE_CLIENTS:
+    if client not in REFERENCE_CLIENTS and client not in {c.value for c in DRIVERS}:
         raise ValueError(f"unknown reference client {client!r}: {', '.join(REFERENCE_CLIENTS)}")
     if client == Client.HTTP:
         return _http_reference(base_url, request, timeout)
-    messages = request.get("messages") or [{"role": "user", "content": "hi"}]
+    messages = chat_messages(request) or [{"role": "user", "content": "hi"}]
     return asyncio.run(run_client(Client(client), base_url, messages, timeout))
 
 

@@ -371,7 +371,7 @@ class RecordingProxy(AppServer):
         if flow.done_delivered:
             # The openai SDK closes the connection as soon as it reads [DONE], before the body's
             # terminator: the client had the whole answer, so this is the upstream's ending.
-            detail = f"the client closed the connection after [DONE], at {flow.left_ns / 1e9:.3f} s"
+            detail = f"the client closed the connection after {flow.dialect.terminal}, at {flow.left_ns / 1e9:.3f} s"
             self._end(flow, upstream_end, detail, upstream_end=upstream_end)
             return
         detail = (f"the client left after {flow.delivered} of {flow.index} chunks at {flow.left_ns / 1e9:.3f} s; "
