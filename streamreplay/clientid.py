@@ -140,7 +140,8 @@ def client_name(user_agent: str | None) -> str | None:
     User-Agent itself."""
     if not user_agent:
         return None
-    for prefix, kind in (("AsyncOpenAI/Python", "AsyncOpenAI"), ("OpenAI/Python", "OpenAI")):
+    for prefix, kind in (("AsyncAzureOpenAI/Python", "AsyncAzureOpenAI"), ("AzureOpenAI/Python", "AzureOpenAI"),
+                         ("AsyncOpenAI/Python", "AsyncOpenAI"), ("OpenAI/Python", "OpenAI")):
         if user_agent.startswith(prefix):
             version = user_agent[len(prefix):].strip().split(" ")[0]  # "AsyncOpenAI/Python 2.54.0"
             return f"openai-python {version}, {kind}"
@@ -214,7 +215,11 @@ def _dialect_client(exchange: Exchange) -> Client:
     if dialect == "responses":
         return Client.OPENAI_RESPONSES_STREAM if asynchronous else Client.OPENAI_RESPONSES
     if dialect == "azure":
-        return Client.AUTOGEN_AZURE if asynchronous else Client.AZURE_OPENAI
+        if agent.startswith("autogen-python/"):  # autogen-ext replaces the SDK's User-Agent with its own
+            return Client.AUTOGEN_AZURE
+        sdk = agent.startswith(("AzureOpenAI/", "AsyncAzureOpenAI/")) or any(
+            k.lower().startswith("x-stainless-") for k, _ in exchange.request_headers)
+        return Client.AZURE_OPENAI if sdk else Client.HTTP
     if dialect == "ollama":
         return Client.OLLAMA
     return Client.HTTP

@@ -312,6 +312,11 @@ class Assembler:
             # Nothing to assemble in the choices (Azure's prompt_filter_results chunk, a usage-only
             # chunk without `object`), but the metadata and usage still count.
             self._meta(obj)
+            # Azure's Asynchronous Filter annotations: a choice with verdicts and no delta, whose
+            # finish_reason is "content_filter" when the filter stops the answer.
+            choice = self._first_choice(obj)
+            if choice is not None:
+                self.finish_reason = _str(choice.get("finish_reason")) or self.finish_reason
         else:
             self.problems.append(f"event {n}: unrecognised payload with keys {sorted(obj)[:8]}")
 
@@ -324,7 +329,9 @@ class Assembler:
         self.id = _str(obj.get("id")) or self.id
         self.model = _str(obj.get("model")) or self.model
         created = _int(obj.get(created_key))
-        self.created = created if created is not None else self.created
+        # ... nor Azure's created 0 on those chunks, once the answer's own time is known
+        if created is not None and (created or self.created is None):
+            self.created = created
         self.system_fingerprint = _str(obj.get("system_fingerprint")) or self.system_fingerprint
         if isinstance(obj.get("usage"), dict):
             self.usage = obj["usage"]

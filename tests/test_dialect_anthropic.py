@@ -215,33 +215,45 @@ def raises(error: str, text: str = PART) -> dict[Client, tuple[str, str | None, 
     return {c: ("" if c is Client.AG2_ANTHROPIC else text, None, error) for c in CLIENTS}
 
 
-@pytest.mark.parametrize(
-    ("spec", "expected", "terminal_delivered"),
-    [
-        ("cut:chunk=6", PARTIAL_NO_ERROR, False),
-        ("close:chunk=6", raises("httpx.RemoteProtocolError"), False),
-        ("reset:chunk=6", raises("httpx.ReadError"), False),
-        ("drop-done", WHOLE, False),
-        ("drop-finish", {c: (TEXT, "unknown" if c is Client.AUTOGEN_ANTHROPIC else None, None) for c in CLIENTS}, True),
-        ("error-event:chunk=6", raises("anthropic.APIStatusError"), False),
-        ("corrupt:chunk=5", raises("json.JSONDecodeError", "Hello! How "), True),
-        ("status:code=529", raises("anthropic.OverloadedError", ""), False),
-        ("status:code=500", raises("anthropic.InternalServerError", ""), False),
-        ("rechunk:size=7", WHOLE, True),
-        ("stall:chunk=6,seconds=0.8", raises("httpx.ReadTimeout"), False),
-    ],
-)
-async def test_each_fault_as_each_client_sees_it(db_path: Path, spec: str, expected: dict, terminal_delivered: bool):
-    await record(db_path, Script(gap=0.005))  # an event a read: chunk N is event N
+#: each fault: what each client's app ends up with, and whether message_stop reached it
+FAULT_OUTCOMES: dict[str, tuple[dict[Client, tuple[str, str | None, str | None]], bool]] = {
+    "cut:chunk=6": (PARTIAL_NO_ERROR, False),
+    "close:chunk=6": (raises("httpx.RemoteProtocolError"), False),
+    "reset:chunk=6": (raises("httpx.ReadError"), False),
+    "drop-done": (WHOLE, False),
+    "drop-finish": ({c: (TEXT, "unknown" if c is Client.AUTOGEN_ANTHROPIC else None, None) for c in CLIENTS}, True),
+    "error-event:chunk=6": (raises("anthropic.APIStatusError"), False),
+    "corrupt:chunk=5": (raises("json.JSONDecodeError", "Hello! How "), True),
+    "status:code=529": (raises("anthropic.OverloadedError", ""), False),
+    "status:code=500": (raises("anthropic.InternalServerError", ""), False),
+    # pieces no shorter than the marker: replay looks for it in two pieces at a time
+    "rechunk:size=24": (WHOLE, True),
+    "stall:chunk=6,seconds=0.8": (raises("httpx.ReadTimeout"), False),  # past the 0.3 s read timeout
+}
+
+
+@pytest.fixture(scope="module")
+def tape(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Sent]:
+    """One answer recorded with the anthropic SDK, an event a read (chunk N is event N)."""
+    db_path = tmp_path_factory.mktemp("anthropic") / "rec.db"
+    (sent,), _ = asyncio.run(record(db_path, Script(gap=0.005)))
+    return db_path, sent
+
+
+async def test_each_fault_as_each_client_sees_it(tape: tuple[Path, Sent]):
+    db_path, _ = tape
     async with ReplayServer(db_path, speed=0, match="sequence") as srv:
-        assert await every_client(srv.fault_url(spec), timeout=0.3) == expected
-    assert len(srv.requests) == len(CLIENTS)  # no client retried
-    assert {r.done_delivered for r in srv.requests} == {terminal_delivered}
+        runs = [every_client(srv.fault_url(spec), timeout=0.3 if spec.startswith("stall") else 2.0)
+                for spec in FAULT_OUTCOMES]
+        outcomes = dict(zip(FAULT_OUTCOMES, await asyncio.gather(*runs), strict=True))
+    assert outcomes == {spec: expected for spec, (expected, _) in FAULT_OUTCOMES.items()}
+    assert len(srv.requests) == len(FAULT_OUTCOMES) * len(CLIENTS)  # no client retried
+    delivered = {spec: {r.done_delivered for r in srv.requests if r.applied == [spec]} for spec in FAULT_OUTCOMES}
+    assert delivered == {spec: {terminal} for spec, (_, terminal) in FAULT_OUTCOMES.items()}
 
 
-async def test_fault_bytes_are_anthropics_own(db_path: Path, received: list[Received]):
-    (sent,), _ = await record(db_path, Script(gap=0.005))
-    received.clear()
+async def test_fault_bytes_are_anthropics_own(tape: tuple[Path, Sent], received: list[Received]):
+    db_path, sent = tape
     async with ReplayServer(db_path, speed=0) as srv:
         for spec in ("drop-done", "drop-finish", "error-event:chunk=3", "status:code=529"):
             await DRIVERS[Client.ANTHROPIC](srv.fault_url(spec), MESSAGES, 2.0)
@@ -273,21 +285,21 @@ async def test_a_streamed_recording_answers_a_non_stream_request(db_path: Path):
 
 async def test_a_whole_message_answers_a_stream_request_as_the_api_streams_it(db_path: Path, received: list[Received]):
     text = "A longer answer, so that the text comes in several deltas."
-    async with ScriptedUpstream(Script(text=text, tool_calls=[{"name": "noop", "arguments": '{"a":1}'}])) as up:
+    # the answer cut in the 16-character pieces replay's stream uses, so that the scripted stream matches it
+    pieces = [text[i : i + 16] for i in range(0, len(text), 16)]
+    script = Script(text=text, pieces=pieces, tool_calls=[{"name": "noop", "arguments": '{"a":1}'}])
+    async with ScriptedUpstream(script) as up:
         async with RecordingProxy(RecordOptions(upstream=up.origin, db=str(db_path), tape="a")) as proxy:
             client = anthropic.AsyncAnthropic(base_url=origin_of(proxy.base_url), api_key="k", max_retries=0)
             whole = await client.messages.create(model="smollm2", max_tokens=256, messages=MESSAGES)
             await proxy.settle()
-        async with ReplayServer(db_path, speed=0) as srv:
-            client = anthropic.AsyncAnthropic(base_url=origin_of(srv.base_url), api_key="k", max_retries=0)
-            async with client.messages.stream(model="smollm2", max_tokens=256, messages=MESSAGES) as stream:
-                streamed = "".join([t async for t in stream.text_stream])
-                final = await stream.get_final_message()
+    async with ReplayServer(db_path, speed=0) as srv:
+        client = anthropic.AsyncAnthropic(base_url=origin_of(srv.base_url), api_key="k", max_retries=0)
+        async with client.messages.stream(model="smollm2", max_tokens=256, messages=MESSAGES) as stream:
+            streamed = "".join([t async for t in stream.text_stream])
+            final = await stream.get_final_message()
     assert srv.requests[0].applied == ["json->stream"]
-    assert streamed == text and final.model_dump() == whole.model_dump()
-    # the synthesized stream is, byte for byte, what the scripted upstream (the published event sequence)
-    # sends for the same answer in 16-character deltas
-    pieces = [text[i : i + 16] for i in range(0, len(text), 16)]
-    script = Script(text=text, pieces=pieces, tool_calls=[{"name": "noop", "arguments": '{"a":1}'}])
+    assert streamed == text and final.model_dump(exclude_none=True) == whole.model_dump(exclude_none=True)
+    # byte for byte what the scripted upstream (the published event sequence) streams for the same answer
     assert received[-1].body == b"".join(anthropic_events(script, "smollm2", "msg_0001"))
     assert dialect_for("/v1/messages").assemble_stream(received[-1].body).problems == []

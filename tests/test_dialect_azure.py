@@ -201,8 +201,10 @@ def tape(tmp_path_factory: pytest.TempPathFactory) -> Tape:
 
 async def test_the_scripted_upstream_speaks_azures_stream(upstream: ScriptedUpstream):
     payload = {**SDK_BODY, "stream_options": {"include_usage": True}}
+    upstream.queue(Script(), Script(status=429))
     async with httpx.AsyncClient() as http:
         resp = await http.post(f"{upstream.origin}{PATH}{QUERY}", json=payload)
+        error = await http.post(f"{upstream.origin}{PATH}{QUERY}", json=payload)
     assert resp.headers["content-type"] == "text/event-stream; charset=utf-8"
     events = resp.content.split(b"\n\n")
     assert events[-2:] == [b"data: [DONE]", b""]
@@ -225,9 +227,6 @@ async def test_the_scripted_upstream_speaks_azures_stream(upstream: ScriptedUpst
                                                                    "total_tokens": 16}
     assert {c["model"] for c in chunks} == {AZURE_MODEL}
     # a 429 is Azure's error body
-    upstream.queue(Script(status=429))
-    async with httpx.AsyncClient() as http:
-        error = await http.post(f"{upstream.origin}{PATH}{QUERY}", json=payload)
     assert error.status_code == 429 and error.json() == {"error": {"code": "429", "message": "scripted error 429"}}
 
 
@@ -467,15 +466,11 @@ async def test_asynchronous_filter_annotations_break_both_clients_live_and_repla
         assert recorded_body(db_path, ex.id) == b"".join(events)
 
 
-@pytest.mark.xfail(strict=True, reason="sse.Assembler reads a choice without delta as no chunk: the blocking "
-                                       "annotation's finish_reason is lost (shared-file change reported)")
 def test_a_blocking_annotation_is_the_stop_reason():
     body = b"".join(async_filter_events(Script(), "chatcmpl-0001", blocked=True))
     assert dialect_for(PATH).assemble_stream(body).finish_reason == "content_filter"
 
 
-@pytest.mark.xfail(strict=True, reason="sse.Assembler takes an annotation's created 0 over the answer's "
-                                       "(shared-file change reported)")
 def test_an_annotation_after_the_answer_keeps_its_created():
     body = b"".join(async_filter_events(Script(), "chatcmpl-0001"))
     assert dialect_for(PATH).assemble_stream(body).created == CREATED

@@ -30,7 +30,7 @@ class Azure(Chat):
         return _DEPLOYMENT.search(path.rstrip("/")) is not None
 
     def error_body(self, message: str, status: int) -> bytes:
-        # Azure's gateway names an error by its status, as a string ("429"), with no type or param
+        # as Azure's gateway writes a 429 or a 401: the status as a string code, no type or param
         return json.dumps({"error": {"code": str(status), "message": message}}).encode()
 
     def whole_body(self, stream_body: bytes) -> dict[str, Any] | None:
@@ -59,9 +59,7 @@ class Azure(Chat):
             return events  # not an Azure answer (an OpenAI-compatible server behind an Azure-style path)
         out = [_event({"choices": [], "created": 0, "id": "", "model": "", "object": "",
                        "prompt_filter_results": prompt_filters})] if prompt_filters is not None else []
-        for event in events:
-            out.append(_azure_chunk(event, content_filters))
-        return out
+        return out + [_azure_chunk(event, content_filters) for event in events]
 
 
 def _event(obj: dict[str, Any]) -> bytes:

@@ -182,7 +182,7 @@ class Ollama(Dialect):
         head = head.removeprefix(_BOM).lstrip()
         if not head.startswith(b"{"):
             return False
-        return True
+        return b"\n" in head or _object(head) is None
 
     def find_terminal(self, data: bytes) -> bool:
         return b"true" in data and _DONE_TRUE.search(data) is not None

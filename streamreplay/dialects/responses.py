@@ -93,7 +93,8 @@ def response_events(response: dict[str, Any], *, text_pieces: Callable[[str], li
     content_part.done for a message; function_call_arguments.delta..., .done for a function call) and
     output_item.done, then the terminal event its status names, or `ends_with` (left out when `terminal`
     is false). None when the object has no status a stream can end with and `ends_with` is not given."""
-    end = ends_with or TERMINAL_FOR_STATUS.get(response.get("status"))  # type: ignore[arg-type]
+    status = response.get("status")
+    end = ends_with or (TERMINAL_FOR_STATUS.get(status) if isinstance(status, str) else None)
     if end is None:
         return None
     out: list[bytes] = []

@@ -33,8 +33,6 @@ CONTENT_FILTER_RESULTS = {"hate": _SAFE, "self_harm": _SAFE, "sexual": _SAFE, "v
 PROMPT_FILTER_RESULTS = [{"prompt_index": 0, "content_filter_results": {
     "hate": _SAFE, "jailbreak": {"filtered": False, "detected": False}, "self_harm": _SAFE, "sexual": _SAFE,
     "violence": _SAFE}}]
-#: the `code` Azure puts in an error body, by status (its gateway's own errors give the status as a string)
-ERROR_CODES = {400: "BadRequest", 401: "401", 404: "DeploymentNotFound", 429: "429", 500: "InternalServerError"}
 
 
 def azure_events(script: Script, completion_id: str, include_usage: bool) -> list[bytes]:
@@ -143,7 +141,8 @@ class AzureWire(Wire):
         return azure_completion(script, f"chatcmpl-{n:04d}")
 
     def error(self, status: int) -> dict[str, Any]:
-        return {"error": {"code": ERROR_CODES.get(status, str(status)), "message": f"scripted error {status}"}}
+        # as Azure's gateway writes a 429 or a 401: the status as a string code, no type or param
+        return {"error": {"code": str(status), "message": f"scripted error {status}"}}
 
     def default_stop_after(self, events: list[bytes]) -> int:
         # all before the finish chunk (the last with a choice): it and what follows (usage, [DONE]) never come
