@@ -248,7 +248,8 @@ def load_cassette(store: Store, path: str | Path, tape: str | None = None) -> tu
         store.db["tapes"].insert({"name": name, "created_at": now_iso(), "source": header.get("source", "")},
                                  replace=True)
         for ex in exchanges:
-            summary = Summarizer(ex.stream, ex.response_header("content-encoding"), dialect_for(ex.path))
+            summary = Summarizer(ex.stream, ex.response_header("content-encoding"), dialect_for(ex.path),
+                                 ex.response_header("content-type"))
             for chunk in chunks[ex.id]:
                 summary.feed(chunk.data)
             # the summary as the writer would assemble it from these chunks, not as the cassette says it

@@ -295,7 +295,7 @@ def show(exchange_ref: str, db: str, as_json: bool, html_file: str | None, fault
         data["chunks"] = [
             {"index": c.index, "t_ns": c.t_ns, "bytes": len(c.data), "delta": d,
              "data": c.data.decode("utf-8", "replace")}
-            for c, d in zip(chunks, chunk_deltas(chunks), strict=False)
+            for c, d in zip(chunks, chunk_deltas(chunks, ex.dialect), strict=False)
         ]
         say(json.dumps(data, indent=2))
         return

@@ -213,6 +213,11 @@ def _dialect_client(exchange: Exchange) -> Client:
     if dialect == "anthropic":
         return Client.ANTHROPIC_STREAM if asynchronous else Client.ANTHROPIC
     if dialect == "responses":
+        body = exchange.request_json()
+        given = body.get("input") if isinstance(body, dict) else None
+        items = [m for m in given if isinstance(m, dict)] if isinstance(given, list) else []
+        if items and all(m.get("type") == "message" and _content_first(m) for m in items):
+            return Client.LANGCHAIN_RESPONSES  # langchain-openai types its input items, content first
         return Client.OPENAI_RESPONSES_STREAM if asynchronous else Client.OPENAI_RESPONSES
     if dialect == "azure":
         if agent.startswith("autogen-python/"):  # autogen-ext replaces the SDK's User-Agent with its own

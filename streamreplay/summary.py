@@ -41,9 +41,11 @@ class Decoder:
 class Summarizer:
     """Fed each chunk as it is stored; gives the exchange's summary columns at the end."""
 
-    def __init__(self, stream: bool, content_encoding: str | None = None, dialect: Dialect = CHAT) -> None:
+    def __init__(self, stream: bool, content_encoding: str | None = None, dialect: Dialect = CHAT,
+                 content_type: str | None = None) -> None:
         self.stream = stream
         self.dialect = dialect
+        self.content_type = (content_type or "").lower()
         self.decoder = Decoder(content_encoding)
         self.parser = dialect.parser()
         self.assembler = dialect.assembler()
@@ -54,8 +56,14 @@ class Summarizer:
     def feed(self, data: bytes) -> None:
         data = self.decoder.feed(data)
         if self.fed == 0:
-            # the request's stream flag can lie (an error body answers a stream request)
-            self.sse = self.dialect.looks_like_stream(data)
+            # the request's stream flag can lie (an error body answers a stream request); the content type
+            # says it when there is one, else the first bytes (a whole answer may span several reads)
+            if self.dialect.is_stream(self.content_type):
+                self.sse = True
+            elif "json" in self.content_type:
+                self.sse = False
+            else:
+                self.sse = self.dialect.looks_like_stream(data)
         room = SUMMARY_LIMIT - self.fed
         self.fed += len(data)
         if room <= 0:

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
+import autogen  # noqa: F401  (imported up front: a first import on a driver's thread takes seconds of CPU, which
+import autogen_ext.models.anthropic  # noqa: F401  the servers on this loop then miss, past short client timeouts)
 import httpx
 import pytest
 
@@ -178,12 +180,15 @@ async def test_a_stream_without_message_stop_ends_eof_without_done(db_path: Path
 
 async def test_message_stop_is_found_across_reads_and_not_inside_text(tmp_path: Path):
     body = b"".join(AnthropicWire().stream_events(Script(), {"model": "smollm2"}, 1))
-    cut = body.rindex(b"message_stop") + 4  # the marker split across two reads: found on the seam
+    # both the event line's and the data's marker cut in two: no read holds one whole, the seam between two does
+    event_line, data = body.rindex(b"event: message_stop") + 10, body.rindex(b'"message_stop"') + 5
+    reads = [body[:event_line], body[event_line:data], body[data:]]
+    assert not any(dialect_for("/v1/messages").find_terminal(read) for read in reads)
     tricky = 'quoted "type":"message_stop" and event: message_stop\n on a line'
     db_path = tmp_path / "seam.db"
-    await record(db_path, Script(raw=[body[:cut], body[cut:]], gap=0.02), Script(text=tricky, ending="no_done"))
+    await record(db_path, Script(raw=reads, gap=0.02), Script(text=tricky, ending="no_done"))
     split, in_text = Store(db_path).exchanges()
-    assert [c.data for c in Store(db_path).chunks(split.id)] == [body[:cut], body[cut:]]
+    assert [c.data for c in Store(db_path).chunks(split.id)] == reads
     assert (split.end_cause, split.done) == ("complete", True)
     # the marker's words inside a JSON string are not the marker
     assert (in_text.end_cause, in_text.done, in_text.text) == ("eof_without_done", False, tricky)
@@ -215,15 +220,16 @@ def raises(error: str, text: str = PART) -> dict[Client, tuple[str, str | None, 
     return {c: ("" if c is Client.AG2_ANTHROPIC else text, None, error) for c in CLIENTS}
 
 
-#: each fault: what each client's app ends up with, and whether message_stop reached it
-FAULT_OUTCOMES: dict[str, tuple[dict[Client, tuple[str, str | None, str | None]], bool]] = {
+#: each fault: what each client's app ends up with, and whether message_stop reached it (None: a race, as the
+#: clients raise at the broken event and leave while the rest is being written)
+FAULT_OUTCOMES: dict[str, tuple[dict[Client, tuple[str, str | None, str | None]], bool | None]] = {
     "cut:chunk=6": (PARTIAL_NO_ERROR, False),
     "close:chunk=6": (raises("httpx.RemoteProtocolError"), False),
     "reset:chunk=6": (raises("httpx.ReadError"), False),
     "drop-done": (WHOLE, False),
     "drop-finish": ({c: (TEXT, "unknown" if c is Client.AUTOGEN_ANTHROPIC else None, None) for c in CLIENTS}, True),
     "error-event:chunk=6": (raises("anthropic.APIStatusError"), False),
-    "corrupt:chunk=5": (raises("json.JSONDecodeError", "Hello! How "), True),
+    "corrupt:chunk=5": (raises("json.JSONDecodeError", "Hello! How "), None),
     "status:code=529": (raises("anthropic.OverloadedError", ""), False),
     "status:code=500": (raises("anthropic.InternalServerError", ""), False),
     # pieces no shorter than the marker: replay looks for it in two pieces at a time
@@ -242,14 +248,15 @@ def tape(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Sent]:
 
 async def test_each_fault_as_each_client_sees_it(tape: tuple[Path, Sent]):
     db_path, _ = tape
+    outcomes = {}
     async with ReplayServer(db_path, speed=0, match="sequence") as srv:
-        runs = [every_client(srv.fault_url(spec), timeout=0.3 if spec.startswith("stall") else 2.0)
-                for spec in FAULT_OUTCOMES]
-        outcomes = dict(zip(FAULT_OUTCOMES, await asyncio.gather(*runs), strict=True))
+        for spec in FAULT_OUTCOMES:
+            outcomes[spec] = await every_client(srv.fault_url(spec), timeout=0.3 if spec.startswith("stall") else 5.0)
     assert outcomes == {spec: expected for spec, (expected, _) in FAULT_OUTCOMES.items()}
     assert len(srv.requests) == len(FAULT_OUTCOMES) * len(CLIENTS)  # no client retried
-    delivered = {spec: {r.done_delivered for r in srv.requests if r.applied == [spec]} for spec in FAULT_OUTCOMES}
-    assert delivered == {spec: {terminal} for spec, (_, terminal) in FAULT_OUTCOMES.items()}
+    checked = {spec: terminal for spec, (_, terminal) in FAULT_OUTCOMES.items() if terminal is not None}
+    delivered = {spec: {r.done_delivered for r in srv.requests if r.applied == [spec]} for spec in checked}
+    assert delivered == {spec: {terminal} for spec, terminal in checked.items()}
 
 
 async def test_fault_bytes_are_anthropics_own(tape: tuple[Path, Sent], received: list[Received]):
@@ -288,11 +295,11 @@ async def test_a_whole_message_answers_a_stream_request_as_the_api_streams_it(db
     # the answer cut in the 16-character pieces replay's stream uses, so that the scripted stream matches it
     pieces = [text[i : i + 16] for i in range(0, len(text), 16)]
     script = Script(text=text, pieces=pieces, tool_calls=[{"name": "noop", "arguments": '{"a":1}'}])
-    async with ScriptedUpstream(script) as up:
-        async with RecordingProxy(RecordOptions(upstream=up.origin, db=str(db_path), tape="a")) as proxy:
-            client = anthropic.AsyncAnthropic(base_url=origin_of(proxy.base_url), api_key="k", max_retries=0)
-            whole = await client.messages.create(model="smollm2", max_tokens=256, messages=MESSAGES)
-            await proxy.settle()
+    async with ScriptedUpstream(script) as up, RecordingProxy(RecordOptions(upstream=up.origin, db=str(db_path),
+                                                                            tape="a")) as proxy:
+        client = anthropic.AsyncAnthropic(base_url=origin_of(proxy.base_url), api_key="k", max_retries=0)
+        whole = await client.messages.create(model="smollm2", max_tokens=256, messages=MESSAGES)
+        await proxy.settle()
     async with ReplayServer(db_path, speed=0) as srv:
         client = anthropic.AsyncAnthropic(base_url=origin_of(srv.base_url), api_key="k", max_retries=0)
         async with client.messages.stream(model="smollm2", max_tokens=256, messages=MESSAGES) as stream:

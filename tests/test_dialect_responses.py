@@ -161,6 +161,21 @@ async def test_each_client_records_byte_exact(db_path: Path, client: Client):
     assert list(item) == (["content", "role", "type"] if client is Client.LANGCHAIN_RESPONSES else ["role", "content"])
 
 
+async def test_a_max_output_tokens_answer_as_each_client_sees_it(db_path: Path):
+    """response.incomplete: every client has the text and the reason, but the SDK's stream helper has no
+    final response to give (it keeps only response.completed's)."""
+
+    async def behaviour(base: str) -> dict[Client, tuple[str, str | None, str | None]]:
+        outcomes = {client: (await drive(client, base))[0] for client in DRIVERS}
+        return {client: (o.text, o.finish_reason, o.error_type) for client, o in outcomes.items()}
+
+    got, _, exchanges = await record(db_path, [Script(finish_reason="length") for _ in DRIVERS], behaviour)
+    assert got == {Client.OPENAI_RESPONSES: (TEXT, "max_output_tokens", None),
+                   Client.OPENAI_RESPONSES_STREAM: (TEXT, "max_output_tokens", "builtins.RuntimeError"),
+                   Client.LANGCHAIN_RESPONSES: (TEXT, "max_output_tokens", None)}
+    assert [(ex.end_cause, ex.finish_reason) for ex in exchanges] == [("complete", "length")] * 3
+
+
 async def test_ls_and_show_read_text_tool_call_usage_and_status(db_path: Path):
     scripts = [Script(tool_calls=[CALL], split_events=True, gap=0.002), Script(finish_reason="length")]
 
@@ -220,7 +235,7 @@ def test_find_terminal_reads_the_type_only_where_it_names_the_event():
     assert responses.find_terminal(b'\nevent: response.failed\n')
     nested = b'data: {"type":"response.created","response":{"metadata":{"type":"response.completed"}}}\n'
     inside = b'data: {"type":"response.output_text.delta","delta":"event: response.completed\\n"}\n'
-    comment = b"\n: event: response.completed\n"  # a comment line, not an event line
+    comment = b'\n: event: response.completed\n: data: {"type":"response.completed"\n'  # comments, not events
     assert not any(responses.find_terminal(data) for data in (nested, inside, comment))
 
 

@@ -180,7 +180,7 @@ class AnthropicAssembler:
             delta = _dict(obj.get("delta"))
             self.stop_reason = _str(delta.get("stop_reason")) or self.stop_reason
             self.stop_sequence = _str(delta.get("stop_sequence")) or self.stop_sequence
-            self._merge_usage(obj.get("usage"))
+            pass
         elif name == "message_stop":
             self.done = True
         # content_block_stop carries nothing

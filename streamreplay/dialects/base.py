@@ -141,7 +141,7 @@ class Dialect:
 
     def wants_stream(self, request: dict[str, Any]) -> bool:
         """Whether a request body asks for a stream."""
-        return request.get("stream") is True
+        return bool(request.get("stream"))
 
     def is_stream(self, content_type: str | None) -> bool:
         """Whether a response with this content type is a stream of this dialect."""

@@ -25,14 +25,16 @@ TERMINAL_FOR_STATUS = {"completed": "response.completed", "incomplete": "respons
                        "failed": "response.failed"}
 
 _TERMINAL_WORDS = (b"response.completed", b"response.incomplete", b"response.failed")
-# A terminal event, found without parsing: its `event:` line whole (a line break before and after, which
-# no JSON string holds raw), or `"type":"response.<end>"` as the first or the last member of a data
-# line's object (OpenAI writes `type` first; pydantic-ordered servers write it last). Quotes inside a
-# JSON string are escaped, so neither data form can match inside a string value; as the first member it
-# cannot be a nested object's, and as the last one the line ends right after its closing brace.
+# A terminal event, found without parsing: its `event:` line whole (a raw line break after it, which no
+# JSON string holds), or `"type":"response.<end>"` as the first or the last member of a data line's
+# object (OpenAI writes `type` first; pydantic-ordered servers write it last). Quotes inside a JSON
+# string are escaped, so neither data form can match inside a string value; as the first member it
+# cannot be a nested object's, and as the last one the line ends right after its closing brace. A line
+# break before `event:` and `data:` keeps a comment holding those words from counting; so a body that
+# began with its terminal event would not count either: none does (response.created comes first).
 _TERMINAL = re.compile(
     rb"(?<=[\r\n])event: ?response\.(?:completed|incomplete|failed)[ \t]*[\r\n]"
-    rb'|data: ?\{[ \t]*"type"[ \t]*:[ \t]*"response\.(?:completed|incomplete|failed)"'
+    rb'|(?<=[\r\n])data: ?\{[ \t]*"type"[ \t]*:[ \t]*"response\.(?:completed|incomplete|failed)"'
     rb'|"type"[ \t]*:[ \t]*"response\.(?:completed|incomplete|failed)"[ \t]*\}[ \t]*[\r\n]'
 )
 _DATA_LINE = re.compile(rb"(?m)^(data: ?)([^\r\n]*)")
@@ -79,7 +81,7 @@ def chunk_pieces(text: str, size: int = 8) -> list[str]:
 def obfuscation(delta: str, n: int) -> str:
     """A deterministic stand-in for the API's random `obfuscation` padding (`stream_options.
     include_obfuscation`, on by default): it pads a delta's event to a steady size (16 characters of
-    delta and padding together, as recorded from the API), so a recording is the same every run."""
+    delta and padding together, as recorded API streams show), so a recording is the same every run."""
     alphabet = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
     return "".join(alphabet[(n * 7 + i * 13) % len(alphabet)] for i in range(max(1, 16 - len(delta))))
 

@@ -242,7 +242,7 @@ class RecordingProxy(AppServer):
         """On the writer's thread, before anything is stored: the body's secrets redacted, and the stream
         flag and model read from it. Both parse the whole body, which the forwarding path need not wait for."""
         body = redact_body(row["request_body"], self.options.redact_fields)
-        stream, model = _stream_and_model(body)
+        stream, model = _stream_and_model(body, dialect_for(row["path"]))
         return {**row, **exchange_row(request_body=body, stream=stream, model=model)}
 
     def _answer_error(self, flow: _InFlight, cause: EndCause, status: int, message: str) -> web.Response:
@@ -336,7 +336,8 @@ class RecordingProxy(AppServer):
                 # the seam between two reads is checked apart: no copy of a whole read
                 terminal = flow.dialect.find_terminal
                 flow.saw_done = terminal(said) or terminal(flow.tail + said[:SEAM])
-                flow.tail = said[-SEAM:]
+                # reads shorter than the seam must add up, or a marker across several is missed
+                flow.tail = said[-SEAM:] if len(said) >= SEAM else (flow.tail + said)[-SEAM:]
             if self.writer.backlog > STORE_BACKLOG:
                 # the disk is behind the network: hold this stream back rather than grow without bound
                 await self.writer.room()
@@ -395,10 +396,10 @@ class RecordingProxy(AppServer):
         await asyncio.to_thread(self.writer.flush)
 
 
-def _stream_and_model(body: bytes) -> tuple[bool, str | None]:
+def _stream_and_model(body: bytes, dialect: Dialect) -> tuple[bool, str | None]:
     payload = json_object(body) or {}
     model = payload.get("model")
-    return bool(payload.get("stream")), model if isinstance(model, str) else None
+    return dialect.wants_stream(payload), model if isinstance(model, str) else None
 
 
 def redact_body(body: bytes, fields: Iterable[str]) -> bytes:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Protocol
 
+from streamreplay.dialects import dialect_for
 from streamreplay.requestkey import NOT_JSON, canonical_value, parse_body
 
 if TYPE_CHECKING:
@@ -67,9 +68,10 @@ class Request:
 
     @property
     def stream(self) -> bool | None:
-        """What the body's `stream` asks for, or None when the body is not a JSON object."""
+        """Whether the body asks for a stream (in its dialect: Ollama streams unless told not to), or None
+        when the body is not a JSON object."""
         payload = self.json
-        return bool(payload.get("stream")) if isinstance(payload, dict) else None
+        return dialect_for(self.path).wants_stream(payload) if isinstance(payload, dict) else None
 
 
 @dataclass(eq=False)

@@ -256,7 +256,8 @@ class ReplayServer(AppServer):
                 rec.delivered += 1
                 if not rec.done_delivered:
                     rec.done_delivered = schedule.dialect.find_terminal(tail + piece.data)
-                    tail = piece.data[-SEAM:]
+                    # pieces shorter than the seam (rechunk) must add up, or a marker across several is missed
+                    tail = piece.data[-SEAM:] if len(piece.data) >= SEAM else (tail + piece.data)[-SEAM:]
             if schedule.ending is Ending.RESET:
                 await asyncio.sleep(0.005)  # an RST discards unsent bytes: let the last write leave first
                 reset_connection(request)

@@ -36,7 +36,8 @@ def summarize(conn: sqlite3.Connection, exchange_id: int) -> None:
     """Write an exchange's summary columns from its stored chunks (decoded when the upstream compressed them)."""
     stream, status, headers, path = conn.execute(
         "select stream, status, response_headers, path from exchanges where id = ?", [exchange_id]).fetchone()
-    summary = Summarizer(bool(stream), content_encoding=_header(headers, "content-encoding"), dialect=dialect_for(path))
+    summary = Summarizer(bool(stream), content_encoding=_header(headers, "content-encoding"), dialect=dialect_for(path),
+                         content_type=_header(headers, "content-type"))
     for (data,) in conn.execute("select data from chunks where exchange_id = ? order by idx", [exchange_id]):
         summary.feed(bytes(data))
         if summary.full:
