@@ -211,6 +211,13 @@ def _dialect_client(exchange: Exchange) -> Client:
     dialect = exchange.dialect.name
     asynchronous = agent.startswith("Async") or request_header(exchange, "x-stainless-async") not in (None, "false")
     if dialect == "anthropic":
+        if agent.startswith("ag2/"):  # "ag2/0.14.0 Anthropic/Python 0.125.0"
+            return Client.AG2_ANTHROPIC
+        if request_header(exchange, "x-stainless-helper-method") == "stream":
+            return Client.ANTHROPIC_STREAM
+        body = exchange.request_json()
+        if asynchronous and isinstance(body, dict) and "temperature" in body:  # autogen-ext always sends it
+            return Client.AUTOGEN_ANTHROPIC
         return Client.ANTHROPIC_STREAM if asynchronous else Client.ANTHROPIC
     if dialect == "responses":
         body = exchange.request_json()

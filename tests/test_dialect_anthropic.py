@@ -232,8 +232,7 @@ FAULT_OUTCOMES: dict[str, tuple[dict[Client, tuple[str, str | None, str | None]]
     "corrupt:chunk=5": (raises("json.JSONDecodeError", "Hello! How "), None),
     "status:code=529": (raises("anthropic.OverloadedError", ""), False),
     "status:code=500": (raises("anthropic.InternalServerError", ""), False),
-    # pieces no shorter than the marker: replay looks for it in two pieces at a time
-    "rechunk:size=24": (WHOLE, True),
+    "rechunk:size=7": (WHOLE, True),  # message_stop over four pieces: still seen
     "stall:chunk=6,seconds=0.8": (raises("httpx.ReadTimeout"), False),  # past the 0.3 s read timeout
 }
 
@@ -310,3 +309,25 @@ async def test_a_whole_message_answers_a_stream_request_as_the_api_streams_it(db
     # byte for byte what the scripted upstream (the published event sequence) streams for the same answer
     assert received[-1].body == b"".join(anthropic_events(script, "smollm2", "msg_0001"))
     assert dialect_for("/v1/messages").assemble_stream(received[-1].body).problems == []
+
+
+def test_malformed_events_are_written_down_not_raised():
+    dialect = dialect_for("/v1/messages")
+    body = (b'event: message_start\ndata: {"type":"message_start","message":"not an object"}\n\n'
+            b'event: content_block_delta\ndata: {"type":"content_block_delta","index":"0","delta":5}\n\n'
+            b"event: content_block_delta\ndata: {cut\n\n"
+            b"data: [1, 2]\n\n"
+            b'event: some_future_event\ndata: {"type":"some_future_event","x":1}\n\n'
+            b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+            b'"delta":{"type":"text_delta","text":"kept"}}\n\n'
+            b'event: error\ndata: {"type":"error","error":{"type":"api_error","message":"boom"}}\n\n'
+            b"event: message_stop\ndata: {\"type\"")
+    result = dialect.assemble_stream(body)
+    assert (result.text, result.done, result.error) == ("kept", False, {"type": "api_error", "message": "boom"})
+    assert [p.split(":")[0] for p in result.problems] == [
+        f"trailing unterminated event at end of stream (byte {len(body)})", "event 0", "event 1", "event 2", "event 3"]
+    assert dialect.whole_body(body) is None  # an error is no Message
+    assert dialect.assemble_json(b'{"type":"message","content":[7,{"type":"tool_use","input":[]}]}').problems == []
+    assert dialect.stream_events({"type": "message", "content": "text", "usage": None})[-1].startswith(
+        b"event: message_stop")
+    assert dialect.drop_terminal(body) == body  # the unterminated message_stop is no event: nothing to drop

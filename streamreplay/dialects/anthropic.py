@@ -130,6 +130,12 @@ class AnthropicAssembler:
 
     def feed_json(self, obj: Any) -> None:
         """A whole non-stream body: a Message, or an error."""
+        try:
+            self._body(obj)
+        except Exception as e:  # see feed_event
+            self.problems.append(f"body: internal error: {type(e).__name__}: {e}")
+
+    def _body(self, obj: Any) -> None:
         if not isinstance(obj, dict):
             self.problems.append(f"body: expected a JSON object, got {type(obj).__name__}")
             return
@@ -180,7 +186,7 @@ class AnthropicAssembler:
             delta = _dict(obj.get("delta"))
             self.stop_reason = _str(delta.get("stop_reason")) or self.stop_reason
             self.stop_sequence = _str(delta.get("stop_sequence")) or self.stop_sequence
-            pass
+            self._merge_usage(obj.get("usage"))
         elif name == "message_stop":
             self.done = True
         # content_block_stop carries nothing

@@ -118,7 +118,6 @@ def _ag2_anthropic(base_url: str, messages: list[dict[str, Any]], timeout: float
     from autogen.io import IOStream
 
     logging.getLogger("autogen.oai.client").setLevel(logging.ERROR)  # "model not found, cost will be 0"
-    logging.getLogger("autogen.oai.anthropic").setLevel(logging.ERROR)
     entry = {"api_type": "anthropic", "model": MODEL, "base_url": origin_of(base_url), "api_key": "not-needed",
              "stream": True, "max_tokens": MAX_TOKENS}
     agent = ConversableAgent("assistant", llm_config={"config_list": [entry], "cache_seed": None},

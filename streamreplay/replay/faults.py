@@ -334,7 +334,7 @@ def error_body(message: str, code: int | None = None) -> bytes:
 class Status(Fault):
     name = "status"
     usage = "status:code=C"
-    help = f"HTTP C with an OpenAI error JSON body instead of the recorded answer; C {STATUS_CODES}"
+    help = f"HTTP C with the API's error JSON body instead of the recorded answer; C {STATUS_CODES}"
     code: int = param(500, STATUS_CODES)
 
     def apply(self, schedule: Schedule) -> Schedule:
@@ -353,7 +353,7 @@ class Status(Fault):
 class ErrorEvent(Fault):
     name = "error-event"
     usage = "error-event:chunk=N"
-    help = f"deliver N chunks, then the API's error event (data: {{\"error\": ...}}), then a clean end; N {CHUNKS}"
+    help = f"deliver N chunks, then the API's error event, then a clean end; N {CHUNKS}"
     chunk: int = param(0, CHUNKS)
 
     def apply(self, schedule: Schedule) -> Schedule:
