@@ -60,12 +60,16 @@ def verdict(outcome: Outcome, full_text: str) -> str:
 
 
 async def run_matrix(cassette: Path, clients: list[str], timeout: float = 1.0,
-                     progress: Callable[[str], None] | None = None) -> tuple[list[Row], dict[tuple[str, str], str]]:
-    """Each row replayed into each client (by id or label); the verdicts by (row label, client as given)."""
+                     progress: Callable[[str], None] | None = None, faults: list[str] | None = None,
+                     ) -> tuple[list[Row], dict[tuple[str, str], str]]:
+    """Each row replayed into each client (by id or label); the verdicts by (row label, client as given).
+    `faults` keeps only the rows whose fault is named there ("" for the recording as it is)."""
     source = CassetteSource(cassette)
     exchange = source.exchanges()[0]
     messages = chat_messages(exchange.request_json())
     table_rows = rows(len(source.chunks(exchange)), timeout, exchange.dialect)
+    if faults is not None:
+        table_rows = [r for r in table_rows if (r.spec or "").split(":")[0] in faults]
     results: dict[tuple[str, str], str] = {}
     # sequence matching with repeat: every client's request body differs a little, all get this answer
     async with ReplayServer(source, speed=0, match="sequence") as server:
