@@ -50,7 +50,7 @@ def main() -> None:
             print(f"== {tape}: {how}")
             note = f"recorded from streamreplay's scripted upstream ({client.info.dialect} wire); client: {how}"
 
-            def send(base_url: str, client: Client = client) -> str:
+            def send(base_url: str, client: Client = client, tape: str = tape) -> str:
                 # the recorder's upstream has no base path, so its base URL is the origin; drivers take /v1
                 outcome = asyncio.run(run_client(client, base_url.rstrip("/") + "/v1", QUESTION, timeout=10))
                 if outcome.error:
