@@ -169,12 +169,13 @@ def main(store: Store, exchange_id: int, say: Callable[[str], None] = print) -> 
         say(f"recorded: {who}, {ex.end_cause}, {ex.chunk_count} chunks")
     observations = asyncio.run(observe(ex, source, runs))
     width = max(len(o.behaviour) for o in observations)
-    say(f"{'behaviour'.ljust(width)}  {'client':<18} {'observed':<28} matches  what the app got")
+    named = max(18, *(len(o.client) for o in observations))
+    say(f"{'behaviour'.ljust(width)}  {'client'.ljust(named)} {'observed':<28} matches  what the app got")
     for o in observations:
         got = o.outcome.error.split(":")[0] if o.outcome.error else f"{len(o.outcome.text)} chars, " \
             f"finish_reason {o.outcome.finish_reason}"
         verdict = "yes" if matches(ex, o.seen) else "no"
-        say(f"{o.behaviour.ljust(width)}  {o.client:<18} {o.left():<28} {verdict:<8} {got}")
+        say(f"{o.behaviour.ljust(width)}  {o.client.ljust(named)} {o.left():<28} {verdict:<8} {got}")
     matching = [o for o in observations if matches(ex, o.seen)]
     whole = [o for o in observations if o.behaviour == "reads to the end" and not o.outcome.error]
     if ex.end_cause == EndCause.CLIENT_LEFT and matching and whole:
