@@ -178,8 +178,18 @@ def main() -> None:
     """Record streamed OpenAI-compatible answers chunk by chunk, replay them byte-exact, explain cutoffs."""
 
 
-@main.command()
-@option_from(RecordOptions, "upstream")
+WRAP_HELP = ("With `-- CMD ...`: start on a free port, run CMD with OPENAI_BASE_URL, ANTHROPIC_BASE_URL, "
+             "AZURE_OPENAI_ENDPOINT and OLLAMA_HOST pointing at it, stop when CMD ends, say what happened, and exit "
+             "with CMD's status.")
+
+
+def command_argument(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[-- CMD ...]")(f)
+
+
+@main.command(epilog=WRAP_HELP, context_settings={"allow_interspersed_args": False})
+@click.option("--upstream", "upstream", multiple=True, required=True,
+              help=dataclasses.fields(RecordOptions)[0].metadata["help"])
 @db_option
 @option_from(RecordOptions, "tape")
 @host_option
@@ -191,7 +201,8 @@ def main() -> None:
 @option_from(RecordOptions, "max_body")
 @option_from(RecordOptions, "max_db_bytes", "--max-db-size")
 @option_from(RecordOptions, "note", "--note")
-def record(host: str, port: int, **fields: Any) -> None:
+@command_argument
+def record(host: str, port: int, upstream: tuple[str, ...], command: tuple[str, ...], **fields: Any) -> None:
     """Forward every request to UPSTREAM untouched and store each chunk with its timing.
 
     Exits 1 if any exchange could not be stored whole (each is named on stderr as it happens)."""
@@ -199,12 +210,17 @@ def record(host: str, port: int, **fields: Any) -> None:
 
     # the per-exchange lines go through threads of their own: a log nobody reads never stops recording
     out, err = _line_log(sys.stdout), _line_log(sys.stderr)
-    options = RecordOptions(**fields, log=out, errors=err)
+    given = upstream[0] if len(upstream) == 1 else upstream
+    options = RecordOptions(upstream=given, **fields, log=None if command else out, errors=err)
     try:
         proxy = RecordingProxy(options, host=host, port=port)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
-    serve_until_signal(proxy, f"streamreplay: base_url {{base_url}} (recording {options.upstream} into {options.db}, "
+    if command:
+        _record_command(proxy, command, err)
+        return
+    upstreams = ", ".join(map(str, proxy.routes))
+    serve_until_signal(proxy, f"streamreplay: base_url {{base_url}} (recording {upstreams} into {options.db}, "
                               "tape {tape})")
     out.flush()
     if out.dropped:
@@ -215,6 +231,31 @@ def record(host: str, port: int, **fields: Any) -> None:
         err.flush()
         sys.exit(1)
     err.flush()
+
+
+def _run_command(server: Any, command: tuple[str, ...], settle: Any = None, precise_timers: bool = False) -> int:
+    """Run CMD against `server` (streamreplay.wrap); its exit status, or 127 when it could not start."""
+    from streamreplay.wrap import CommandNotRun, run_command
+
+    try:
+        return eventloop.run(run_command(server, command, settle), precise_timers)
+    except CommandNotRun as exc:
+        click.echo(f"streamreplay: {exc}", err=True)
+        return 127
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen: {exc}") from exc
+
+
+def _record_command(proxy: Any, command: tuple[str, ...], err: Any) -> None:
+    from streamreplay.wrap import record_summary
+
+    code = _run_command(proxy, command, proxy.settle)
+    record_summary(proxy.options.db, proxy.tape, err)
+    if proxy.losses:
+        err(f"streamreplay: {len(proxy.losses)} exchanges were forwarded but not stored whole")
+        code = code or 1
+    err.flush()
+    sys.exit(code)
 
 
 def _line_log(stream: Any) -> Any:
@@ -303,7 +344,7 @@ def show(exchange_ref: str, db: str, as_json: bool, html_file: str | None, fault
         say(line)
 
 
-@main.command()
+@main.command(epilog=WRAP_HELP, context_settings={"allow_interspersed_args": False})
 @db_option
 @option_from(ReplayOptions, "tape")
 @option_from(ReplayOptions, "speed")
@@ -317,17 +358,24 @@ def show(exchange_ref: str, db: str, as_json: bool, html_file: str | None, fault
 @option_from(ReplayOptions, "prefix")
 @option_from(ReplayOptions, "keep_requests")
 @option_from(ReplayOptions, "cache_bytes", "--cache-mb", unit=2**20)
-def play(db: str, host: str, port: int, **fields: Any) -> None:
+@command_argument
+def play(db: str, host: str, port: int, command: tuple[str, ...], **fields: Any) -> None:
     """Serve recordings offline: same bytes, same chunk boundaries, same (or scaled) timing, same ending."""
     from streamreplay.replay import FaultSpecError, ReplayServer
 
-    options = ReplayOptions(db, **fields, log=say)
+    options = ReplayOptions(db, **fields, log=None if command else say)
     try:
         server = ReplayServer(options, host=host, port=port)
     except FaultSpecError as exc:
         raise click.BadParameter(str(exc), param_hint="--fault") from exc
     except (FileNotFoundError, LookupError, ValueError, StoreError) as exc:
         raise click.ClickException(str(exc)) from exc
+    if command:
+        from streamreplay.wrap import play_summary
+
+        code = _run_command(server, command, precise_timers=True)
+        play_summary(server, db, lambda line: click.echo(line, err=True))
+        sys.exit(code)
     count = len(server.index.exchanges)
     extra = f", faults {' + '.join(f.spec() for f in server.faults)}" if server.faults else ""
     tape = f", tape {options.tape}" if options.tape else ""

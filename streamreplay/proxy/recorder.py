@@ -26,6 +26,7 @@ from streamreplay.dialects.base import SEAM
 from streamreplay.endcause import EndCause
 from streamreplay.exchange import exchange_row
 from streamreplay.proxy.endings import classify_read_error, clean_end_cause, end_body_when_connection_drops
+from streamreplay.proxy.routes import Route, parse_routes, route_for
 from streamreplay.redact import redact_headers, redact_query
 from streamreplay.requestkey import json_object
 from streamreplay.serving import AppServer
@@ -48,7 +49,9 @@ class RecordOptions:
     """Options of `RecordingProxy` and `streamreplay record`, each with the help text the CLI shows
     (`metadata["help"]`; `choices` where only some values are taken)."""
 
-    upstream: str = field(metadata={"help": "The real API's base URL, e.g. https://api.openai.com/v1."})
+    upstream: str | tuple[str, ...] = field(metadata={
+        "help": "The real API's base URL, e.g. https://api.openai.com/v1; or NAME=URL, repeated, for several "
+                "(each served under /NAME)."})
     db: str = field(default=DEFAULT_DB, metadata={"help": "SQLite file the recordings go to."})
     tape: str | None = field(default=None, metadata={
         "help": "Tape name for this session (default: rec-YYYYmmdd-HHMMSS)."})
@@ -108,11 +111,11 @@ class RecordingProxy(AppServer):
     def __init__(self, options: RecordOptions, host: str = "127.0.0.1", port: int = 0) -> None:
         super().__init__(host, port)
         self.options = options
-        self.upstream = URL(options.upstream.rstrip("/"))
-        if self.upstream.scheme not in ("http", "https") or not self.upstream.host:
-            raise ValueError(f"--upstream must be an http(s) URL, got {options.upstream!r}")
-        self.prefix = self.upstream.path.rstrip("/")  # the local base path mirrors the upstream's
-        self.writer = StoreWriter(options.db, options.tape_name(), options.note or str(self.upstream),
+        self.routes = parse_routes(options.upstream)
+        self.upstream = self.routes[0].url  # the first (or only) upstream
+        self.prefix = self.routes[0].prefix  # an unnamed upstream's local base path mirrors the upstream's
+        upstreams = ", ".join(map(str, self.routes))
+        self.writer = StoreWriter(options.db, options.tape_name(), options.note or upstreams,
                                   unique_tape=not options.tape, max_bytes=options.max_db_bytes)
         self._session: aiohttp.ClientSession | None = None
         self._draining: set[asyncio.Task[None]] = set()
@@ -122,6 +125,11 @@ class RecordingProxy(AppServer):
     @property
     def base_url(self) -> str:
         return f"{self.origin}{self.prefix}"
+
+    @property
+    def base_urls(self) -> dict[str, str]:
+        """The base URL a client uses for each upstream, by name ("" for the single unnamed one)."""
+        return {route.name: f"{self.origin}{route.prefix}" for route in self.routes}
 
     @property
     def tape(self) -> str:
@@ -182,31 +190,39 @@ class RecordingProxy(AppServer):
 
     # -- the request path -------------------------------------------------------------------------
 
-    def _relative(self, request: web.Request) -> str | web.Response:
-        """The request's raw path relative to the base, or the error that refuses it (what no streamreplay
-        server serves was refused before: wire.openai_errors)."""
+    def _relative(self, request: web.Request) -> tuple[Route, str] | web.Response:
+        """The request's upstream and raw path relative to its base, or the error that refuses it (what no
+        streamreplay server serves was refused before: wire.openai_errors)."""
         raw_path = request.raw_path.split("?", 1)[0]
-        if self.prefix and not (raw_path == self.prefix or raw_path.startswith(self.prefix + "/")):
-            return openai_error(404, f"path {request.path} is not under the base path {self.prefix}",
+        found = route_for(self.routes, raw_path)
+        if found is None:
+            bases = ", ".join(r.prefix for r in self.routes)
+            return openai_error(404, f"path {request.path} is not under the base path {bases}",
                                 code="not_under_base")
-        return raw_path[len(self.prefix):]
+        return found
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        rel = self._relative(request)
-        if isinstance(rel, web.Response):
-            return rel
+        found = self._relative(request)
+        if isinstance(found, web.Response):
+            return found
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return openai_error(413, f"request body over {self.options.max_body} bytes", code="body_too_large")
-        return await self.forward(request, rel, body)
+        route, rel = found
+        return await self.forward(request, rel, body, route)
 
-    async def forward(self, request: web.Request, rel: str, body: bytes) -> web.StreamResponse:
-        """Send the request to upstream + `rel` (a raw path) and relay the answer while recording it."""
+    async def forward(self, request: web.Request, rel: str, body: bytes, route: Route | None = None,
+                      ) -> web.StreamResponse:
+        """Send the request to its upstream + `rel` (a raw path) and relay the answer while recording it."""
+        route = route or self.routes[0]
+        upstream = route.url
         query = request.query_string
-        target = URL(str(self.upstream) + rel + (f"?{query}" if query else ""), encoded=True)
-        rel_path = target.path[len(self.upstream.path.rstrip("/")):] or "/"
-        handle = self.writer.begin(self._request_row(request, rel_path, body), self._finish_request_row)
+        target = URL(str(upstream) + rel + (f"?{query}" if query else ""), encoded=True)
+        # a named upstream's recordings keep its name, so replay serves each from its own
+        rel_path = (f"/{route.name}" if route.name else "") + (target.path[len(upstream.path.rstrip("/")):] or "/")
+        handle = self.writer.begin(self._request_row(request, rel_path, body, upstream),
+                                   self._finish_request_row)
         self._open.add(handle)
         headers = forwardable(request.headers.items(), drop=("host", "content-length", "accept-encoding"))
         headers["Accept-Encoding"] = "identity"  # stored bytes must be the bytes the client gets
@@ -225,7 +241,7 @@ class RecordingProxy(AppServer):
             return self._answer_error(flow, EndCause.UPSTREAM_UNREACHABLE, 502, f"upstream unreachable: {exc}")
         return await self._relay(request, upstream, flow)
 
-    def _request_row(self, request: web.Request, rel_path: str, body: bytes) -> dict[str, Any]:
+    def _request_row(self, request: web.Request, rel_path: str, body: bytes, upstream: URL) -> dict[str, Any]:
         """What is known of the request on the forwarding path; the body is read on the writer's thread."""
         return exchange_row(
             started_at=now_iso(),
@@ -235,7 +251,7 @@ class RecordingProxy(AppServer):
             request_headers=redact_headers(request.headers.items(), self.options.redact_headers),
             request_body=body,
             client=request.headers.get("User-Agent"),
-            upstream=str(self.upstream),
+            upstream=str(upstream),
         )
 
     def _finish_request_row(self, row: dict[str, Any]) -> dict[str, Any]:
