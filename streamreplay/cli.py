@@ -174,8 +174,39 @@ class _Commands(click.Group):
 
 @click.group(cls=_Commands)
 @click.version_option(package_name="streamreplay")
-def main() -> None:
-    """Record streamed OpenAI-compatible answers chunk by chunk, replay them byte-exact, explain cutoffs."""
+@click.option("--no-config", is_flag=True,
+              help="Ignore [tool.streamreplay] in pyproject.toml: flags, environment variables and defaults only.")
+@click.pass_context
+def main(ctx: click.Context, no_config: bool) -> None:
+    """Record streamed OpenAI-compatible answers chunk by chunk, replay them byte-exact, explain cutoffs.
+
+    Defaults come from the [tool.streamreplay] table of the nearest pyproject.toml (`streamreplay config`)."""
+    if ctx.default_map is None:  # a default_map the caller gave (an app embedding the CLI) is kept
+        ctx.default_map = project_defaults(ctx, no_config)
+
+
+#: where the group leaves the project's Settings for `config`
+SETTINGS_META = "streamreplay.settings"
+
+
+def project_defaults(ctx: click.Context, no_config: bool) -> dict[str, Any]:
+    """The default_map from the nearest pyproject.toml's [tool.streamreplay] (streamreplay.settings), below
+    flags and environment variables as click ranks them. A bad table stops a command that reads settings
+    with its one line; one that reads none (faults, demo) runs."""
+    from pathlib import Path
+
+    from streamreplay.settings import KEYS, Settings, SettingsError, click_default_map, load_settings
+
+    try:
+        settings = Settings() if no_config else load_settings(Path.cwd())
+        ctx.meta[SETTINGS_META] = settings
+        return click_default_map(settings, main.commands)
+    except SettingsError as exc:
+        command = main.commands.get(ctx.invoked_subcommand or "")
+        names = {key.name for key in KEYS}
+        if command is None or command.name == "config" or any(p.name in names for p in command.params):
+            raise click.ClickException(str(exc)) from exc
+        return {}
 
 
 WRAP_HELP = ("With `-- CMD ...`: start on a free port, run CMD with OPENAI_BASE_URL, ANTHROPIC_BASE_URL, "
@@ -610,6 +641,104 @@ def demo(directory: str | None) -> None:
     except FileNotFoundError as exc:
         raise click.ClickException(str(exc)) from exc
 
+
+@main.command("config")
+@click.option("--json", "as_json", is_flag=True, help="The settings as JSON: each one's value, source and origin.")
+@click.pass_context
+def config_command(ctx: click.Context, as_json: bool) -> None:
+    """The settings in force and where each came from: an environment variable, the [tool.streamreplay] table
+    of the nearest pyproject.toml, or the built-in default. A flag given to a command beats them all."""
+    from pathlib import Path
+
+    from streamreplay.settings import SettingsError, load_settings
+
+    settings = ctx.meta.get(SETTINGS_META)
+    if settings is None:  # run on its own, not through the group
+        try:
+            settings = load_settings(Path.cwd())
+        except SettingsError as exc:
+            raise click.ClickException(str(exc)) from exc
+    if as_json:
+        say(json.dumps(settings.to_json(os.environ), indent=2))
+        return
+    for line in settings.lines(os.environ):
+        say(line)
+
+
+class _CannotCheck(click.ClickException):
+    """drift could not run: exit 2, so that a scheduled job tells it from drift (1)."""
+
+    exit_code = 2
+
+
+def _header_pair(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> list[tuple[str, str]]:
+    pairs = []
+    for value in values:
+        name, sep, rest = value.partition(":")
+        if not sep or not name.strip() or any(c.isspace() for c in name.strip()):
+            raise click.BadParameter("give a header as 'Name: value'", ctx, param)  # not echoed: it may be a secret
+        pairs.append((name.strip(), rest.strip()))
+    return pairs
+
+
+def _setting(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, Any]:
+    settings: dict[str, Any] = {}
+    for value in values:
+        path, sep, raw = value.partition("=")
+        if not sep or not path or any(not part for part in path.split(".")):
+            raise click.BadParameter(f"give a field as FIELD=VALUE (a dotted path), got {value!r}", ctx, param)
+        try:
+            settings[path] = json.loads(raw)
+        except ValueError:
+            settings[path] = raw  # not JSON: a string (--set model=gpt-4.1-mini)
+    return settings
+
+
+@main.command("drift")
+@click.argument("tape")
+@db_option
+@click.option("--upstream", required=True, help="The live API's base URL, e.g. https://api.openai.com/v1.")
+@click.option("--header", "headers", multiple=True, callback=_header_pair,
+              help="'Name: value' sent with every request (repeatable), e.g. the Authorization the recording "
+                   "redacted; never shown.")
+@click.option("--tolerance", default=3.0, show_default=True, type=click.FloatRange(min=1),
+              help="How many times slower or faster the first byte and the typical gap may get (and at least "
+                   "50 ms apart) before they count as drift.")
+@click.option("--count-tolerance", default=2.0, show_default=True, type=click.FloatRange(min=1),
+              help="How many times more or fewer chunks (at least 4 apart), or larger or smaller chunks (at least "
+                   "64 bytes apart), count as drift.")
+@click.option("--set", "settings", multiple=True, callback=_setting, metavar="FIELD=VALUE",
+              help="Set a body field of every request (repeatable; VALUE is JSON, else a string), e.g. "
+                   "--set max_tokens=8 or --set model=NEW, to see what that change does to the answers' shape.")
+@click.option("--timeout", default=120.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Seconds of upstream silence before a live answer counts as upstream_timeout.")
+@click.option("--json", "as_json", is_flag=True, help="The report as JSON: both shapes and the differences.")
+def drift_command(tape: str, db: str, upstream: str, headers: list[tuple[str, str]], tolerance: float,
+                  count_tolerance: float, settings: dict[str, Any], timeout: float, as_json: bool) -> None:
+    """Resend each request of TAPE to the live upstream and say what changed in the shape of the answers.
+
+    Event types and their order, JSON fields added or gone, stop reasons, how the body ended, chunk count
+    and sizes, time to first byte and the typical gap; never the text. TAPE is a tape in --db, or a
+    cassette file. Exits 0 when nothing drifted, 1 when something did, 2 when it could not check."""
+    from streamreplay.cassette import is_cassette
+    from streamreplay.drift import DriftError, Tolerance, drift
+
+    source, name = (tape, None) if is_cassette(tape) else (db, tape)
+    if not os.path.exists(source):
+        raise _CannotCheck(f"no recordings at {source}")
+    try:
+        report = run_cancellable(drift(
+            source, name, upstream, headers, Tolerance(timing=tolerance, count=count_tolerance), settings, timeout,
+            on_start=None if as_json else lambda r: [say(line) for line in r.head()],
+            on_exchange=None if as_json else lambda e: [say(line) for line in e.lines()],
+        ))
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    except (DriftError, StoreError) as exc:
+        raise _CannotCheck(str(exc)) from exc
+    say(json.dumps(report.to_json(), indent=2) if as_json else report.tail())
+    if report.drifted:
+        sys.exit(1)
 
 if __name__ == "__main__":
     main()

@@ -17,15 +17,20 @@ records everything again. Recording needs an upstream (`--streamreplay-upstream 
 
 Where each setting comes from, the first that gives it:
 - the run's own settings, `mode` and `upstream`: the command line (`--streamreplay-mode`,
-  `--streamreplay-upstream`), the test's closest `streamreplay` marker, `streamreplay_config`, the default;
+  `--streamreplay-upstream`), the test's closest `streamreplay` marker, `streamreplay_config`, the
+  project's settings (`mode` only), the default;
 - everything else (`tape`, `cassette_dir`, `fault`, `speed`, `match`, `ignore_fields`, `allow_misses`):
-  the marker, `streamreplay_config`, the command line (`--streamreplay-dir`), the default.
+  the marker, `streamreplay_config`, the command line (`--streamreplay-dir`), the project's settings
+  (`cassette_dir` as `--streamreplay-dir`, `match`, `ignore_fields`), the default.
+The project's settings are the [tool.streamreplay] table of the nearest pyproject.toml from the
+rootdir up (streamreplay.settings), read once per run.
 
 The cassette is `<cassette_dir>/<name>.jsonl`. Its name is the tape, else the test's name
 (`TestClass.test_name[param]`). Its directory is `cassette_dir` (relative to the rootdir), else, for a
 named tape, `--streamreplay-dir` (default `recordings/`), else, for an unnamed one,
 `<--streamreplay-dir>/<module>` when that option is given and `<test file's dir>/cassettes/<module>`
-when not (pytest-recording's place).
+when not (pytest-recording's place). The project's `cassette_dir` (relative to its pyproject.toml)
+stands for `--streamreplay-dir` when that option is not given.
 
 A request no recording matches, while the cassette is only replayed (mode `none`, or `once` with the
 cassette there), fails the test once, with the closest recording and the first field that differs,
@@ -46,16 +51,17 @@ import pytest
 
 from streamreplay.cassette import export_tape, import_cassette
 from streamreplay.replay import Replayed, ReplayServer
+from streamreplay.settings import MODE_ALIASES, MODES, Settings, SettingsError, default_mode, load_settings
 from streamreplay.store import Store
 
-MODES = ("none", "once", "new", "all")
-#: VCR.py's and pytest-recording's names for the same modes
-MODE_ALIASES = {"new_episodes": "new", "rewrite": "all"}
 #: what the marker's keyword arguments and `streamreplay_config` may set
 CONFIG_KEYS = ("tape", "mode", "upstream", "cassette_dir", "fault", "speed", "match", "ignore_fields",
                "allow_misses")
 
 _ACTIVE = pytest.StashKey["StreamReplay"]()
+_PROJECT = pytest.StashKey[Settings]()
+#: the keys of the project's settings that are defaults of the plugin's own (cassette_dir: `_cassette`)
+PROJECT_KEYS = ("mode", "match", "ignore_fields")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -151,9 +157,20 @@ def _normal_mode(mode: str) -> str:
     return mode
 
 
+def _project(config: pytest.Config) -> Settings:
+    """The project's [tool.streamreplay] settings, read once per run: a bad table fails each test that uses
+    the fixture, with its one line."""
+    if _PROJECT not in config.stash:
+        try:
+            config.stash[_PROJECT] = load_settings(Path(config.rootpath))
+        except SettingsError as exc:
+            pytest.fail(f"streamreplay: {exc}", pytrace=False)
+    return config.stash[_PROJECT]
+
+
 def _settings(request: pytest.FixtureRequest, config_defaults: Mapping[str, Any]) -> dict[str, Any]:
-    """The test's settings: the marker's over `streamreplay_config`'s, the command line's mode and upstream
-    over both (see the module's docstring)."""
+    """The test's settings: the marker's over `streamreplay_config`'s over the project's, the command line's
+    mode and upstream over all (see the module's docstring)."""
     marker = request.node.get_closest_marker("streamreplay")
     from_marker = dict(marker.kwargs) if marker else {}
     if marker and marker.args:
@@ -163,13 +180,14 @@ def _settings(request: pytest.FixtureRequest, config_defaults: Mapping[str, Any]
         if unknown:
             pytest.fail(f"streamreplay: {origin} has unknown key(s) {', '.join(unknown)}; "
                         f"known: {', '.join(CONFIG_KEYS)}", pytrace=False)
-    settings = {**config_defaults, **from_marker}
+    project = _project(request.config)
+    settings = {**{k: project.get(k) for k in PROJECT_KEYS if k in project.values}, **config_defaults, **from_marker}
     options = request.config.option
     if options.streamreplay_mode:
         settings["mode"] = options.streamreplay_mode
     if options.streamreplay_upstream:
         settings["upstream"] = options.streamreplay_upstream
-    settings["mode"] = _normal_mode(settings.get("mode") or ("none" if os.environ.get("CI") else "once"))
+    settings["mode"] = _normal_mode(settings.get("mode") or default_mode())
     return settings
 
 
@@ -180,7 +198,7 @@ def _test_name(node: Any) -> str:
 
 def _cassette(request: pytest.FixtureRequest, tape: str | None, cassette_dir: str | Path | None) -> Path:
     """`<cassette_dir>/<tape or test name>.jsonl`; the module's docstring says which directory by default."""
-    option_dir = request.config.getoption("--streamreplay-dir")
+    option_dir = request.config.getoption("--streamreplay-dir") or _project(request.config).get("cassette_dir")
     test_file = Path(str(request.node.path))
     if cassette_dir:
         directory = Path(cassette_dir)

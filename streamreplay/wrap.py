@@ -161,7 +161,9 @@ def record_summary(db: str, tape: str, say: Callable[[str], None]) -> None:
 def play_summary(server: Any, source: str, say: Callable[[str], None]) -> None:
     """What a wrapped replay served: requests, how they ended, and the first miss in full."""
     requests = list(server.requests)
-    endings = Counter(r.ending for r in requests)
+    # a client that left before the end is what the app did, whatever the replay was to end with
+    endings = Counter("client left" if r.client_left_at_chunk is not None and not r.done_delivered else r.ending
+                      for r in requests)
     how = ", ".join(f"{ending} {count}" for ending, count in sorted(endings.items()))
     word = "request" if len(requests) == 1 else "requests"
     say(f"streamreplay: served {len(requests)} {word} from {source}" + (f" ({how})" if how else ""))

@@ -345,6 +345,9 @@ class Anthropic(Dialect):
     def assembler(self) -> Assembler:
         return AnthropicAssembler()
 
+    def event_kind(self, ev: Event) -> str:
+        return _event_type(ev) or "data"  # the event line first, as the SDK dispatches
+
     def drop_terminal(self, body: bytes) -> bytes:
         return drop_sse_events(body, lambda ev: _event_type(ev) == "message_stop")
 

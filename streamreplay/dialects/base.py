@@ -108,6 +108,16 @@ def drop_sse_events(body: bytes, drop: Callable[[Event], bool]) -> bytes:
     return b"".join(kept)
 
 
+def _json_type(data: str) -> str | None:
+    """The `type` member of an event's JSON object, if it has one."""
+    try:
+        obj = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    kind = obj.get("type") if isinstance(obj, dict) else None
+    return kind if isinstance(kind, str) else None
+
+
 def openai_error_json(message: str, code: int | None = None) -> bytes:
     """OpenAI's error object, as its API sends it in a body or an event."""
     return json.dumps({"error": {"message": message, "type": "server_error", "param": None,
@@ -165,6 +175,12 @@ class Dialect:
 
     def assembler(self) -> Assembler:
         raise NotImplementedError
+
+    def event_kind(self, ev: Event) -> str:
+        """What one event of a stream is, in this API's own terms, for comparing the shape of two answers
+        (`streamreplay.drift`): by default its data's `type`, else its `event:` name. Never its text."""
+        kind = _json_type(ev.data)
+        return kind or ev.event or "data"
 
     def assemble_stream(self, body: bytes) -> Assembled:
         parser, assembler = self.parser(), self.assembler()

@@ -5,12 +5,13 @@ Also the fallback for a path no dialect claims: an OpenAI-compatible server is t
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
 from streamreplay.dialects.base import Assembler, Dialect, openai_error_json
 from streamreplay.sse import Assembler as OpenAIAssembler
-from streamreplay.sse import assemble_stream, find_done, synthesize_chat_stream
+from streamreplay.sse import Event, assemble_stream, find_done, synthesize_chat_stream
 
 _DONE_EVENT = re.compile(rb"(?m)^data: ?\[DONE\][ \t]*(\r\n|\r|\n)(\r\n|\r|\n)?")
 _FINISH = re.compile(rb'("finish_reason"\s*:\s*)"[^"]*"')
@@ -30,6 +31,37 @@ class Chat(Dialect):
 
     def assembler(self) -> Assembler:
         return OpenAIAssembler()
+
+    def event_kind(self, ev: Event) -> str:
+        """`[DONE]`, `error`, or what a chunk carries: `role`, `content`, `reasoning`, `refusal`, `tool_calls`,
+        `finish`, `usage`, `prompt_filter` (Azure's), joined by + when it carries several; `empty` for none."""
+        if ev.data.startswith("[DONE]"):
+            return "[DONE]"
+        try:
+            obj = json.loads(ev.data)
+        except (ValueError, RecursionError):
+            return "data"
+        if not isinstance(obj, dict):
+            return "data"
+        if obj.get("error") is not None:
+            return "error"
+        parts: list[str] = []
+        choices = obj.get("choices") if isinstance(obj.get("choices"), list) else []
+        for choice in (c for c in choices if isinstance(c, dict)):
+            delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
+            parts += [name for name, present in (
+                ("role", delta.get("role")),
+                ("content", delta.get("content") or choice.get("text")),  # legacy completions: `text`
+                ("reasoning", delta.get("reasoning_content") or delta.get("reasoning")),
+                ("refusal", delta.get("refusal")),
+                ("tool_calls", delta.get("tool_calls") or delta.get("function_call")),
+                ("finish", choice.get("finish_reason")),
+            ) if present]
+        if obj.get("usage"):
+            parts.append("usage")
+        if obj.get("prompt_filter_results"):
+            parts.append("prompt_filter")
+        return "+".join(dict.fromkeys(parts)) or "empty"
 
     def drop_terminal(self, body: bytes) -> bytes:
         return _DONE_EVENT.sub(b"", body)

@@ -193,6 +193,24 @@ class Ollama(Dialect):
     def assembler(self) -> Assembler:
         return OllamaAssembler()
 
+    def event_kind(self, ev: Event) -> str:
+        """`content`, `thinking`, `tool_calls` (a line may be several, joined by +), `done`, `error`."""
+        try:
+            obj = json.loads(ev.data)
+        except (ValueError, RecursionError):
+            return "data"
+        if not isinstance(obj, dict):
+            return "data"
+        if obj.get("error") is not None:
+            return "error"
+        if obj.get("done") is True:
+            return "done"
+        message = obj.get("message") if isinstance(obj.get("message"), dict) else {}
+        parts = [name for name, present in (("content", message.get("content") or obj.get("response")),
+                                            ("thinking", message.get("thinking") or obj.get("thinking")),
+                                            ("tool_calls", message.get("tool_calls"))) if present]
+        return "+".join(parts) or "empty"
+
     def assemble(self, body: bytes, content_type: str | None) -> Assembled:
         ctype = (content_type or "").lower()
         if not self.is_stream(ctype) and "json" not in ctype:

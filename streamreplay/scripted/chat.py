@@ -22,6 +22,7 @@ def chat_events(script: Script, model: str, completion_id: str, include_usage: b
         }
         if include_usage:
             obj["usage"] = None
+        obj.update(script.chunk_fields)
         obj.update(extra)
         return f"data: {dumps(obj, script.spaced_json)}\n\n".encode()
 

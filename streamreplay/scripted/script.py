@@ -44,6 +44,8 @@ class Script:
     content_type: str | None = None
     #: spaces after colons, as llama.cpp's server writes JSON
     spaced_json: bool = False
+    #: top-level fields every streamed chat chunk carries besides OpenAI's own (a provider adding a field)
+    chunk_fields: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
