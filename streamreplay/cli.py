@@ -702,8 +702,8 @@ def _setting(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
               help="'Name: value' sent with every request (repeatable), e.g. the Authorization the recording "
                    "redacted; never shown.")
 @click.option("--tolerance", default=3.0, show_default=True, type=click.FloatRange(min=1),
-              help="How many times slower or faster the first byte and the typical gap may get (and at least "
-                   "50 ms apart) before they count as drift.")
+              help="How many times slower or faster the first byte and the typical gap may get before they count "
+                   "as drift (and at least 100 ms apart for the first byte, 20 ms for the gap).")
 @click.option("--count-tolerance", default=2.0, show_default=True, type=click.FloatRange(min=1),
               help="How many times more or fewer chunks (at least 4 apart), or larger or smaller chunks (at least "
                    "64 bytes apart), count as drift.")

@@ -39,6 +39,8 @@ from streamreplay.wire import forwardable
 #: Ollama's wire, a tool_use block's `input` in Anthropic's) and user metadata. Their own keys are not
 #: field paths, so a model that calls a tool with other arguments has not drifted.
 CONTENT_KEYS = frozenset({"arguments", "input", "metadata"})
+#: JSON nesting past which field paths are not followed (no API's answer nests this deep)
+MAX_DEPTH = 32
 #: seconds of upstream silence before a live answer is given up as upstream_timeout
 DEFAULT_TIMEOUT = 120.0
 
@@ -54,8 +56,11 @@ class Tolerance:
 
     #: time to first byte and the typical (median) gap between chunks
     timing: float = 3.0
-    #: below this many milliseconds of difference a timing never drifts (1 ms vs 3 ms is scheduling noise)
-    timing_floor_ms: float = 50.0
+    #: a first byte that moves by less than this never drifts: it is one sample, and a busy machine or
+    #: network delays one by tens of milliseconds now and then (1 ms vs 30 ms is noise, not drift)
+    ttfb_floor_ms: float = 100.0
+    #: a typical gap that moves by less than this never drifts (a median of many gaps: steadier)
+    gap_floor_ms: float = 20.0
     #: chunk count and chunk sizes (p50, p90)
     count: float = 2.0
     #: a chunk count that moves by fewer chunks than this never drifts
@@ -64,8 +69,8 @@ class Tolerance:
     size_floor: int = 64
 
     def words(self) -> str:
-        return (f"timing {self.timing:g}x and {self.timing_floor_ms:g} ms, chunk count and sizes {self.count:g}x "
-                f"and {self.count_floor} chunks / {self.size_floor} bytes")
+        return (f"timing {self.timing:g}x (and {self.ttfb_floor_ms:g} ms first byte, {self.gap_floor_ms:g} ms gap), "
+                f"chunks {self.count:g}x (and {self.count_floor} chunks, {self.size_floor} bytes)")
 
 
 @dataclass
@@ -155,8 +160,8 @@ class DriftReport:
 
     def head(self) -> list[str]:
         what = f"tape {self.tape}" if self.tape else "every tape"
-        return [f"drift: {what}, {_plural(self.total, 'exchange')} resent to {self.upstream} "
-                f"(tolerance: {self.tolerance.words()})", *(f"note: {n}" for n in self.notes)]
+        return [f"drift: {what}, {_plural(self.total, 'exchange')} resent to {self.upstream}",
+                f"tolerance: {self.tolerance.words()}", *(f"note: {n}" for n in self.notes)]
 
     def tail(self) -> str:
         drifted = sum(e.drifted for e in self.exchanges)
@@ -228,19 +233,22 @@ def _json(data: str | bytes) -> Any:
         return None
 
 
-def field_paths(value: Any, prefix: str = "") -> set[str]:
+def field_paths(value: Any, prefix: str = "", depth: int = 0) -> set[str]:
     """Every key path in a JSON value, `[]` standing for any list index: `choices[].delta.content`. The
-    keys under CONTENT_KEYS are content, not shape: the path stops at them."""
+    keys under CONTENT_KEYS are content, not shape: the path stops at them, and at MAX_DEPTH (a recording
+    holds whatever an upstream sent, however deep)."""
     found: set[str] = set()
+    if depth >= MAX_DEPTH:
+        return found
     if isinstance(value, dict):
         for key, item in value.items():
             path = f"{prefix}.{key}" if prefix else str(key)
             found.add(path)
             if key not in CONTENT_KEYS:
-                found |= field_paths(item, path)
+                found |= field_paths(item, path, depth + 1)
     elif isinstance(value, list):
         for item in value:
-            found |= field_paths(item, f"{prefix}[]")
+            found |= field_paths(item, f"{prefix}[]", depth + 1)
     return found
 
 
@@ -262,7 +270,7 @@ def compare(recorded: Shape, live: Shape, tolerance: Tolerance | None = None) ->
 
     def differs(name: str, words: str, before: Any, after: Any) -> None:
         if before != after:
-            out.append(Difference(name, before, after, f"{words} {_show(before)} -> {_show(after)}"))
+            out.append(Difference(name, before, after, f"{words}: {_show(before)} -> {_show(after)}"))
 
     differs("status", "status", recorded.status, live.status)
     differs("content_type", "content type", recorded.content_type, live.content_type)
@@ -273,7 +281,7 @@ def compare(recorded: Shape, live: Shape, tolerance: Tolerance | None = None) ->
         said = [f"added: {', '.join(added)}"] if added else []
         said += [f"gone: {', '.join(gone)}"] if gone else []
         words = ("event types " + "; ".join(said)) if said else (
-            f"event order {' '.join(recorded.events)} -> {' '.join(live.events)}")
+            f"event order: {' '.join(recorded.events)} -> {' '.join(live.events)}")
         out.append(Difference("events", recorded.events, live.events, words))
     added_fields = sorted(set(live.fields) - set(recorded.fields))
     gone_fields = sorted(set(recorded.fields) - set(live.fields))
@@ -281,7 +289,10 @@ def compare(recorded: Shape, live: Shape, tolerance: Tolerance | None = None) ->
         out.append(Difference("fields_added", None, added_fields, f"fields added: {', '.join(added_fields)}"))
     if gone_fields:
         out.append(Difference("fields_gone", gone_fields, None, f"fields gone: {', '.join(gone_fields)}"))
-    differs("stop_reason", dialect_named(recorded.dialect).stop_field, recorded.stop_reason, live.stop_reason)
+    stop_field = dialect_named(recorded.dialect).stop_field
+    # the Responses API's `status` is read into chat's words (stop, length): not an HTTP status, so named as such
+    differs("stop_reason", stop_field if stop_field.endswith("reason") else "stop reason", recorded.stop_reason,
+            live.stop_reason)
     differs("ending", "ending", recorded.ending, live.ending)
 
     def beyond(name: str, words: str, before: float | None, after: float | None, ratio: float, floor: float,
@@ -292,16 +303,20 @@ def compare(recorded: Shape, live: Shape, tolerance: Tolerance | None = None) ->
         if high <= ratio * low:
             return
         times = f"{high / low:.1f}x" if low else "from none"
-        out.append(Difference(name, before, after, f"{words} {before:.0f} -> {after:.0f}{unit} ({times}; "
+        out.append(Difference(name, before, after, f"{words}: {_number(before)} -> {_number(after)}{unit} ({times}; "
                                                    f"tolerance {ratio:g}x and {floor:g}{unit})"))
 
     beyond("chunk_count", "chunks", recorded.chunk_count, live.chunk_count, tol.count, tol.count_floor, "")
     for pct in ("p50", "p90"):
         beyond(f"chunk_bytes_{pct}", f"chunk size {pct}", recorded.chunk_bytes.get(pct), live.chunk_bytes.get(pct),
                tol.count, tol.size_floor, " bytes")
-    beyond("ttfb_ms", "time to first byte", recorded.ttfb_ms, live.ttfb_ms, tol.timing, tol.timing_floor_ms, " ms")
-    beyond("gap_ms", "typical gap", recorded.gap_ms, live.gap_ms, tol.timing, tol.timing_floor_ms, " ms")
+    beyond("ttfb_ms", "time to first byte", recorded.ttfb_ms, live.ttfb_ms, tol.timing, tol.ttfb_floor_ms, " ms")
+    beyond("gap_ms", "typical gap", recorded.gap_ms, live.gap_ms, tol.timing, tol.gap_floor_ms, " ms")
     return out
+
+
+def _number(value: float) -> str:
+    return f"{value:.1f}" if 0 < abs(value) < 10 and value != int(value) else f"{value:.0f}"
 
 
 def _show(value: Any) -> str:
@@ -345,20 +360,15 @@ def request_for(exchange: Exchange, upstream: str, headers: Iterable[tuple[str, 
         kept.append((name, value))
     # the stored bytes must be what the upstream says, so nothing is compressed on the way (as recording)
     sent = [*kept, *given, ("Accept-Encoding", "identity")]
-    query, unsent_query = exchange.query, []
-    if REDACTED in _unquoted(query):
-        pairs = parse_qsl(query, keep_blank_values=True)
-        unsent_query = [k for k, v in pairs if v == REDACTED]
+    query, pairs = exchange.query, parse_qsl(exchange.query, keep_blank_values=True)
+    unsent_query = [k for k, v in pairs if v == REDACTED]
+    if unsent_query:  # re-encoded only then: otherwise the query goes as it was recorded
         query = urlencode([(k, v) for k, v in pairs if v != REDACTED])
     body = exchange.request_body
     if settings:
         body = apply_settings(body, settings)
     target = URL(upstream.rstrip("/") + exchange.path + (f"?{query}" if query else ""))
     return Request(exchange.method, target, sent, body, unsent, unsent_query, _redacted_fields(body))
-
-
-def _unquoted(query: str) -> str:
-    return "&".join(f"{k}={v}" for k, v in parse_qsl(query, keep_blank_values=True))
 
 
 def _redacted_fields(body: bytes) -> list[str]:

@@ -164,7 +164,10 @@ def _project(config: pytest.Config) -> Settings:
         try:
             config.stash[_PROJECT] = load_settings(Path(config.rootpath))
         except SettingsError as exc:
-            pytest.fail(f"streamreplay: {exc}", pytrace=False)
+            problem = str(exc)
+        else:
+            return config.stash[_PROJECT]
+        pytest.fail(f"streamreplay: {problem}", pytrace=False)  # outside `except`: no chained exception shown
     return config.stash[_PROJECT]
 
 

@@ -52,7 +52,8 @@ MODE_ALIASES = {"new_episodes": "new", "rewrite": "all"}
 #: `commands` of a key that is the default of that option in every command that has one
 EVERY_COMMAND = ("*",)
 #: the commands that take --db, for `click_default_map` called without the group's commands
-DB_COMMANDS = ("record", "ls", "show", "play", "export", "import", "diagnose", "bisect", "client", "ui", "repro")
+DB_COMMANDS = ("record", "ls", "show", "play", "export", "import", "diagnose", "bisect", "client", "ui", "repro",
+               "drift")
 
 
 class SettingsError(ValueError):
@@ -125,7 +126,8 @@ class Setting:
         return f"default ({self.origin})" if self.origin else "default"
 
     def shown(self) -> str:
-        """The value as `config` prints it: lists joined, upstream credentials hidden."""
+        """The value as `config` prints it: lists joined, paths from the working folder, upstream credentials
+        hidden."""
         value = self.value
         if value is None:
             return f"- ({DEFAULT_MEANS[self.name]})" if self.name in DEFAULT_MEANS else "-"
@@ -133,6 +135,8 @@ class Setting:
             return ", ".join(_hidden_secrets(v) if self.name == "upstream" else v for v in value) or "-"
         if isinstance(value, float):
             return f"{value:g}"
+        if self.source == "pyproject" and _KEYS[self.name].kind == "path":
+            return _shown_path(Path(value))  # as it would be typed here (--json has it absolute)
         return _hidden_secrets(value) if self.name == "upstream" else str(value)
 
 
@@ -304,15 +308,22 @@ def _checked(key: Key, value: Any, folder: Path) -> Any:
 
 
 def _url(value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(value)
+        usable = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:  # a bracketed host that is no IPv6 address
+        usable = False
+    if not usable:
         raise ValueError(f"must be an http(s) URL, not {_hidden_secrets(value)!r}")
     return value
 
 
 def _hidden_secrets(url: str) -> str:
-    """The URL with its user info and secret-looking query values replaced: `config` shows it, logs may keep it."""
-    parts = urlsplit(url)
+    """The URL with its user info and secret-looking query values replaced, to be shown."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # not parsed, so where a secret would be is unknown: none of it is shown
+        return REDACTED
     netloc = parts.netloc
     if "@" in netloc:
         netloc = f"{REDACTED}@{netloc.rpartition('@')[2]}"
