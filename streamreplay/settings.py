@@ -226,28 +226,32 @@ def load_settings(start: Path) -> Settings:
     shown = _shown_path(file)
     if not isinstance(table, dict):
         raise SettingsError(f"{shown}: [tool.streamreplay] must be a table, not {_toml_type(table)}")
-    unknown = [name for name in table if name not in _KEYS]
-    if unknown:
-        raise SettingsError(f"{shown}: [tool.streamreplay] has unknown key{'s' if len(unknown) > 1 else ''} "
-                            f"{', '.join(unknown)} (known: {', '.join(_KEYS)})")
-    values, wrong = {}, []
+    values, unknown, wrong = {}, [], []
     for name, value in table.items():
+        if name not in _KEYS:
+            unknown.append(name)
+            continue
         try:
             values[name] = _checked(_KEYS[name], value, file.parent)
         except ValueError as exc:
             wrong.append(f"{name} {exc}")
-    if wrong:
-        raise SettingsError(f"{shown}: in [tool.streamreplay], {'; '.join(wrong)}")
+    # everything wrong in one line, so that one edit fixes it all
+    problems = [f"[tool.streamreplay] has unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
+                f"(known: {', '.join(_KEYS)})"] if unknown else []
+    problems += [f"in [tool.streamreplay], {'; '.join(wrong)}"] if wrong else []
+    if problems:
+        raise SettingsError(f"{shown}: {'; '.join(problems)}")
     return Settings(file=file, values=values, searched_from=folder)
 
 
 def click_default_map(settings: Settings, commands: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """click's `default_map` for the table's values: {command: {option: value}}.
 
-    `db` goes to every command with a --db option, the other keys to the commands `KEYS` names. Given a
-    group's `commands` (name: click.Command), only options those commands have get a value, shaped for
-    the option: one value for a repeatable option is a tuple of one, and several for an option that
-    takes one are an error. Without them, `DB_COMMANDS` are the commands with --db."""
+    `db` goes to every command with a --db option (relative to the working folder when that is shorter), the
+    other keys to the commands `KEYS` names. Given a group's `commands` (name: click.Command), only options
+    those commands have get a value, shaped for the option: one value for a repeatable option is a tuple
+    of one, and several for an option that takes one are an error. Without them, `DB_COMMANDS` are the
+    commands with --db."""
     defaults: dict[str, dict[str, Any]] = {}
     for key in KEYS:
         if key.name not in settings.values:
@@ -257,6 +261,8 @@ def click_default_map(settings: Settings, commands: Mapping[str, Any] | None = N
             names = tuple(commands) if commands is not None else DB_COMMANDS
         for command_name in names:
             value = settings.values[key.name]
+            if key.kind == "path":  # from the working folder when that is shorter: what the commands print
+                value = _shown_path(Path(value))
             if commands is not None:
                 command = commands.get(command_name)
                 option = next((p for p in getattr(command, "params", ()) if p.name == key.name), None)

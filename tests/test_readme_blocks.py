@@ -176,6 +176,7 @@ def check(block: Block, cwd: Path) -> None:
         if following is not None and following.kind == "python-output":
             assert mask(printed, masks_of(following)) == mask(following.body, masks_of(following)), printed
     elif block.kind == "file":
+        (cwd / block.args).parent.mkdir(parents=True, exist_ok=True)
         (cwd / block.args).write_text(block.body)
     else:
         assert block.kind in ("skip", "python-output"), f"README line {block.line}: unknown kind {block.kind!r}"

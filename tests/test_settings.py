@@ -75,7 +75,7 @@ def test_found_from_a_subfolder_past_a_pyproject_without_the_table_with_paths_re
     # real commands, no --db: import writes into the project's DB, ls in another subfolder reads it back
     imported = run("import", CASSETTE, "--tape", "shared")
     assert imported.exit_code == 0, imported.output
-    assert imported.output.strip() == f"imported 1 exchange into {team_db} as tape shared"
+    assert imported.output.strip() == "imported 1 exchange into ../../data/team.db as tape shared"
     (tmp_path / "app" / "docs").mkdir()
     monkeypatch.chdir(tmp_path / "app" / "docs")
     listing = run("ls", "--json")
@@ -140,7 +140,7 @@ def test_record_takes_its_upstream_db_and_redactions_from_the_pyproject(tmp_path
             out, err = proc.communicate(timeout=10)
     assert proc.returncode == 0, err
     team_db = tmp_path / "app" / "rec" / "team.db"
-    assert f"recording {upstream.base_url} into {team_db}" in banner
+    assert f"recording {upstream.base_url} into ../rec/team.db" in banner
     (ex,) = Store(team_db).exchanges()
     assert {name.lower(): value for name, value in ex.request_headers}["x-team-token"] == "[redacted]"
     assert json.loads(ex.request_body)["team_ref"] == "[redacted]"
@@ -155,6 +155,12 @@ def test_unknown_keys_are_all_named_with_the_file_in_one_line(tmp_path: Path, mo
                              "(known: db, upstream, redact_headers, redact_fields, speed, match, ignore_fields, "
                              "cassette_dir, mode)\n")
     assert run("config").output == result.output
+    # with a wrong type as well, the same line names it too: one edit fixes everything
+    (tmp_path / "pyproject.toml").write_text('[tool.streamreplay]\nrecord_mode = "once"\nspeed = "fast"\n')
+    assert run("ls").output == ("Error: ../pyproject.toml: [tool.streamreplay] has unknown key record_mode (known: "
+                                "db, upstream, redact_headers, redact_fields, speed, match, ignore_fields, "
+                                "cassette_dir, mode); in [tool.streamreplay], speed must be a number of at least 0, "
+                                "not a string ('fast')\n")
     # a command that reads no settings still runs, and --no-config runs them all
     assert run("faults").exit_code == 0
     assert run("--no-config", "config").exit_code == 0
