@@ -242,6 +242,7 @@ def record(host: str, port: int, upstream: tuple[str, ...], command: tuple[str, 
     # the per-exchange lines go through threads of their own: a log nobody reads never stops recording
     out, err = _line_log(sys.stdout), _line_log(sys.stderr)
     given = upstream[0] if len(upstream) == 1 else upstream
+    port = _free_port_for(command, port)
     options = RecordOptions(upstream=given, **fields, log=None if command else out, errors=err)
     try:
         proxy = RecordingProxy(options, host=host, port=port)
@@ -262,6 +263,12 @@ def record(host: str, port: int, upstream: tuple[str, ...], command: tuple[str, 
         err.flush()
         sys.exit(1)
     err.flush()
+
+
+def _free_port_for(command: tuple[str, ...], port: int) -> int:
+    """Around a command, a port of its own (any free one) unless --port was given."""
+    source = click.get_current_context().get_parameter_source("port")
+    return 0 if command and source is not click.core.ParameterSource.COMMANDLINE else port
 
 
 def _run_command(server: Any, command: tuple[str, ...], settle: Any = None, precise_timers: bool = False) -> int:
@@ -395,6 +402,7 @@ def play(db: str, host: str, port: int, command: tuple[str, ...], **fields: Any)
     from streamreplay.replay import FaultSpecError, ReplayServer
 
     options = ReplayOptions(db, **fields, log=None if command else say)
+    port = _free_port_for(command, port)
     try:
         server = ReplayServer(options, host=host, port=port)
     except FaultSpecError as exc:

@@ -61,3 +61,12 @@ async def proxy(upstream: ScriptedUpstream, db_path: Path, proxy_log: list[str])
     options = RecordOptions(upstream=upstream.base_url, db=str(db_path), tape="t", log=proxy_log.append)
     async with RecordingProxy(options) as server:
         yield server
+
+
+@pytest.fixture(autouse=True)
+def _lean_inner_pytest(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pytest run inside a test (pytester) loads no plugin its project does not use: langsmith's (from
+    langchain-openai) and hypothesis's cost 1.5 s a start, and the plugin tests start pytest 30 times."""
+    if "pytester" in request.fixturenames:
+        request.getfixturevalue("pytester")  # which clears PYTEST_ADDOPTS as it starts: set it after
+        monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:langsmith_plugin -p no:hypothesispytest")
