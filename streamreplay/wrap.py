@@ -86,10 +86,17 @@ OFFLINE_KEYS = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "AZURE_OPENAI_API_KEY")
 def server_environment(server: Any) -> dict[str, str]:
     """`client_environment` for a started RecordingProxy (its routes) or ReplayServer (one base URL). A
     replay needs no key, but the SDKs refuse to start without one: it gets a placeholder where none is set."""
+    from streamreplay.proxy.routes import recorded_routes
+
     routes = getattr(server, "routes", None)
     if routes:
         return client_environment(server.base_urls, {r.name: str(r.url) for r in routes})
-    env = client_environment({"": server.base_url}, {"": server.base_url})
+    # a replay of named upstreams serves each under its name, as the recorder did
+    named = recorded_routes(ex.upstream for ex in server.index.exchanges)
+    if named:
+        env = client_environment({name: f"{server.origin}/{name}" for name in named}, named)
+    else:
+        env = client_environment({"": server.base_url}, {"": server.base_url})
     env.update({key: "streamreplay-offline" for key in OFFLINE_KEYS if not os.environ.get(key)})
     return env
 

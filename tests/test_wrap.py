@@ -142,8 +142,8 @@ async def test_two_upstreams_in_one_recorder_each_replayed_from_its_own_recordin
         sent = {"chat": chat.sent[0].body, "claude": claude.sent[0].body}
     exchanges = {ex.path: ex for ex in Store(db).exchanges(tape="two")}
     assert set(exchanges) == {"/openai/chat/completions", "/claude/v1/messages"}
-    assert exchanges["/openai/chat/completions"].upstream == chat.base_url
-    assert exchanges["/claude/v1/messages"].upstream == claude.origin
+    assert exchanges["/openai/chat/completions"].upstream == f"openai={chat.base_url}"
+    assert exchanges["/claude/v1/messages"].upstream == f"claude={claude.origin}"
     assert exchanges["/claude/v1/messages"].dialect.name == "anthropic"
     store = Store(db)
     assert sha(b"".join(c.data for c in store.chunks(exchanges["/claude/v1/messages"].id))) == sha(sent["claude"])
@@ -165,6 +165,13 @@ def test_the_wrapper_points_each_provider_s_client_at_its_own_route(tmp_path: Pa
     assert done.stdout == "openai: 'from the chat model'\nanthropic: 'from claude'\n"
     assert sorted(ex.path for ex in Store(db).exchanges(tape="both")) == ["/claude/v1/messages",
                                                                           "/openai/chat/completions"]
+    # and offline, each client again at its own route, from its own recordings
+    offline = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    played = subprocess.run([sys.executable, "-m", "streamreplay.cli", "play", "--db", str(db), "--speed", "0",
+                             "--", *app("two_providers.py")], capture_output=True, text=True, timeout=90, env=offline)
+    assert played.returncode == 0, played.stderr
+    assert played.stdout == done.stdout
+    assert played.stderr.splitlines()[-1] == f"streamreplay: served 2 requests from {db} (clean 2)"
 
 
 def test_client_environment_for_one_upstream_and_for_named_ones():

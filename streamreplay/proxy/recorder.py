@@ -221,8 +221,7 @@ class RecordingProxy(AppServer):
         target = URL(str(upstream) + rel + (f"?{query}" if query else ""), encoded=True)
         # a named upstream's recordings keep its name, so replay serves each from its own
         rel_path = (f"/{route.name}" if route.name else "") + (target.path[len(upstream.path.rstrip("/")):] or "/")
-        handle = self.writer.begin(self._request_row(request, rel_path, body, upstream),
-                                   self._finish_request_row)
+        handle = self.writer.begin(self._request_row(request, rel_path, body, route), self._finish_request_row)
         self._open.add(handle)
         headers = forwardable(request.headers.items(), drop=("host", "content-length", "accept-encoding"))
         headers["Accept-Encoding"] = "identity"  # stored bytes must be the bytes the client gets
@@ -241,7 +240,7 @@ class RecordingProxy(AppServer):
             return self._answer_error(flow, EndCause.UPSTREAM_UNREACHABLE, 502, f"upstream unreachable: {exc}")
         return await self._relay(request, upstream, flow)
 
-    def _request_row(self, request: web.Request, rel_path: str, body: bytes, upstream: URL) -> dict[str, Any]:
+    def _request_row(self, request: web.Request, rel_path: str, body: bytes, route: Route) -> dict[str, Any]:
         """What is known of the request on the forwarding path; the body is read on the writer's thread."""
         return exchange_row(
             started_at=now_iso(),
@@ -251,7 +250,7 @@ class RecordingProxy(AppServer):
             request_headers=redact_headers(request.headers.items(), self.options.redact_headers),
             request_body=body,
             client=request.headers.get("User-Agent"),
-            upstream=str(upstream),
+            upstream=str(route),  # NAME=URL for a named upstream: replay -- CMD points each client at its route
         )
 
     def _finish_request_row(self, row: dict[str, Any]) -> dict[str, Any]:

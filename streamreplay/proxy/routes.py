@@ -62,6 +62,19 @@ def parse_routes(specs: str | Iterable[str]) -> list[Route]:
     return routes
 
 
+def recorded_routes(upstreams: Iterable[str | None]) -> dict[str, str]:
+    """The named upstreams recordings went to (their `upstream` column holds NAME=URL), by name."""
+    named: dict[str, str] = {}
+    for upstream in upstreams:
+        try:
+            route = parse_route(upstream or "")
+        except ValueError:
+            continue
+        if route.name:
+            named[route.name] = str(route.url)
+    return named
+
+
 def route_for(routes: list[Route], raw_path: str) -> tuple[Route, str] | None:
     """The route a raw request path belongs to and the path relative to it, or None."""
     for route in routes:
