@@ -1,9 +1,9 @@
-"""Record the bundled tapes in recordings/ from the real local model server, with the real clients.
+"""Record the bundled chat tapes (streamreplay/tapes/) from the real local model server, with the real clients.
 
     python scripts/record_bundled.py            # starts scripts/real-upstream.sh if needed
 
 Each scenario runs a real client through `streamreplay record` (a subprocess, as a user would run
-it) in front of llama.cpp's server, then the tape is exported as recordings/<tape>.jsonl.
+it) in front of llama.cpp's server, then the tape is exported as streamreplay/tapes/<tape>.jsonl.
 Temperature 0 and a single-token batch on the server make the answers the same on every run.
 """
 
@@ -161,7 +161,7 @@ def main() -> None:
             outcome = record(tape, upstream, db, f"recorded from {server}; client: {how}", run)
             print(f"   the client got: {outcome!r}")
             subprocess.run([sys.executable, "-m", "streamreplay.cli", "export", tape, "--db", str(db),
-                            "-o", str(ROOT / "recordings" / f"{tape}.jsonl")], check=True)
+                            "-o", str(ROOT / "streamreplay" / "tapes" / f"{tape}.jsonl")], check=True)
 
 
 if __name__ == "__main__":

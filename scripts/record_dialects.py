@@ -1,4 +1,4 @@
-"""Record the bundled tapes of the other dialects (Responses API, Anthropic, Azure, Ollama) in recordings/.
+"""Record the bundled tapes of the other dialects (Responses API, Anthropic, Azure, Ollama) in streamreplay/tapes/.
 
     python scripts/record_dialects.py [TAPE ...]
 
@@ -6,7 +6,7 @@ No server here speaks these APIs natively, so the upstream is streamreplay's scr
 (`streamreplay.testing.ScriptedUpstream`, each dialect's wire in `streamreplay/scripted/`, written to
 the provider's published event reference). Each tape is made the way a user makes one: `streamreplay
 record` runs as a subprocess in front of that upstream, the dialect's real client library sends the
-request through it, and `streamreplay export` writes recordings/<tape>.jsonl.
+request through it, and `streamreplay export` writes streamreplay/tapes/<tape>.jsonl.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def main() -> None:
             if got != ANSWER:
                 raise SystemExit(f"{tape}: the client did not get the whole answer")
             subprocess.run([sys.executable, "-m", "streamreplay.cli", "export", tape, "--db", str(db),
-                            "-o", str(ROOT / "recordings" / f"{tape}.jsonl")], check=True)
+                            "-o", str(ROOT / "streamreplay" / "tapes" / f"{tape}.jsonl")], check=True)
 
 
 if __name__ == "__main__":

@@ -627,6 +627,26 @@ def matrix(cassette: str | None, clients: tuple[str, ...], dialect: str, timeout
     run_matrix(path, list(clients) or None, timeout, markdown, say)
 
 
+@main.command("tapes")
+@click.option("--copy", "destination", metavar="DIR",
+              help="Copy them into DIR (e.g. recordings), leaving files already there as they are.")
+def tapes_command(destination: str | None) -> None:
+    """The tapes bundled with streamreplay (real recordings, one per dialect): their names and notes."""
+    import json as json_module
+
+    from streamreplay.bundled import bundled_tapes, copy_bundled
+
+    if destination:
+        written, kept = copy_bundled(destination), len(bundled_tapes())
+        there = f" ({kept - len(written)} there already)" if len(written) < kept else ""
+        say(f"copied {plural(len(written), 'bundled tape')} into {destination}{there}")
+        return
+    for tape in bundled_tapes():
+        with tape.open(encoding="utf-8") as f:
+            note = json_module.loads(f.readline()).get("source", "")
+        say(f"{tape.stem:<22} {note}")
+
+
 @main.command("clients")
 def clients_command() -> None:
     """The reference clients, by dialect: what `matrix`, `client`, `bisect --by client` and repro.py run."""
@@ -639,7 +659,7 @@ def clients_command() -> None:
 
 
 @main.command()
-@click.option("--dir", "directory", help="Where the bundled cassettes are (default: ./recordings or the checkout's).")
+@click.option("--dir", "directory", help="A folder holding agent-happy-path.jsonl (default: the bundled tapes).")
 def demo(directory: str | None) -> None:
     """Offline, no key: a real AutoGen agent replayed from a bundled recording, then under cutoff faults."""
     from streamreplay.demo import main as run_demo

@@ -1,6 +1,6 @@
 """`streamreplay demo`: a real AutoGen agent fed a bundled recording offline, then the same under faults.
 
-No key, no network: the cassette in recordings/ was recorded from a real local model server.
+No key, no network: the cassette, bundled in the package, was recorded from a real local model server.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
+from streamreplay.bundled import bundled_dir
 from streamreplay.clients import MODEL_INFO
 from streamreplay.replay import ReplayServer
 from streamreplay.replay.source import CassetteSource
@@ -18,8 +19,8 @@ TASK = "Write a haiku about the sea."
 
 
 def find_recordings(directory: str | None = None) -> Path:
-    """recordings/ of the current directory, else the one beside the installed package (a checkout)."""
-    candidates = [Path(directory)] if directory else [Path("recordings"), Path(__file__).parent.parent / "recordings"]
+    """`directory` if given, else the tapes bundled in the package (streamreplay.bundled), from any install."""
+    candidates = [Path(directory)] if directory else [bundled_dir()]
     for path in candidates:
         if (path / f"{DEMO_TAPE}.jsonl").exists():
             return path
@@ -55,7 +56,8 @@ async def demo(directory: str | None = None, say: Callable[[str], None] = print)
     (recorded,) = source.exchanges()
     total = len(source.chunks(recorded))
     cut = total // 2
-    say(f"cassette  {cassette}")
+    # a path inside site-packages says nothing to a reader: the bundled tape is named as such
+    say(f"cassette  {cassette if directory else f'{DEMO_TAPE} (bundled: streamreplay tapes)'}")
     say(f"          {source.header.get('source')}")
     say(f"          {total} chunks over {recorded.duration_ns / 1e9:.2f} s, recorded end cause: {recorded.end_cause}")
     runs = [
@@ -81,7 +83,9 @@ async def demo(directory: str | None = None, say: Callable[[str], None] = print)
             if spec and spec.startswith("cut") and not error:
                 say("   => AutoGen accepted a truncated answer without any error.")
     say("")
-    say(f"Replay any fault yourself: streamreplay play --db {cassette} --fault close:chunk={cut}")
+    where = cassette if directory else f"recordings/{DEMO_TAPE}.jsonl"
+    copy = "" if directory else "streamreplay tapes --copy recordings, then "
+    say(f"Replay any fault yourself: {copy}streamreplay play --db {where} --fault close:chunk={cut}")
 
 
 def main(directory: str | None = None, say: Callable[[str], None] = print) -> None:

@@ -70,3 +70,11 @@ def _lean_inner_pytest(request: pytest.FixtureRequest, monkeypatch: pytest.Monke
     if "pytester" in request.fixturenames:
         request.getfixturevalue("pytester")  # which clears PYTEST_ADDOPTS as it starts: set it after
         monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:langsmith_plugin -p no:hypothesispytest")
+
+
+@pytest.fixture
+def streamreplay_config() -> dict[str, object]:
+    """This suite's own plugin tests replay the tapes bundled in the package (a user's default is recordings/)."""
+    from streamreplay.bundled import bundled_dir
+
+    return {"cassette_dir": str(bundled_dir())}

@@ -91,7 +91,7 @@ def test_a_broken_cassette_names_its_line(tmp_path: Path):
         CassetteSource(path)
 
 
-RECORDINGS = Path(__file__).resolve().parent.parent / "recordings"
+RECORDINGS = Path(__file__).resolve().parent.parent / "streamreplay" / "tapes"
 
 
 @pytest.mark.parametrize("cassette", sorted(RECORDINGS.glob("*.jsonl")), ids=lambda p: p.stem)

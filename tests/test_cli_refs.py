@@ -15,7 +15,7 @@ from streamreplay.store import Store
 from streamreplay.testing import Script
 from tests.helpers import chat, record
 
-RECORDINGS = Path(__file__).resolve().parent.parent / "recordings"
+RECORDINGS = Path(__file__).resolve().parent.parent / "streamreplay" / "tapes"
 BREAK = RECORDINGS / "consumer-break.jsonl"
 TIMEOUT = RECORDINGS / "client-timeout.jsonl"
 

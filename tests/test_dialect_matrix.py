@@ -19,7 +19,7 @@ from streamreplay.matrix import DEFAULT_TAPES, run_matrix
 from streamreplay.repro import write_repro
 from streamreplay.store import Store
 
-RECORDINGS = Path(__file__).resolve().parent.parent / "recordings"
+RECORDINGS = Path(__file__).resolve().parent.parent / "streamreplay" / "tapes"
 WHOLE = "The capital of France is Paris. It lies on the Seine and is known for the Eiffel Tower."
 
 #: per dialect: what a clean cut mid-answer gives each client that does not take it silently

@@ -18,7 +18,7 @@ def test_the_faults_table_in_the_readme_is_the_registry():
 
 
 def test_every_bundled_tape_is_described():
-    for cassette in (ROOT / "recordings").glob("*.jsonl"):
+    for cassette in (ROOT / "streamreplay" / "tapes").glob("*.jsonl"):
         assert f"| `{cassette.stem}` |" in README
 
 

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from streamreplay.cli import main
 from streamreplay.matrix import run_matrix
 
-CASSETTE = Path(__file__).resolve().parent.parent / "recordings" / "openai-happy-path.jsonl"
+CASSETTE = Path(__file__).resolve().parent.parent / "streamreplay" / "tapes" / "openai-happy-path.jsonl"
 
 
 async def test_the_matrix_tells_silent_truncation_from_errors():

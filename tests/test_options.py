@@ -19,7 +19,7 @@ from streamreplay.replay.onmiss import NotFound, OnMiss, RecordFromUpstream
 from streamreplay.replay.options import ReplayOptions
 
 ROOT = Path(__file__).resolve().parent.parent
-CASSETTE = ROOT / "recordings" / "openai-happy-path.jsonl"
+CASSETTE = ROOT / "streamreplay" / "tapes" / "openai-happy-path.jsonl"
 #: the command's parameters that are not fields of its options type
 NOT_FIELDS = {"db", "host", "port", "command"}
 

@@ -269,7 +269,7 @@ ASYNCIO_WARNING = 'asyncio_default_fixture_loop_scope" is unset'
 def test_a_plain_project_gets_no_asyncio_warning_from_the_plugin(pytester: pytest.Pytester, monkeypatch):
     monkeypatch.setenv("CI", "1")
     (pytester.path / "recordings").mkdir()
-    bundled = Path(__file__).resolve().parent.parent / "recordings" / "openai-happy-path.jsonl"
+    bundled = Path(__file__).resolve().parent.parent / "streamreplay" / "tapes" / "openai-happy-path.jsonl"
     (pytester.path / "recordings" / "openai-happy-path.jsonl").write_bytes(bundled.read_bytes())
     pytester.makepyfile(test_plain=PLAIN)  # no ini, no asyncio settings, no conftest
     # a user project without pytest-asyncio installed

@@ -14,7 +14,8 @@ Each block is preceded by a directive that says how it is checked:
 A directive with `alone` marks a block that needs nothing an earlier block made: it runs as a test
 of its own, in a folder of its own, so pytest-xdist spreads those over its workers.
 
-Blocks run in order in one fresh folder holding a copy of `recordings/` and `tests/apps/`, with no
+Blocks run in order in one fresh folder holding the bundled tapes in `recordings/` (copied out with
+`streamreplay tapes --copy recordings`, as a user does) and `tests/apps/`, with no
 OpenAI key set: what a user who copies each block in turn gets. Volatile parts are masked on both
 sides: ports and clock times always; per block `mask=decimals` (durations), `mask=ints` (counts
 and milliseconds too), `mask=rows` (a chunk table's rows: how an upstream's writes coalesce into
@@ -94,7 +95,9 @@ def masks_of(block: Block) -> set[str]:
 
 
 def fresh_folder(here: Path) -> Path:
-    shutil.copytree(ROOT / "recordings", here / "recordings")
+    # what a user who installed the package does to have the bundled tapes where the README reads them
+    subprocess.run([sys.executable, "-m", "streamreplay.cli", "tapes", "--copy", "recordings"], cwd=here, check=True,
+                   capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     shutil.copytree(ROOT / "tests" / "apps", here / "tests" / "apps")
     return here
 

@@ -23,7 +23,7 @@ from tests.realmodel_server import real_upstream_url
 
 pytestmark = pytest.mark.realmodel
 
-RECORDINGS = Path(__file__).resolve().parent.parent / "recordings"
+RECORDINGS = Path(__file__).resolve().parent.parent / "streamreplay" / "tapes"
 
 
 @pytest.fixture(scope="session")

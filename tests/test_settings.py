@@ -28,7 +28,7 @@ from tests.helpers import SECRET
 
 pytest_plugins = ["pytester"]
 
-CASSETTE = Path(__file__).resolve().parent.parent / "recordings" / "openai-happy-path.jsonl"
+CASSETTE = Path(__file__).resolve().parent.parent / "streamreplay" / "tapes" / "openai-happy-path.jsonl"
 HELLO = "Hello! How can I help you today?"
 
 
