@@ -60,9 +60,36 @@ async def run(args: argparse.Namespace) -> dict:
     return {"elapsed_ns": elapsed, "streams": results}
 
 
+async def ttfb_probe(urls: list[str], requests: int, warmup: int, chunks: int) -> dict:
+    """Time to first byte of `requests` sequential streams per target, the targets taken in turn (so a
+    busy moment of the shared machine hits each alike), each over its own keep-alive connection as a
+    client holds one. The first `warmup` rounds (connection setup, first-call paths) are not counted."""
+    sessions = [aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), auto_decompress=False,
+                                      timeout=aiohttp.ClientTimeout(total=60)) for _ in urls]
+    ttfb: dict[str, list[int]] = {url: [] for url in urls}
+    ok = True
+    try:
+        for n in range(warmup + requests):
+            # the order alternates, so neither target always runs right after the other's request
+            order = list(zip(urls, sessions, strict=True))
+            for url, session in order if n % 2 else order[::-1]:
+                body = {"chunks": chunks, "gap_ms": 0, "size": 64, "id": n, "stream": True, "model": "bench",
+                        "messages": [{"role": "user", "content": str(n)}]}
+                got = await one(session, f"{url}/chat/completions", body, False)
+                ok = ok and got["in_order"] and got["events"] == chunks
+                if n >= warmup:
+                    ttfb[url].append(got["ttfb_ns"])
+    finally:
+        for session in sessions:
+            await session.close()
+    return {"ttfb_ns": ttfb, "in_order": ok}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("base_url")
+    parser.add_argument("base_url", nargs="+", help="one; or, with --ttfb, every target probed in turn")
+    parser.add_argument("--ttfb", type=int, default=0, help="only TTFB: this many sequential streams per target")
+    parser.add_argument("--warmup", type=int, default=20, help="with --ttfb: rounds not counted")
     parser.add_argument("--streams", type=int, default=1)
     parser.add_argument("--chunks", type=int, default=100)
     parser.add_argument("--gap-ms", type=float, default=0)
@@ -72,7 +99,12 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=300)
     parser.add_argument("--reads", action="store_true", help="keep every read's offset and size")
     parser.add_argument("--distinct", action="store_true", help="a different prompt per stream")
-    print(json.dumps(asyncio.run(run(parser.parse_args()))))
+    args = parser.parse_args()
+    if args.ttfb:
+        print(json.dumps(asyncio.run(ttfb_probe(args.base_url, args.ttfb, args.warmup, args.chunks))))
+        return
+    args.base_url = args.base_url[0]
+    print(json.dumps(asyncio.run(run(args))))
 
 
 if __name__ == "__main__":

@@ -14,8 +14,10 @@ trap 'kill "${UPSTREAM_PID:-}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 say() { echo "check_wheel: $*"; }
 
 say "building the sdist and the wheel (python -m build)"
+[ -e "$ROOT/build" ] && had_build=1 || had_build=0
 "$PYTHON" -m build --sdist --wheel --outdir "$WORK/dist" "$ROOT" > "$WORK/build.log" 2>&1 \
     || { cat "$WORK/build.log"; exit 1; }
+[ "$had_build" = 1 ] || rm -rf "$ROOT/build"  # setuptools' scratch folder: leave the checkout as it was
 WHEEL="$(ls "$WORK"/dist/streamreplay-*.whl)"
 ls "$WORK"/dist/streamreplay-*.tar.gz > /dev/null
 say "built $(basename "$WHEEL") and its sdist"

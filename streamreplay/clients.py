@@ -14,7 +14,7 @@ from typing import Any
 from streamreplay.clientid import Client
 from streamreplay.dialects import Dialect
 from streamreplay.drivers import DIALECT_DRIVERS
-from streamreplay.outcome import Driver, Outcome, describe
+from streamreplay.outcome import Driver, Outcome, QuietIO, describe, read_autogen_stream
 
 MODEL_INFO = {"vision": False, "function_calling": False, "json_output": False, "family": "unknown",
               "structured_output": False}
@@ -60,38 +60,13 @@ async def openai_sync(base_url: str, messages: list[dict[str, Any]], timeout: fl
 
 
 async def autogen_create_stream(base_url: str, messages: list[dict[str, Any]], timeout: float) -> Outcome:
-    from autogen_core.models import CreateResult, SystemMessage, UserMessage
     from autogen_ext.models.openai import OpenAIChatCompletionClient
 
     client = OpenAIChatCompletionClient(model="smollm2", base_url=base_url, api_key="not-needed", max_retries=0,
                                         timeout=timeout, model_info=MODEL_INFO)
-    history = [SystemMessage(content=m["content"]) if m["role"] == "system"
-               else UserMessage(content=m["content"], source="user") for m in messages]
-    out = Outcome("")
-    try:
-        async for item in client.create_stream(history):
-            if isinstance(item, str):
-                out.text += item
-            elif isinstance(item, CreateResult):
-                out.finish_reason = item.finish_reason
-    except Exception as exc:  # see openai_async
-        out.error = describe(exc)
-    finally:
-        await client.close()
-    return out
+    return await read_autogen_stream(client, messages)
 
 
-class _QuietIO:
-    """AG2 prints every streamed token to stdout; a table of outcomes has no use for them."""
-
-    def print(self, *objects: Any, sep: str = " ", end: str = "\n", flush: bool = False) -> None:
-        pass
-
-    def send(self, message: Any) -> None:
-        pass
-
-    def input(self, prompt: str = "", *, password: bool = False) -> str:
-        return ""
 
 
 def _ag2_generate_reply(base_url: str, messages: list[dict[str, Any]], timeout: float) -> Outcome:
@@ -108,7 +83,7 @@ def _ag2_generate_reply(base_url: str, messages: list[dict[str, Any]], timeout: 
                              human_input_mode="NEVER")
     out = Outcome("")
     try:
-        with IOStream.set_default(_QuietIO()):
+        with IOStream.set_default(QuietIO()):
             reply = agent.generate_reply(messages=messages)
         out.text = reply if isinstance(reply, str) else str((reply or {}).get("content", ""))
     except Exception as exc:  # see openai_async

@@ -36,3 +36,37 @@ def origin_of(base_url: str) -> str:
     """The base URL without its trailing /v1: what the Anthropic, Ollama and Azure clients take (they add
     their own path)."""
     return base_url.rstrip("/").removesuffix("/v1")
+
+
+async def read_autogen_stream(client: Any, messages: list[dict[str, Any]]) -> Outcome:
+    """What an autogen-ext model client's `create_stream` gives an app for chat `messages` (system and user),
+    the client closed after; every autogen driver reads this way."""
+    from autogen_core.models import CreateResult, SystemMessage, UserMessage
+
+    history = [SystemMessage(content=m["content"]) if m["role"] == "system"
+               else UserMessage(content=m["content"], source="user") for m in messages]
+    out = Outcome("")
+    try:
+        async for item in client.create_stream(history):
+            if isinstance(item, str):
+                out.text += item
+            elif isinstance(item, CreateResult):
+                out.finish_reason = item.finish_reason
+    except Exception as exc:  # the outcome is what the app sees, exceptions included
+        out.error = describe(exc)
+    finally:
+        await client.close()
+    return out
+
+
+class QuietIO:
+    """AG2 sends every streamed token to its IOStream (stdout); a table of outcomes has no use for them."""
+
+    def print(self, *objects: Any, sep: str = " ", end: str = "\n", flush: bool = False) -> None:
+        pass
+
+    def send(self, message: Any) -> None:
+        pass
+
+    def input(self, prompt: str = "", *, password: bool = False) -> str:
+        return ""

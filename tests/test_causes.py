@@ -93,7 +93,7 @@ async def test_a_client_timeout_shorter_than_a_gap(db_path: Path):
 async def test_a_round_limit_too_low_stops_the_conversation(db_path: Path):
     from autogen import ConversableAgent, GroupChat, GroupChatManager
 
-    from streamreplay.clients import _QuietIO
+    from streamreplay.outcome import QuietIO
 
     def behaviour_sync(base_url: str) -> list[str]:
         from autogen.io import IOStream
@@ -107,7 +107,7 @@ async def test_a_round_limit_too_low_stops_the_conversation(db_path: Path):
         user = ConversableAgent("user", llm_config=False, human_input_mode="NEVER")
         chat = GroupChat([user, writer, critic], messages=[], max_round=3, speaker_selection_method="round_robin")
         manager = GroupChatManager(chat, llm_config=config)
-        with IOStream.set_default(_QuietIO()):
+        with IOStream.set_default(QuietIO()):
             user.initiate_chat(manager, message="Write a line about rain.")
         return [m.get("content") for m in chat.messages]
 

@@ -12,7 +12,7 @@ import warnings
 from typing import Any
 
 from streamreplay.clientid import Client
-from streamreplay.outcome import Driver, Outcome, describe, origin_of
+from streamreplay.outcome import Driver, Outcome, QuietIO, describe, origin_of, read_autogen_stream
 
 MODEL = "smollm2"
 MAX_TOKENS = 256
@@ -76,39 +76,14 @@ async def anthropic_stream(base_url: str, messages: list[dict[str, Any]], timeou
 
 async def autogen_anthropic(base_url: str, messages: list[dict[str, Any]], timeout: float) -> Outcome:
     """autogen-ext's AnthropicChatCompletionClient.create_stream (finish_reason in autogen's words)."""
-    from autogen_core.models import CreateResult, SystemMessage, UserMessage
     from autogen_ext.models.anthropic import AnthropicChatCompletionClient
 
     client = AnthropicChatCompletionClient(model=MODEL, base_url=origin_of(base_url), api_key="not-needed",
                                            max_retries=0, timeout=timeout, max_tokens=MAX_TOKENS,
                                            model_info=MODEL_INFO)
-    history = [SystemMessage(content=m["content"]) if m["role"] == "system"
-               else UserMessage(content=m["content"], source="user") for m in messages]
-    out = Outcome("")
-    try:
-        async for item in client.create_stream(history):
-            if isinstance(item, str):
-                out.text += item
-            elif isinstance(item, CreateResult):
-                out.finish_reason = item.finish_reason
-    except Exception as exc:  # see _anthropic_create
-        out.error = describe(exc)
-    finally:
-        await client.close()
-    return out
+    return await read_autogen_stream(client, messages)
 
 
-class _QuietIO:
-    """AG2 sends every streamed token to its IOStream; a table of outcomes has no use for them."""
-
-    def print(self, *objects: Any, sep: str = " ", end: str = "\n", flush: bool = False) -> None:
-        pass
-
-    def send(self, message: Any) -> None:
-        pass
-
-    def input(self, prompt: str = "", *, password: bool = False) -> str:
-        return ""
 
 
 def _ag2_anthropic(base_url: str, messages: list[dict[str, Any]], timeout: float) -> Outcome:
@@ -129,7 +104,7 @@ def _ag2_anthropic(base_url: str, messages: list[dict[str, Any]], timeout: float
         wrapped._client = wrapped._client.with_options(max_retries=0, timeout=timeout)
     out = Outcome("")
     try:
-        with IOStream.set_default(_QuietIO()), warnings.catch_warnings():
+        with IOStream.set_default(QuietIO()), warnings.catch_warnings():
             warnings.filterwarnings("ignore", "Cost calculation not available")  # a model AG2 has no price for
             reply = agent.generate_reply(messages=messages)
         out.text = reply if isinstance(reply, str) else str((reply or {}).get("content", ""))

@@ -11,7 +11,7 @@ import asyncio
 from typing import Any
 
 from streamreplay.clientid import Client
-from streamreplay.outcome import Driver, Outcome, describe, origin_of
+from streamreplay.outcome import Driver, Outcome, describe, origin_of, read_autogen_stream
 
 #: the deployment the drivers name (Azure routes by it; the body's `model` says the same)
 DEPLOYMENT = "gpt-4o-mini"
@@ -45,26 +45,12 @@ async def azure_openai(base_url: str, messages: list[dict[str, Any]], timeout: f
 
 
 async def autogen_azure(base_url: str, messages: list[dict[str, Any]], timeout: float) -> Outcome:
-    from autogen_core.models import CreateResult, SystemMessage, UserMessage
     from autogen_ext.models.openai import AzureOpenAIChatCompletionClient
 
     client = AzureOpenAIChatCompletionClient(azure_deployment=DEPLOYMENT, model=DEPLOYMENT, api_version=API_VERSION,
                                              azure_endpoint=origin_of(base_url), api_key="not-needed",
                                              max_retries=0, timeout=timeout, model_info=MODEL_INFO)
-    history = [SystemMessage(content=m["content"]) if m["role"] == "system"
-               else UserMessage(content=m["content"], source="user") for m in messages]
-    out = Outcome("")
-    try:
-        async for item in client.create_stream(history):
-            if isinstance(item, str):
-                out.text += item
-            elif isinstance(item, CreateResult):
-                out.finish_reason = item.finish_reason
-    except Exception as exc:  # see _azure_openai
-        out.error = describe(exc)
-    finally:
-        await client.close()
-    return out
+    return await read_autogen_stream(client, messages)
 
 
 DRIVERS: dict[Client, Driver] = {Client.AZURE_OPENAI: azure_openai, Client.AUTOGEN_AZURE: autogen_azure}

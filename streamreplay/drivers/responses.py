@@ -8,12 +8,13 @@ optional `http_client` is for tests that capture the bytes a client received; an
 from __future__ import annotations
 
 import asyncio
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from streamreplay.clientid import Client
 from streamreplay.outcome import Driver, Outcome, describe
+
+if TYPE_CHECKING:  # the type only: a base install without the openai extra has no httpx
+    import httpx
 
 MODEL = "smollm2"
 
