@@ -6,6 +6,7 @@ import asyncio
 import math
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -14,8 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from streamreplay.bisect import Bisector, ClientOracle, CommandOracle
+from streamreplay.cli import main
 from streamreplay.clientcheck import main as client_main
 from streamreplay.clientcheck import matches
 from streamreplay.store import Store
@@ -51,6 +54,40 @@ async def test_by_chunk_finds_the_finish_chunk(story: Store):
     # 2 end checks + the halvings of (0, 18]: 9, 13, 15, 16, 17 -> 7 runs
     assert result.runs == 7 <= bound(18)
     assert [s.spec for s in result.steps][:3] == ["cut:chunk=18", "cut:chunk=0", "cut:chunk=9"]
+
+
+#: the app of test_by_chunk_prints_a_boundary_that_replays_the_failure: needs-finish on the standard library
+#: alone, which starts in a tenth of the time the openai SDK takes
+NEEDS_FINISH = """
+import json, os, sys, urllib.request
+body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Tell me a story."}],
+                   "stream": True}).encode()
+ask = urllib.request.Request(os.environ["OPENAI_BASE_URL"] + "/chat/completions", body,
+                             {"Content-Type": "application/json"})
+with urllib.request.urlopen(ask, timeout=10) as answer:
+    sys.exit(0 if b'"finish_reason":"stop"' in answer.read() else 1)
+"""
+
+
+def test_by_chunk_prints_a_boundary_that_replays_the_failure(story: Store, tmp_path: Path):
+    """The "replay the boundary" command `bisect --by chunk` prints replays the failing side: run as printed,
+    the app fails, and one chunk more it passes, so it is the last failing cut, not the first good one."""
+    app = tmp_path / "needs_finish.py"
+    app.write_text(NEEDS_FINISH)
+    runner = CliRunner()
+    out = runner.invoke(main, ["bisect", "1", "--db", str(story.path), "--check", f"{sys.executable} {app}"])
+    assert out.exit_code == 0, out.output
+    assert "bad for cut at or before chunk 16, good from 17" in out.output
+    (printed,) = re.findall(r"^replay the boundary: (.*)$", out.output, re.M)
+    argv = shlex.split(printed)
+    assert argv[:2] == ["streamreplay", "play"] and argv[-2] == "--fault", printed
+    kind, k = re.fullmatch(r"(cut):chunk=(\d+)", argv[-1]).groups()
+
+    def app_under(args: list[str]) -> int:  # `streamreplay play ... -- APP`: the app's exit status
+        return runner.invoke(main, [*args, "--", sys.executable, str(app)]).exit_code
+
+    assert app_under(argv[1:]) == 1, f"the app passes under {printed}"
+    assert app_under([*argv[1:-1], f"{kind}:chunk={int(k) + 1}"]) == 0
 
 
 async def test_by_chunk_finds_a_word_count_and_other_cut_kinds(story: Store):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import statistics
 from pathlib import Path
 
 import openai
@@ -76,6 +78,35 @@ async def test_diagnose_names_the_cause(db_path: Path, scripts, kw, cause: str, 
         assert found.upstream_complete and "ended: complete" in found.evidence[0]
     if cause == "complete":
         assert found.summary == "the exchange completed: the client read the whole answer"
+
+
+@pytest.mark.parametrize(
+    ("script", "timeout", "left_at", "silence", "over_usual", "cause"),
+    [
+        # a slow stream (a chunk every 0.2 s) left 0.3 s into a gap: past 0.25 s, but short of 3 usual gaps
+        (Script(text="Hi", gap=0.2, pauses={2: 0.5}), 0.3, 2, (0.25, 0.6), False, "consumer_stopped_reading"),
+        # a fast stream (10 ms) left after 0.1 s of silence: past 3 usual gaps, but short of 0.25 s
+        (Script(text=STORY, gap=0.01, pauses={5: 0.4}), 0.1, 5, (0.1, 0.25), True, "consumer_stopped_reading"),
+        # the converse, both past: a fast stream left after 0.3 s, a 0.1 s stream left after 0.5 s
+        (Script(text=STORY, gap=0.01, pauses={5: 0.7}), 0.3, 5, (0.3, 0.7), True, "client_timeout"),
+        (Script(text="Hi", gap=0.1, pauses={2: 0.8}), 0.5, 2, (0.5, 0.9), True, "client_timeout"),
+    ],
+    ids=["slow-stream-0.3s", "fast-stream-0.1s", "fast-stream-0.3s", "slow-stream-0.5s"],
+)
+async def test_a_timeout_is_a_silence_both_long_and_well_above_the_usual_gap(
+    db_path: Path, script: Script, timeout: float, left_at: int, silence: tuple[float, float], over_usual: bool,
+    cause: str,
+):
+    """A client timeout is read from a silence of at least TIMEOUT_SILENCE_S (0.25 s) that is also over 3 usual
+    gaps; either alone is a consumer that stopped. Each case is a real client with a read timeout leaving mid-gap."""
+    store = await recorded(db_path, [script], timeout=timeout)
+    found = diagnose(store, 1)
+    # the scenario is the one meant: where the client left, how long after the chunk before, the stream's usual gap
+    assert found.chunk == left_at and silence[0] <= found.gap_before_s < silence[1], found.lines()
+    times = [store.exchange(1).headers_ns] + [c.t_ns for c in store.chunks(1)]
+    usual = statistics.median([(later - earlier) / 1e9 for earlier, later in itertools.pairwise(times)][1:])
+    assert (found.gap_before_s > 3 * usual) == over_usual, (usual, found.lines())
+    assert (found.cause, found.ended_by) == (cause, "client"), found.lines()
 
 
 async def test_truncated_without_finish_reason_is_called_truncated(db_path: Path):

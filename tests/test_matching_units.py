@@ -183,6 +183,20 @@ def test_the_closest_recording_is_the_one_fewest_fields_away():
     assert Index([]).lookup(req(body())).reason == "no recording matches POST /chat/completions: the tape is empty"
 
 
+def test_a_miss_among_several_recordings_names_the_nearest_and_its_field():
+    """Several recordings one to four fields away, the nearest neither first nor last: the miss names
+    that one (one field off) and that field, not the one two fields off, nor the farthest."""
+    exchanges = [exchange(1, body("far", temperature=1, top_p=1)),  # 3 fields away
+                 exchange(2, body(temperature=0.5, seed=1)),  # 2
+                 exchange(3, body(temperature=0.5)),  # 1: the nearest
+                 exchange(4, body("farther", temperature=2, top_p=1, seed=7))]  # 4
+    index = Index(exchanges)
+    miss = index.lookup(index.request("POST", "/chat/completions", body(temperature=0.7)))
+    assert isinstance(miss, Miss) and miss.closest.id == 3
+    assert miss.reason == ("no recording matches POST /chat/completions; closest is exchange 3 (tape t, #2): "
+                           "body differs: temperature: 0.7 != 0.5 (request != recording)")
+
+
 def test_identical_requests_get_their_recordings_in_order_then_the_last_again():
     index = Index([exchange(1, body()), exchange(2, body("other")), exchange(3, body())])
     assert [index.lookup(index.request("POST", "/chat/completions", body())).id for _ in range(3)] == [1, 3, 3]

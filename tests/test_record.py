@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import httpx
@@ -14,9 +15,10 @@ from click.testing import CliRunner
 from streamreplay.cli import main
 from streamreplay.proxy import RecordingProxy
 from streamreplay.proxy.recorder import RecordOptions
+from streamreplay.replay import ReplayServer
 from streamreplay.store import Store
 from streamreplay.testing import Script, ScriptedUpstream
-from tests.helpers import MESSAGES, SECRET, post, recorded_body, sha
+from tests.helpers import MESSAGES, SECRET, chat, post, recorded_body, sha
 
 
 async def test_openai_async_stream_is_byte_exact(upstream: ScriptedUpstream, proxy: RecordingProxy, db_path: Path):
@@ -175,6 +177,31 @@ async def test_long_silence_mid_stream_reaches_the_client_as_silence(upstream: S
     assert text == "Hello! How "
     await asyncio.sleep(0.8)
     await proxy.settle()
+
+
+async def test_chunk_offsets_count_from_the_request_so_replay_keeps_the_time_to_first_byte(
+    upstream: ScriptedUpstream, proxy: RecordingProxy, db_path: Path
+):
+    """A chunk's t_ns counts from the moment the request went upstream, not from the first body byte: the
+    first chunk sits at the time to first byte, after the head, and a head sent at once followed by 0.3 s
+    of silence is stored, and replayed at speed 1, with the first byte 0.3 s or more after the request."""
+    upstream.queue(Script(), Script(pauses={0: 0.3}))  # the second: the head at once, then 0.3 s, then the body
+    for content in ("quick", "slow"):
+        await post(proxy.base_url, chat(content))
+    await proxy.settle()
+    quick, slow = Store(db_path).exchanges()
+    for ex in (quick, slow):
+        first = Store(db_path).chunks(ex.id)[0]
+        assert first.t_ns == ex.ttfb_ns >= ex.headers_ns > 0, (ex.id, first.t_ns, ex.ttfb_ns, ex.headers_ns)
+    assert slow.headers_ns < 0.3e9 <= slow.ttfb_ns
+    async with ReplayServer(db_path) as srv, httpx.AsyncClient(timeout=10) as client:
+        sent = time.monotonic()
+        async with client.stream("POST", f"{srv.base_url}/chat/completions", json=chat("slow")) as resp:
+            async for _ in resp.aiter_raw():
+                first_byte_s = time.monotonic() - sent
+                break
+    assert srv.requests[0].exchange_id == slow.id
+    assert first_byte_s >= 0.3 and srv.requests[0].offsets_ns[0] >= 0.3e9, first_byte_s
 
 
 async def test_forwarding_of_any_path_query_body_and_headers(

@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import openai
@@ -59,6 +60,46 @@ async def test_replay_is_byte_exact_with_recorded_boundaries_and_timing(tape: Pa
     # and tight against the 20 ms gaps: a replay that ignored timing or drifted would fail it
     errors = [abs(got - c.t_ns) / 1e6 for got, c in zip(rec.offsets_ns, chunks, strict=True)]
     assert max(errors) < 15, errors
+
+
+async def chunk_frames(srv: ReplayServer, payload: dict, fault: str | None = None) -> list[bytes]:
+    """POST on a raw socket and read the reply's chunked framing by hand: one frame per write the server made
+    (recv sizes say nothing: TCP may merge writes in the socket, the framing keeps them apart)."""
+    body = json.dumps(payload).encode()
+    head = [f"POST {urlsplit(srv.base_url).path}/chat/completions HTTP/1.1", f"Host: 127.0.0.1:{srv.port}",
+            "Content-Type: application/json", f"Content-Length: {len(body)}", "Connection: close"]
+    if fault:
+        head.append(f"X-Streamreplay-Fault: {fault}")
+    reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+    try:
+        writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+        status, *headers = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").lower().split("\r\n")
+        assert status.startswith("http/1.1 200") and "transfer-encoding: chunked" in headers, (status, headers)
+        frames = []
+        while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+            frames.append(await reader.readexactly(size))
+            assert await reader.readexactly(2) == b"\r\n"
+        assert await reader.readexactly(2) == b"\r\n"  # the terminator ends with an empty trailer
+        return frames
+    finally:
+        writer.close()
+
+
+async def test_each_write_is_one_recorded_chunk_on_the_wire_at_any_speed(tape: Path):
+    """"Same chunk boundaries": frame i of the reply is recorded chunk i, at speed 1 and at speed 0, where every
+    piece is due at once; under rechunk:size=7 frame i is the body's 7-byte piece i (those of one recorded chunk
+    are due together)."""
+    (ex,) = Store(tape).exchanges()
+    chunks = [c.data for c in Store(tape).chunks(ex.id)]
+    body = b"".join(chunks)
+    assert len(chunks) > 10 and len({len(c) for c in chunks}) > 1
+    for speed in (1, 0):
+        async with ReplayServer(tape, speed=speed) as srv:
+            assert await chunk_frames(srv, chat()) == chunks, f"speed {speed}"
+    async with ReplayServer(tape, speed=0) as srv:
+        frames = await chunk_frames(srv, chat(), fault="rechunk:size=7")
+    assert frames == [body[i : i + 7] for i in range(0, len(body), 7)]
+    assert srv.requests[0].delivered == len(frames) > len(chunks)
 
 
 async def test_speed_scales_time_and_zero_means_no_waits(tape: Path):

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from streamreplay.proxy.routes import Route, parse_routes, route_for
 from streamreplay.redact import redact_headers, redact_query
 from streamreplay.requestkey import json_object
 from streamreplay.serving import AppServer
-from streamreplay.store import DEFAULT_DB, STORE_BACKLOG, ExchangeHandle, StoreWriter, now_iso
+from streamreplay.store import DEFAULT_DB, STORE_BACKLOG, ExchangeHandle, StoreWriter
 from streamreplay.summary import Decoder
 from streamreplay.wire import (
     DEFAULT_MAX_BODY,
@@ -77,6 +78,17 @@ class RecordOptions:
     def tape_name(self) -> str:
         """The tape to record into; a default one is made unique in the DB when the recording starts."""
         return self.tape or datetime.now().strftime("rec-%Y%m%d-%H%M%S")
+
+
+@dataclass(frozen=True, slots=True)
+class _RequestFacts:
+    """What the stored request row is made of besides its body, as received: the writer's thread redacts
+    and encodes it (`RecordingProxy._finish_request_row`)."""
+
+    started: float  # time.time() at arrival
+    headers: list[tuple[str, str]]
+    url: URL | None  # the request's relative URL when it has a query, parsed as aiohttp parses request.query
+    route: Route
 
 
 @dataclass
@@ -221,7 +233,10 @@ class RecordingProxy(AppServer):
         target = URL(str(upstream) + rel + (f"?{query}" if query else ""), encoded=True)
         # a named upstream's recordings keep its name, so replay serves each from its own
         rel_path = (f"/{route.name}" if route.name else "") + (target.path[len(upstream.path.rstrip("/")):] or "/")
-        handle = self.writer.begin(self._request_row(request, rel_path, body, route), self._finish_request_row)
+        facts = _RequestFacts(time.time(), list(request.headers.items()), request.rel_url if query else None, route)
+        # only what names the exchange now: redacting and encoding the rest waits for the writer's thread
+        handle = self.writer.begin(exchange_row(method=request.method, path=rel_path, request_body=body),
+                                   functools.partial(self._finish_request_row, facts))
         self._open.add(handle)
         headers = forwardable(request.headers.items(), drop=("host", "content-length", "accept-encoding"))
         headers["Accept-Encoding"] = "identity"  # stored bytes must be the bytes the client gets
@@ -240,25 +255,26 @@ class RecordingProxy(AppServer):
             return self._answer_error(flow, EndCause.UPSTREAM_UNREACHABLE, 502, f"upstream unreachable: {exc}")
         return await self._relay(request, upstream, flow)
 
-    def _request_row(self, request: web.Request, rel_path: str, body: bytes, route: Route) -> dict[str, Any]:
-        """What is known of the request on the forwarding path; the body is read on the writer's thread."""
-        return exchange_row(
-            started_at=now_iso(),
-            method=request.method,
-            path=rel_path,
-            query=redact_query(request.query.items()) if request.query_string else "",
-            request_headers=redact_headers(request.headers.items(), self.options.redact_headers),
-            request_body=body,
-            client=request.headers.get("User-Agent"),
-            upstream=str(route),  # NAME=URL for a named upstream: replay -- CMD points each client at its route
-        )
-
-    def _finish_request_row(self, row: dict[str, Any]) -> dict[str, Any]:
-        """On the writer's thread, before anything is stored: the body's secrets redacted, and the stream
-        flag and model read from it. Both parse the whole body, which the forwarding path need not wait for."""
+    def _finish_request_row(self, facts: _RequestFacts, row: dict[str, Any]) -> dict[str, Any]:
+        """On the writer's thread, before anything is stored: the headers', the query's and the body's secrets
+        redacted, the stream flag and model read from the body, the whole encoded. None of it changes what
+        is forwarded, so the forwarding path (time to first byte) does not wait for it."""
         body = redact_body(row["request_body"], self.options.redact_fields)
         stream, model = _stream_and_model(body, dialect_for(row["path"]))
-        return {**row, **exchange_row(request_body=body, stream=stream, model=model)}
+        headers = facts.headers
+        return {**row, **exchange_row(
+            started_at=datetime.fromtimestamp(facts.started, timezone.utc).isoformat(timespec="milliseconds"),
+            query=redact_query(facts.url.query.items()) if facts.url is not None else "",
+            request_headers=redact_headers(headers, self.options.redact_headers),
+            client=next((v for k, v in headers if k.lower() == "user-agent"), None),
+            upstream=str(facts.route),  # NAME=URL for a named upstream: replay -- CMD points each client at its route
+            request_body=body, stream=stream, model=model,
+        )}
+
+    def _finish_response_head(self, raw_headers: list[tuple[str, str]], row: dict[str, Any]) -> dict[str, Any]:
+        """On the writer's thread: a Set-Cookie or a session token the upstream hands out is a secret too
+        (replay sends [redacted]), and never reaches the disk."""
+        return {**row, **exchange_row(response_headers=redact_headers(raw_headers, self.options.redact_headers))}
 
     def _answer_error(self, flow: _InFlight, cause: EndCause, status: int, message: str) -> web.Response:
         """Answer for an upstream that never answered, and store that answer so replay gives it too."""
@@ -284,12 +300,8 @@ class RecordingProxy(AppServer):
         flow.decoder = decoder if decoder.active else None
         head_ns = flow.elapsed()
         raw_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in upstream.raw_headers]
-        self.writer.update(flow.handle, exchange_row(
-            status=upstream.status,
-            # a Set-Cookie or a session token the upstream hands out is a secret too (replay sends [redacted])
-            response_headers=redact_headers(raw_headers, self.options.redact_headers),
-            headers_ns=head_ns,
-        ))
+        self.writer.update(flow.handle, exchange_row(status=upstream.status, headers_ns=head_ns),
+                           functools.partial(self._finish_response_head, raw_headers))
         protocol = upstream.connection.protocol if upstream.connection else None
         end_body_when_connection_drops(upstream, protocol)
         resp = web.StreamResponse(status=upstream.status, reason=upstream.reason,

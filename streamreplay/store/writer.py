@@ -147,8 +147,10 @@ class StoreWriter:
         while self.backlog > below and self.alive and self.failure is None:
             await asyncio.sleep(0.005)
 
-    def update(self, handle: ExchangeHandle, updates: dict[str, Any]) -> None:
-        self._queue.put(("update", handle, updates))
+    def update(self, handle: ExchangeHandle, updates: dict[str, Any],
+               finish: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+        """Queue an update of the exchange's row; `finish`, as for `begin`, completes it on the writer thread."""
+        self._queue.put(("update", handle, updates, finish))
 
     def end(self, handle: ExchangeHandle, updates: dict[str, Any]) -> None:
         """The last update of an exchange: the writer adds the assembled summary and calls `on_end`."""
@@ -325,7 +327,8 @@ class StoreWriter:
         elif kind in ("update", "end"):
             if handle.id is None:
                 return  # its row never made it (said when it failed): nothing to update
-            updates = dict(msg[2])
+            finish = msg[3] if kind == "update" else None
+            updates = dict(finish(msg[2]) if finish is not None else msg[2])
             if kind == "end":
                 updates["store_error"] = self._loss_text(handle) if handle.lost or handle.dropped else None
             updates = storable(updates)
