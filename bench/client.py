@@ -55,7 +55,9 @@ async def run(args: argparse.Namespace) -> dict:
                    "id": k, "seed": args.seed, "stream": True, "model": "bench",
                    "messages": [{"role": "user", "content": str(k if args.distinct else 0)}]}
                   for k in range(args.streams)]
-        results = await asyncio.gather(*(one(session, url, b, args.reads) for b in bodies))
+        results = []
+        for _ in range(args.rounds):  # rounds one after the other, each `streams` streams at once
+            results += await asyncio.gather(*(one(session, url, b, args.reads) for b in bodies))
         elapsed = time.monotonic_ns() - started
     return {"elapsed_ns": elapsed, "streams": results}
 
@@ -97,6 +99,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument("--rounds", type=int, default=1, help="run the streams this many times, one after another")
     parser.add_argument("--reads", action="store_true", help="keep every read's offset and size")
     parser.add_argument("--distinct", action="store_true", help="a different prompt per stream")
     args = parser.parse_args()

@@ -4,6 +4,7 @@ with the proxies a user would otherwise pick (mitmproxy, aimock), in one run on 
     python bench/run.py                   # full size; installs the peers into ~/.cache/streamreplay
     python bench/run.py --tiny            # seconds; what the test suite runs so this cannot rot
     python bench/run.py --replay-memory   # only `play`'s RSS while it serves the same exchanges round after round
+    python bench/run.py --cost-curve      # only the daemons' CPU per chunk and per MB, 1 to 500 streams; draws an SVG
 
 Upstream, clients and daemons run in separate processes. Loopback only; every load is bounded.
 Prints a table with PASS/MISS against the targets and writes bench/results.json.
@@ -137,9 +138,10 @@ def _free_port() -> int:
 
 
 def client(base_url: str, streams: int, chunks: int, gap_ms: float = 0, size: int = 64, jitter_ms: float = 0,
-           reads: bool = False, distinct: bool = True, seed: int = 0) -> dict[str, Any]:
+           reads: bool = False, distinct: bool = True, seed: int = 0, rounds: int = 1) -> dict[str, Any]:
     argv = [PY, str(HERE / "client.py"), base_url, "--streams", str(streams), "--chunks", str(chunks),
             "--gap-ms", str(gap_ms), "--size", str(size), "--jitter-ms", str(jitter_ms), "--seed", str(seed)]
+    argv += ["--rounds", str(rounds)] if rounds != 1 else []
     argv += ["--reads"] if reads else []
     argv += ["--distinct"] if distinct else []
     done = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=True)
@@ -216,10 +218,15 @@ def main() -> int:
     parser.add_argument("--out", default=str(HERE / "results.json"))
     parser.add_argument("--replay-memory", action="store_true",
                         help="only play's RSS over rounds of the same exchanges (prints; writes no results)")
+    parser.add_argument("--cost-curve", action="store_true",
+                        help="only CPU per chunk and per MB of each daemon at 1-500 streams (adds 'cost_curve' to "
+                             "--out, writes docs/cost-curve.svg)")
     args = parser.parse_args()
     tiny = args.tiny
     if args.replay_memory:
         return replay_memory_only(tiny)
+    if args.cost_curve:
+        return cost_curve_only(Path(args.out), no_peers=args.no_peers)
     size = {
         "lat_chunks": 40 if tiny else 500, "lat_gap": 2 if tiny else 5, "lat_streams": 5 if tiny else 100,
         "fast_chunks": 500 if tiny else 10_000, "many": 10 if tiny else 200, "many_chunks": 50 if tiny else 500,
@@ -279,7 +286,12 @@ def main() -> int:
     finally:
         for daemon in daemons:
             daemon.stop()
-    Path(args.out).write_text(json.dumps(results, indent=2))
+    out = Path(args.out)
+    if out.exists():  # the cost curve is its own mode: a full run keeps what it wrote
+        kept = json.loads(out.read_text()).get("cost_curve")
+        if kept:
+            results["cost_curve"] = kept
+    out.write_text(json.dumps(results, indent=2))
     print(render(results))
     shutil.rmtree(work, ignore_errors=True)
     return 0
@@ -482,6 +494,178 @@ def replay_memory_only(tiny: bool) -> int:
 
 
 REPLAY_GROWTH_MB = 2.0
+
+# -- the cost curve -------------------------------------------------------------------------------------
+
+COST_STREAMS = (1, 10, 50, 100, 200, 500)
+COST_CHUNKS, COST_SIZE, COST_GAP_MS = 200, 64, 1  # per stream: 200 events of 64 bytes, 1 ms apart
+COST_MIN_CHUNKS = 20_000  # fewer streams run in rounds, so that every point costs >= ~0.3 s of CPU (30+ ticks)
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """user + system CPU of a process, all its threads (also those that ended), from /proc/PID/stat."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": fields[0] is the state (field 3)
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime: fields 14 and 15
+
+
+def _cost_points(daemon: Daemon, label: str) -> list[dict[str, Any]]:
+    client(daemon.base_url, 10, 20, COST_GAP_MS, size=COST_SIZE)  # warm-up (imports, first connections), not counted
+    points = []
+    for streams in COST_STREAMS:
+        rounds = max(1, -(-COST_MIN_CHUNKS // (streams * COST_CHUNKS)))
+        before = cpu_seconds(daemon.proc.pid)
+        run = client(daemon.base_url, streams, COST_CHUNKS, COST_GAP_MS, size=COST_SIZE, rounds=rounds, reads=True)
+        cpu = cpu_seconds(daemon.proc.pid) - before
+        chunks = sum(s["events"] for s in run["streams"])
+        reads = sum(len(s["reads"]) for s in run["streams"])
+        mb = chunks * COST_SIZE / 1e6
+        lost = sum(not s["in_order"] or s["events"] != COST_CHUNKS for s in run["streams"])
+        points.append({"streams": streams, "rounds": rounds, "chunks": chunks, "mb": mb, "cpu_s": cpu,
+                       "us_per_chunk": cpu / chunks * 1e6 if chunks else float("nan"),
+                       "ms_per_mb": cpu / mb * 1e3 if mb else float("nan"),
+                       "chunks_per_client_read": chunks / reads if reads else float("nan"),
+                       "wall_s": run["elapsed_ns"] / 1e9, "lost_or_reordered": lost})
+        print(f"cost curve: {label:<22} {streams:>3} streams x {rounds:>2} rounds: {chunks} chunks, "
+              f"{cpu:.2f} s CPU, {points[-1]['us_per_chunk']:.1f} us/chunk, "
+              f"{points[-1]['chunks_per_client_read']:.2f} chunks/read, {points[-1]['wall_s']:.1f} s", file=sys.stderr)
+    return points
+
+
+def cost_curve(work: Path, no_peers: bool = False) -> dict[str, Any]:
+    """Each daemon's own CPU time (utime + stime) per chunk and per MB delivered, at 1 to 500 concurrent
+    streams. Recording for all; replay for streamreplay `play` only (speed 1, from what its record run stored)."""
+    upstream = Daemon("upstream", [PY, str(HERE / "upstream.py")], r"^(\d+)")
+    origin = upstream.base_url[: -len("/v1")]
+    series: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
+    db = work / "cost.db"
+    try:
+        runs: list[tuple[str, Any]] = [
+            ("streamreplay record", lambda: Daemon("record", [PY, "-m", "streamreplay.cli", "record", "--upstream",
+                                                              upstream.base_url, "--db", str(db), "--tape", "cost",
+                                                              "--port", "0"], r"base_url (http://\S+)")),
+            ("streamreplay play", lambda: Daemon("play", [PY, "-m", "streamreplay.cli", "play", "--db", str(db),
+                                                          "--tape", "cost", "--speed", "1", "--port", "0"],
+                                                 r"base_url (http://\S+)")),
+        ]
+        if not no_peers:
+            def mitm() -> Daemon | None:
+                port = _free_port()
+                argv = mitmproxy_argv(origin, port)
+                return Daemon("mitmproxy", argv, "", port=port) if argv else None
+
+            def aimock() -> Daemon | None:
+                port = _free_port()
+                argv = aimock_argv(origin, port, work / "aimock-fixtures")
+                return Daemon("aimock", argv, "", port=port) if argv else None
+
+            runs += [("mitmproxy", mitm), ("aimock", aimock)]
+        for label, start in runs:
+            try:
+                daemon = start()
+            except (OSError, RuntimeError) as exc:
+                daemon, skipped[label] = None, str(exc)
+            if daemon is None:
+                skipped.setdefault(label, "not installed")
+                print(f"cost curve: {label} skipped ({skipped[label]})", file=sys.stderr)
+                continue
+            try:
+                series[label] = _cost_points(daemon, label)
+            finally:
+                daemon.stop()
+    finally:
+        upstream.stop()
+    return {"load": {"chunks_per_stream": COST_CHUNKS, "chunk_bytes": COST_SIZE, "gap_ms": COST_GAP_MS,
+                     "min_chunks_per_point": COST_MIN_CHUNKS, "streams": list(COST_STREAMS)},
+            "measure": "daemon process utime+stime (/proc/PID/stat, all threads) over the run, / chunks and / MB "
+                       "the client received (MB = chunks x chunk_bytes)",
+            "series": series, "skipped": skipped}
+
+
+def render_cost_curve(c: dict[str, Any]) -> str:
+    streams = c["load"]["streams"]
+    head = f"{'us CPU per chunk':<22}" + "".join(f"{n:>9}" for n in streams)
+    lines = [head]
+    for label, points in c["series"].items():
+        lines.append(f"{label:<22}" + "".join(f"{p['us_per_chunk']:>9.1f}" for p in points))
+    lines += ["", f"{'ms CPU per MB':<22}" + "".join(f"{n:>9}" for n in streams)]
+    for label, points in c["series"].items():
+        lines.append(f"{label:<22}" + "".join(f"{p['ms_per_mb']:>9.0f}" for p in points))
+    lines += ["", f"{'chunks per client read':<22}" + "".join(f"{n:>9}" for n in streams)]
+    for label, points in c["series"].items():
+        lines.append(f"{label:<22}" + "".join(f"{p['chunks_per_client_read']:>9.2f}" for p in points))
+    lost = sum(p["lost_or_reordered"] for points in c["series"].values() for p in points)
+    lines.append(f"\nload: each stream {c['load']['chunks_per_stream']} chunks of {c['load']['chunk_bytes']} B, "
+                 f"{c['load']['gap_ms']} ms apart; streams lost or short: {lost}")
+    for label, why in c["skipped"].items():
+        lines.append(f"skipped {label}: {why}")
+    return "\n".join(lines)
+
+
+def cost_curve_svg(c: dict[str, Any]) -> str:
+    """A 600x300 line plot: log x (streams), linear y (us CPU per chunk), one polyline per series."""
+    import math
+
+    w, h, left, right, top, bottom = 600, 300, 56, 150, 16, 40
+    streams = c["load"]["streams"]
+    series = c["series"]
+    ymax = max((p["us_per_chunk"] for pts in series.values() for p in pts), default=1.0)
+    step = next(s for s in (1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000, 2000, 5000) if ymax / s <= 6)
+    ytop = step * math.ceil(ymax / step)
+    x = lambda n: left + (w - left - right) * math.log10(n) / math.log10(max(streams))  # noqa: E731
+    y = lambda v: h - bottom - (h - top - bottom) * v / ytop  # noqa: E731
+    colors = ["#1f77b4", "#2ca02c", "#d62728", "#ff7f0e", "#9467bd"]
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" '
+           f'font-family="sans-serif" font-size="11">',
+           f'<rect width="{w}" height="{h}" fill="white"/>']
+    for n in streams:
+        out.append(f'<line x1="{x(n):.1f}" y1="{top}" x2="{x(n):.1f}" y2="{h - bottom}" stroke="#eee"/>')
+        out.append(f'<text x="{x(n):.1f}" y="{h - bottom + 14}" text-anchor="middle">{n}</text>')
+    v = 0
+    while v <= ytop:
+        out.append(f'<line x1="{left}" y1="{y(v):.1f}" x2="{w - right}" y2="{y(v):.1f}" stroke="#eee"/>')
+        out.append(f'<text x="{left - 4}" y="{y(v) + 4:.1f}" text-anchor="end">{v}</text>')
+        v += step
+    out.append(f'<line x1="{left}" y1="{h - bottom}" x2="{w - right}" y2="{h - bottom}" stroke="black"/>')
+    out.append(f'<line x1="{left}" y1="{top}" x2="{left}" y2="{h - bottom}" stroke="black"/>')
+    out.append(f'<text x="{(left + w - right) / 2:.0f}" y="{h - 6}" text-anchor="middle">'
+               f'concurrent streams (log scale)</text>')
+    out.append(f'<text transform="translate(14 {(top + h - bottom) / 2:.0f}) rotate(-90)" text-anchor="middle">'
+               f'daemon CPU per chunk (us)</text>')
+    for i, (label, points) in enumerate(series.items()):
+        color = colors[i % len(colors)]
+        dash = ' stroke-dasharray="5 3"' if "play" in label else ""
+        pts = " ".join(f"{x(p['streams']):.1f},{y(p['us_per_chunk']):.1f}" for p in points)
+        out.append(f'<polyline points="{pts}" fill="none" stroke="{color}" stroke-width="2"{dash}/>')
+        out += [f'<circle cx="{x(p["streams"]):.1f}" cy="{y(p["us_per_chunk"]):.1f}" r="2.5" fill="{color}"/>'
+                for p in points]
+        ly = top + 10 + 18 * i
+        out.append(f'<line x1="{w - right + 12}" y1="{ly}" x2="{w - right + 36}" y2="{ly}" stroke="{color}" '
+                   f'stroke-width="2"{dash}/>')
+        out.append(f'<text x="{w - right + 40}" y="{ly + 4}">{label}</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+def cost_curve_only(out: Path, no_peers: bool = False) -> int:
+    work = Path(tempfile.mkdtemp(prefix="streamreplay-bench-"))
+    started = time.monotonic()
+    try:
+        found = cost_curve(work, no_peers)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    found["wall_s"] = time.monotonic() - started
+    results = json.loads(out.read_text()) if out.exists() else {}
+    results["cost_curve"] = found
+    out.write_text(json.dumps(results, indent=2))
+    svg = ROOT / "docs" / "cost-curve.svg"
+    svg.parent.mkdir(exist_ok=True)
+    svg.write_text(cost_curve_svg(found))
+    print(render_cost_curve(found))
+    print(f"\n{found['wall_s']:.0f} s; wrote {out} ('cost_curve') and {svg}")
+    return 0 if all(p["lost_or_reordered"] == 0 for pts in found["series"].values() for p in pts) else 1
 
 TARGETS = [
     ("added TTFB p50, 1 stream", "<= 1 ms"),
