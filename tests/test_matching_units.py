@@ -13,13 +13,17 @@ from streamreplay.replay.matching import (
     DEFAULT_MATCH_ON,
     MATCHERS,
     Index,
+    Matcher,
     MatchRules,
     Miss,
+    difference_count,
+    first_difference,
     matchers_named,
+    query_key,
     register_matcher,
 )
 from streamreplay.replay.request import IncomingRequest
-from streamreplay.requestkey import NOT_JSON, request_key
+from streamreplay.requestkey import NOT_JSON, body_digest, canonical_body, json_object, request_key
 from streamreplay.store import Exchange
 
 RULES = MatchRules()
@@ -124,6 +128,39 @@ def test_the_default_key_is_the_stored_request_key():
     """The index's key and the request_key the store keeps for diagnose say "the same request" alike."""
     key = req(body(stream=True), method="post").key
     assert " ".join(key) == request_key("post", "/chat/completions", body(stream=True))
+
+
+def test_the_stored_request_key_does_not_change_between_versions():
+    """The store keeps request_key per exchange (diagnose compares them): its bytes are pinned, sorted keys,
+    compact separators, UTF-8 not \\u escapes, 16 hex digits: sha256('{"messages":[{"content":"héllo",
+    "role":"user"}],"model":"m"}')[:16]."""
+    payload = json.dumps({"model": "m", "messages": [{"role": "user", "content": "héllo"}]}).encode()
+    assert request_key("post", "/chat/completions", payload) == "POST /chat/completions c179fdcf375b0afd"
+    assert body_digest({"b": 1, "a": 2}) == body_digest({"a": 2, "b": 1})
+
+
+def test_the_digest_of_a_body_that_is_not_json_is_of_its_bytes():
+    assert body_digest(b"not json") == "7ccfa1fbf3940e6f"
+
+
+def test_a_lone_surrogate_escape_keys_as_its_own_bytes():
+    assert body_digest(json.loads(b'{"a":"\\ud83d"}')) == "4f8fc98dff346e9c"
+
+
+def test_the_key_masks_the_fields_a_recording_redacted():
+    mask = [("metadata", "user_id")]
+    assert canonical_body(body(metadata={"user_id": "u-42"}), mask=mask) == \
+        canonical_body(body(metadata={"user_id": "[redacted]"}))
+    assert request_key("POST", "/p", body(metadata={"user_id": "u-42"}), mask=mask) == \
+        request_key("POST", "/p", body(metadata={"user_id": "[redacted]"}))
+
+
+def test_json_object_is_the_body_only_when_it_is_a_json_object():
+    assert json_object(b'{"a": 1}') == {"a": 1}
+    assert json_object(b"[1]") is None
+    assert json_object(b"{not json") is None
+    assert json_object(b"") is None
+    assert repr(NOT_JSON) == "NOT_JSON"
 
 
 def test_a_list_without_body_matches_whatever_the_body():
@@ -272,3 +309,103 @@ def test_what_the_body_asks_for(raw: bytes, stream: bool | None, is_json: bool):
     incoming = req(raw)
     assert (incoming.stream, incoming.is_json) == (stream, is_json)
     assert (incoming.json is NOT_JSON) == (not is_json)
+
+
+# -- the parts, each alone (aimed at what mutation testing found unchecked) ------------------------------
+
+
+def test_first_difference_between_values_of_different_shapes_and_lengths():
+    assert first_difference({"a": 1}, 5) == 'body: 5 != {"a": 1} (request != recording)'
+    assert first_difference([1], "x") == "body: 'x' != [1] (request != recording)"
+    assert first_difference([1], [1, 2]) == "body: 2 items in the request, 1 recorded"
+    assert first_difference({"a": [1, 2]}, {"a": [1]}) == "a: 1 items in the request, 2 recorded"
+
+
+def test_a_shown_value_is_json_as_written_and_cut_to_sixty_characters():
+    assert first_difference({"a": {"x": "é"}}, {}) == 'a: recorded {"x": "é"}, missing in the request'
+    assert first_difference("x" * 58, "y" * 58) == f"body: '{'y' * 58}' != '{'x' * 58}' (request != recording)"
+    cut = first_difference("x", "y" * 59)  # repr is 61 characters: 57 of them and "..."
+    assert cut == f"body: '{'y' * 56}... != 'x' (request != recording)"
+
+
+def test_difference_count_counts_each_leaf_that_differs():
+    recorded = {"a": 1, "b": 2, "c": [1, 2, 3], "k": None}
+    incoming = {"a": 1, "b": 3, "c": [1, 5], "d": 4}
+    assert difference_count(recorded, incoming) == 5  # b, c[1], c's length, d, k
+    assert difference_count(incoming, recorded) == 5
+    assert difference_count([1], [1, 2, 3]) == 2 and difference_count([1, 2], [1]) == 1
+    assert difference_count({"a": 1}, 5) == 1 and difference_count([1], 5) == 1
+    assert difference_count("same", "same") == 0 and difference_count({"a": {"b": 1}}, {"a": {"b": 1}}) == 0
+
+
+def test_a_matcher_without_distance_is_its_weight_away():
+    far = Matcher("p", lambda r: r.path, weight=7)
+    assert far.how_far(recorded(path="/a"), req(path="/b")) == 7
+    assert far.how_far(recorded(path="/a"), req(path="/a")) == 0
+
+
+def test_register_matcher_keeps_its_test_and_distance(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr("streamreplay.replay.matching.MATCHERS", {})
+
+    def test(a, b):
+        return None
+
+    def distance(a, b):
+        return 3
+
+    made = register_matcher("x", lambda r: r.path, test, distance=distance)
+    assert made.test is test and made.distance is distance and made.weight == 1
+    assert register_matcher("y", lambda r: r.path).weight == 1
+
+
+def test_a_query_key_keeps_blank_values():
+    assert query_key(req(query="b=1&a=")) == (("a", ""), ("b", "1"))
+    assert RULES.request("GET", "/p").body == b"" and RULES.request("GET", "/p").query == ""
+    index = Index([])
+    assert index.request("GET", "/p").body == b"" and index.request("GET", "/p").query == ""
+
+
+def test_a_request_read_again_keeps_its_query():
+    index = Index([exchange(1, query="a=1")], match_on=("path", "query"))
+    assert index.lookup(req(query="a=1")).id == 1
+
+
+def test_fields_ignored_are_not_masked():
+    index = Index([exchange(1, body(user="[redacted]", metadata={"k": "[redacted]"}))], ignore=["user"])
+    assert index.masks == frozenset({("metadata", "k")})
+
+
+def test_recordings_added_in_sequence_mode_come_after_those_served():
+    index = Index([exchange(1)], mode="sequence", repeat=False)
+    assert index.lookup(req()).id == 1
+    index.add([exchange(2)])  # the request that missed got it: the tape is used up again
+    assert isinstance(index.lookup(req()), Miss)
+    fresh = Index([exchange(1)], mode="sequence", repeat=False)
+    fresh.add([exchange(2)])  # nothing served yet: the tape goes on in order
+    assert [fresh.lookup(req()).id for _ in range(2)] == [1, 2]
+
+
+def test_recordings_added_in_key_mode_are_found_and_count_as_used():
+    index = Index([exchange(1, body())], repeat=False)
+    index.add([exchange(2, body(), path="/v1/chat/completions"), exchange(3, body())])
+    assert "/v1/chat/completions" in index.paths
+    assert isinstance(index.lookup(req(body(), path="/v1/chat/completions")), Miss)  # its request got it
+    empty = Index([], repeat=True)
+    empty.add([exchange(4, body())])
+    assert empty.lookup(req(body())).id == 4
+
+
+def test_sequence_mode_repeats_the_last_and_marks_what_it_served():
+    index = Index([exchange(1), exchange(2), exchange(3)], mode="sequence")
+    assert [index.lookup(req()).id for _ in range(4)] == [1, 2, 3, 3]
+    assert index.unused() == []
+
+
+def test_three_identical_requests_get_three_recordings_in_order():
+    index = Index([exchange(1, body()), exchange(2, body()), exchange(3, body())])
+    assert [index.lookup(req(body())).id for _ in range(4)] == [1, 2, 3, 3]
+
+
+def test_the_closest_to_a_request_that_matches_names_no_field():
+    index = Index([exchange(1, body())])
+    assert index.closest(req(body())).reason.endswith("closest is exchange 1 (tape t, #0): ")
