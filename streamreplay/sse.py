@@ -17,6 +17,11 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from streamreplay.jsonvalues import as_dict as _dict
+from streamreplay.jsonvalues import as_int as _int
+from streamreplay.jsonvalues import as_list as _list
+from streamreplay.jsonvalues import as_str as _str
+
 _BOM = b"\xef\xbb\xbf"
 _EOL = re.compile(rb"\r\n|\r|\n")
 # A `[DONE]` inside a JSON string must not count, so it has to start a line.
@@ -189,22 +194,6 @@ class Assembled:
             "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": self.finish_reason}],
             "usage": self.usage,
         }
-
-
-def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _dict(value: Any) -> dict:
-    return value if isinstance(value, dict) else {}
-
-
-def _list(value: Any) -> list:
-    return value if isinstance(value, list) else []
 
 
 def _error_of(value: Any) -> dict:

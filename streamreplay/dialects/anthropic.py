@@ -12,6 +12,10 @@ import re
 from typing import Any
 
 from streamreplay.dialects.base import Assembler, Dialect, drop_sse_events
+from streamreplay.jsonvalues import as_dict as _dict
+from streamreplay.jsonvalues import as_int as _int
+from streamreplay.jsonvalues import as_list as _list
+from streamreplay.jsonvalues import as_str as _str
 from streamreplay.sse import Assembled, Event
 
 #: the `error.type` Anthropic's error reference gives each HTTP status; others by class (4xx, 5xx)
@@ -57,22 +61,6 @@ def _compact(obj: Any) -> str:
 def sse_event(name: str, payload: dict[str, Any]) -> bytes:
     """One event as the API writes it: the event line, the data line, a blank line."""
     return f"event: {name}\ndata: {_compact(payload)}\n\n".encode()
-
-
-def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _dict(value: Any) -> dict:
-    return value if isinstance(value, dict) else {}
-
-
-def _list(value: Any) -> list:
-    return value if isinstance(value, list) else []
 
 
 def _event_type(ev: Event) -> str | None:

@@ -17,6 +17,8 @@ import re
 from typing import Any
 
 from streamreplay.dialects.base import Assembler, Dialect, LineParser, Parser
+from streamreplay.jsonvalues import as_int as _int
+from streamreplay.jsonvalues import as_str as _str
 from streamreplay.sse import Assembled, Event
 
 # The top-level `done` key: a quote inside a JSON string is escaped (`\"done\"`), so a key is a quote
@@ -42,14 +44,6 @@ def go_json(obj: Any, spaced: bool = False) -> bytes:
         return text.encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate: \u escapes carry it where UTF-8 cannot
         return json.dumps(obj, separators=(",", ":")).encode()
-
-
-def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _lines(body: bytes) -> list[bytes]:

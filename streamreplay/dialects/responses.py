@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from streamreplay.dialects.base import Assembler, Dialect, drop_sse_events, sse_blocks
+from streamreplay.jsonvalues import as_list as _list
 from streamreplay.sse import Assembler as OpenAIAssembler
 from streamreplay.sse import Event, SSEParser
 
@@ -145,10 +146,6 @@ def response_events(response: dict[str, Any], *, text_pieces: Callable[[str], li
     if terminal:
         add(end, response=response)
     return out
-
-
-def _list(value: Any) -> list:
-    return value if isinstance(value, list) else []
 
 
 def _members(text: str, at: int) -> Iterator[tuple[str, int, int]]:
