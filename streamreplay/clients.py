@@ -14,7 +14,7 @@ from typing import Any
 from streamreplay.clientid import Client
 from streamreplay.dialects import Dialect
 from streamreplay.drivers import DIALECT_DRIVERS
-from streamreplay.outcome import Driver, Outcome, QuietIO, describe, read_autogen_stream
+from streamreplay.outcome import Driver, Outcome, ag2_reply, describe, read_autogen_stream
 
 MODEL_INFO = {"vision": False, "function_calling": False, "json_output": False, "family": "unknown",
               "structured_output": False}
@@ -70,25 +70,9 @@ async def autogen_create_stream(base_url: str, messages: list[dict[str, Any]], t
 
 
 def _ag2_generate_reply(base_url: str, messages: list[dict[str, Any]], timeout: float) -> Outcome:
-    import logging
-
-    from autogen import ConversableAgent
-    from autogen.io import IOStream
-
-    logging.getLogger("autogen.oai.client").setLevel(logging.ERROR)  # "model not found, cost will be 0"
-
     entry = {"model": "smollm2", "base_url": base_url, "api_key": "not-needed", "stream": True, "timeout": timeout,
              "max_retries": 0}
-    agent = ConversableAgent("assistant", llm_config={"config_list": [entry], "cache_seed": None},
-                             human_input_mode="NEVER")
-    out = Outcome("")
-    try:
-        with IOStream.set_default(QuietIO()):
-            reply = agent.generate_reply(messages=messages)
-        out.text = reply if isinstance(reply, str) else str((reply or {}).get("content", ""))
-    except Exception as exc:  # see openai_async
-        out.error = describe(exc)
-    return out
+    return ag2_reply(entry, messages)
 
 
 async def ag2_generate_reply(base_url: str, messages: list[dict[str, Any]], timeout: float) -> Outcome:

@@ -70,3 +70,29 @@ class QuietIO:
 
     def input(self, prompt: str = "", *, password: bool = False) -> str:
         return ""
+
+
+def ag2_reply(entry: dict[str, Any], messages: list[dict[str, Any]],
+              adjust: Callable[[Any], None] | None = None) -> Outcome:
+    """What AG2 0.14's `ConversableAgent.generate_reply` gives an app with one config entry: its streamed
+    tokens kept off stdout; `adjust` may change the agent before it runs (a client AG2 built badly)."""
+    import logging
+    import warnings
+
+    from autogen import ConversableAgent
+    from autogen.io import IOStream
+
+    logging.getLogger("autogen.oai.client").setLevel(logging.ERROR)  # "model not found, cost will be 0"
+    agent = ConversableAgent("assistant", llm_config={"config_list": [entry], "cache_seed": None},
+                             human_input_mode="NEVER")
+    if adjust is not None:
+        adjust(agent)
+    out = Outcome("")
+    try:
+        with IOStream.set_default(QuietIO()), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Cost calculation not available")  # a model AG2 has no price for
+            reply = agent.generate_reply(messages=messages)
+        out.text = reply if isinstance(reply, str) else str((reply or {}).get("content", ""))
+    except Exception as exc:  # the outcome is what the app sees, exceptions included
+        out.error = describe(exc)
+    return out

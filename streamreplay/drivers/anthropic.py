@@ -8,11 +8,10 @@ and gives up after `timeout` seconds.
 from __future__ import annotations
 
 import asyncio
-import warnings
 from typing import Any
 
 from streamreplay.clientid import Client
-from streamreplay.outcome import Driver, Outcome, QuietIO, describe, origin_of, read_autogen_stream
+from streamreplay.outcome import Driver, Outcome, ag2_reply, describe, origin_of, read_autogen_stream
 
 MODEL = "smollm2"
 MAX_TOKENS = 256
@@ -87,30 +86,17 @@ async def autogen_anthropic(base_url: str, messages: list[dict[str, Any]], timeo
 
 
 def _ag2_anthropic(base_url: str, messages: list[dict[str, Any]], timeout: float) -> Outcome:
-    import logging
-
-    from autogen import ConversableAgent
-    from autogen.io import IOStream
-
-    logging.getLogger("autogen.oai.client").setLevel(logging.ERROR)  # "model not found, cost will be 0"
     entry = {"api_type": "anthropic", "model": MODEL, "base_url": origin_of(base_url), "api_key": "not-needed",
              "stream": True, "max_tokens": MAX_TOKENS}
-    agent = ConversableAgent("assistant", llm_config={"config_list": [entry], "cache_seed": None},
-                             human_input_mode="NEVER")
-    # AG2 files an entry's `timeout` and `max_retries` under the openai client's options and builds its
-    # anthropic.Anthropic without them (the SDK's defaults: 600 s, two retries), so the client it built is
-    # swapped for the same client with this timeout and no retries.
-    for wrapped in agent.client._clients:
-        wrapped._client = wrapped._client.with_options(max_retries=0, timeout=timeout)
-    out = Outcome("")
-    try:
-        with IOStream.set_default(QuietIO()), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", "Cost calculation not available")  # a model AG2 has no price for
-            reply = agent.generate_reply(messages=messages)
-        out.text = reply if isinstance(reply, str) else str((reply or {}).get("content", ""))
-    except Exception as exc:  # see _anthropic_create
-        out.error = describe(exc)
-    return out
+
+    def with_this_timeout(agent: Any) -> None:
+        # AG2 files an entry's `timeout` and `max_retries` under the openai client's options and builds its
+        # anthropic.Anthropic without them (the SDK's defaults: 600 s, two retries), so the client it built is
+        # swapped for the same client with this timeout and no retries.
+        for wrapped in agent.client._clients:
+            wrapped._client = wrapped._client.with_options(max_retries=0, timeout=timeout)
+
+    return ag2_reply(entry, messages, with_this_timeout)
 
 
 async def ag2_anthropic(base_url: str, messages: list[dict[str, Any]], timeout: float) -> Outcome:
