@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -142,7 +142,7 @@ def _fill(ex: Exchange, line: dict[str, Any]) -> None:
         setattr(ex, f.name, value)
 
 
-def cassette_lines(tape: str, exchanges: list[Exchange], chunks_of: Any, source: str = "") -> Iterator[str]:
+def cassette_lines(tape: str, exchanges: Iterable[Exchange], chunks_of: Any, source: str = "") -> Iterator[str]:
     """The cassette text of `exchanges`, a line at a time."""
     yield _dump({"format": FORMAT, "version": VERSION, "tape": tape, "source": source})
     for n, ex in enumerate(exchanges):
@@ -157,45 +157,82 @@ def export_tape(db: str | Path, tape: str, path: str | Path) -> int:
     """Write a tape of a store as a cassette; returns the number of exchanges."""
     check_tape_name(tape)
     store = open_store(db)
-    exchanges = store.exchanges(tape=tape)
-    if not exchanges:
+    if not store.count(tape):
         raise LookupError(store.unknown_tape(tape, db))
+    count = 0
+
+    def counted(exchanges: Iterable[Exchange]) -> Iterator[Exchange]:
+        nonlocal count
+        for count, ex in enumerate(exchanges, 1):  # noqa: B007 (the count is read after the loop)
+            yield ex
     source = next((t["source"] for t in store.tapes() if t["name"] == tape), "") or ""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     with tmp.open("w", encoding="utf-8") as out:
-        for line in cassette_lines(tape, exchanges, lambda ex: store.iter_chunks(ex.id), source):
+        # a row and its chunks at a time: a tape of any size is never in memory whole
+        for line in cassette_lines(tape, counted(store.iter_exchanges(tape=tape)), lambda ex: store.iter_chunks(ex.id),
+                                   source):
             out.write(line + "\n")
     tmp.replace(path)  # a reader never sees half a cassette
-    return len(exchanges)
+    return count
 
 
 def read_cassette(path: str | Path) -> tuple[dict[str, Any], list[Exchange], dict[int, list[Chunk]]]:
     """(header, exchanges with ids 1..n, chunks by exchange id)."""
+    header, each = iter_cassette(path)
+    exchanges, chunks = [], {}
+    for ex, its_chunks in sorted(each, key=lambda pair: pair[0].seq):
+        exchanges.append(ex)
+        chunks[ex.id] = its_chunks
+    return header, exchanges, chunks
+
+
+def iter_cassette(path: str | Path) -> tuple[dict[str, Any], Iterator[tuple[Exchange, list[Chunk]]]]:
+    """(header, each exchange with its chunks, given as soon as its end line is read): an import holds
+    one exchange at a time, whatever the cassette's size. Exchanges whose end line never comes are given
+    at the end of the file, in order."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no cassette at {path}")
-    header: dict[str, Any] | None = None
-    exchanges: dict[int, Exchange] = {}
-    chunks: dict[int, list[Chunk]] = {}
+    lines = _numbered_lines(path)
+    first = next(lines, None)
+    if first is None:
+        raise CassetteError(f"{path}: empty")
+    header = first[1]
+    if header.get("format") != FORMAT:
+        raise CassetteError(f"{path}:1: not a streamreplay cassette")
+
+    def exchanges() -> Iterator[tuple[Exchange, list[Chunk]]]:
+        open_: dict[int, Exchange] = {}
+        chunks: dict[int, list[Chunk]] = {}
+        for number, line in lines:
+            try:
+                _read_line(line, open_, chunks, header["tape"])
+                if line["type"] == "end":
+                    ex = open_.pop(int(line["seq"]))
+                    yield ex, chunks.pop(ex.id)
+            except (ValueError, KeyError, TypeError) as exc:
+                raise CassetteError(f"{path}:{number}: {exc}") from None
+        for seq in sorted(open_):
+            yield open_[seq], chunks.pop(open_[seq].id)
+
+    return header, exchanges()
+
+
+def _numbered_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """The cassette's non-blank lines, parsed, with their line numbers."""
     with path.open(encoding="utf-8") as lines:
         for number, raw in enumerate(lines, 1):
             if not raw.strip():
                 continue
             try:
                 line = json.loads(raw)
-                if header is None:
-                    if line.get("format") != FORMAT:
-                        raise CassetteError(f"{path}:1: not a streamreplay cassette")
-                    header = line
-                    continue
-                _read_line(line, exchanges, chunks, header["tape"])
-            except (ValueError, KeyError, TypeError) as exc:
+            except ValueError as exc:
                 raise CassetteError(f"{path}:{number}: {exc}") from None
-    if header is None:
-        raise CassetteError(f"{path}: empty")
-    return header, list(exchanges.values()), chunks
+            if not isinstance(line, dict):
+                raise CassetteError(f"{path}:{number}: a line must be a JSON object")
+            yield number, line
 
 
 def _read_line(line: dict[str, Any], exchanges: dict[int, Exchange], chunks: dict[int, list[Chunk]],
@@ -240,23 +277,24 @@ def cassette_store(path: str | Path) -> Store:
 
 def load_cassette(store: Store, path: str | Path, tape: str | None = None) -> tuple[str, int]:
     """Load a cassette into `store`; returns (tape, count)."""
-    header, exchanges, chunks = read_cassette(path)
+    header, exchanges = iter_cassette(path)
     name = check_tape_name(tape or header["tape"])
     if store.exchanges(tape=name, limit=1):
         raise CassetteError(f"tape {name!r} already exists in {store.path}; import it under another name with --tape")
-    with store.db.conn:
+    count = 0
+    with store.db.conn:  # one transaction: a cassette that turns out bad halfway leaves nothing behind
         store.db["tapes"].insert({"name": name, "created_at": now_iso(), "source": header.get("source", "")},
                                  replace=True)
-        for ex in exchanges:
+        for count, (ex, chunks) in enumerate(exchanges, 1):  # noqa: B007 (the count is read after the loop)
             summary = Summarizer(ex.stream, ex.response_header("content-encoding"), dialect_for(ex.path),
                                  ex.response_header("content-type"))
-            for chunk in chunks[ex.id]:
+            for chunk in chunks:
                 summary.feed(chunk.data)
             # the summary as the writer would assemble it from these chunks, not as the cassette says it
             row = {**ex.to_row(), "tape": name, **summary.columns()}
             del row["id"]  # a new one in this DB
             new_id = store.db["exchanges"].insert(row).last_pk
             store.db["chunks"].insert_all(
-                {"exchange_id": new_id, "idx": c.index, "t_ns": c.t_ns, "data": c.data} for c in chunks[ex.id]
+                {"exchange_id": new_id, "idx": c.index, "t_ns": c.t_ns, "data": c.data} for c in chunks
             )
-    return name, len(exchanges)
+    return name, count

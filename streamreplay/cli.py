@@ -11,6 +11,7 @@ import sys
 import types
 import typing
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -329,17 +330,33 @@ class _DirectLog:
 @click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table.")
 def ls_command(db: str, tape: str | None, cause: str | None, limit: int | None, as_json: bool) -> None:
     """List recorded exchanges."""
-    from streamreplay.report import LS_COLUMNS, exchange_json, ls_rows, table
+    from streamreplay.report import LS_COLUMNS, exchange_json, iter_ls_rows, table_lines
 
     store = store_at(db)
     if tape and not any(t["name"] == tape for t in store.tapes()):
         raise click.ClickException(store.unknown_tape(tape, db))
-    exchanges = store.exchanges(tape=tape, cause=cause, limit=limit)
+    exchanges = store.iter_exchanges(tape=tape, cause=cause, limit=limit)
     if as_json:
         for ex in exchanges:
             say(json.dumps(exchange_json(ex)))
         return
-    say(table(LS_COLUMNS, ls_rows(exchanges)))
+    shown = 0
+    for n, line in enumerate(table_lines(LS_COLUMNS, iter_ls_rows(exchanges))):
+        say(line)
+        shown = n
+    say(ls_summary(store, shown, db))
+
+
+def ls_summary(store: Store, shown: int, db: str) -> str:
+    """The line `ls` ends with: how much it showed of how much there is, and what the DB (or the cassette
+    read in its place) takes on disk."""
+    from streamreplay.cassette import is_cassette
+
+    total, tapes = store.count(), len(store.tapes())
+    what = plural(total, "exchange") if shown == total else f"{shown} of {plural(total, 'exchange')}"
+    size, kind = (Path(db).stat().st_size, "cassette") if is_cassette(db) else (store.size_bytes(), "DB")
+    shown_size = f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.0f} KB"
+    return f"{what}, {plural(tapes, 'tape')}, {kind} {shown_size}"
 
 
 @main.command(epilog=EXCHANGE_HELP)
@@ -415,7 +432,7 @@ def play(db: str, host: str, port: int, command: tuple[str, ...], **fields: Any)
         code = _run_command(server, command, precise_timers=True)
         play_summary(server, db, lambda line: click.echo(line, err=True))
         sys.exit(code)
-    count = len(server.index.exchanges)
+    count = server.index.count
     extra = f", faults {' + '.join(f.spec() for f in server.faults)}" if server.faults else ""
     tape = f", tape {options.tape}" if options.tape else ""
     serve_until_signal(server, f"streamreplay: base_url {{base_url}} (playing {plural(count, 'exchange')} from {db}"
@@ -767,6 +784,44 @@ def drift_command(tape: str, db: str, upstream: str, headers: list[tuple[str, st
     say(json.dumps(report.to_json(), indent=2) if as_json else report.tail())
     if report.drifted:
         sys.exit(1)
+
+
+@main.command("prune")
+@db_option
+@click.option("--older-than", "older_than", metavar="AGE",
+              help="Remove the exchanges recorded longer ago than AGE: 7d, 12h, 30m, 45s, or seconds.")
+@click.option("--tape", help="Only this tape. Alone: the whole tape, and the tape itself once it is empty.")
+@click.option("--max-size", "max_size", metavar="SIZE",
+              help="Remove the oldest exchanges until the DB is under SIZE: 50MB, 500KB, 2GB, 64MiB, or bytes.")
+@click.option("--keep-cutoffs", is_flag=True, help="Keep every exchange whose end cause is not complete.")
+@click.option("--dry-run", is_flag=True, help="Say what would go (per tape: exchanges and bytes); change nothing.")
+def prune_command(db: str, older_than: str | None, tape: str | None, max_size: str | None, keep_cutoffs: bool,
+                  dry_run: bool) -> None:
+    """Remove recorded exchanges with their chunks, by age, by tape or down to a size, then compact the DB.
+
+    An exchange goes when --older-than or --max-size chooses it; --tape and --keep-cutoffs narrow what they may
+    choose. Safe while `record` writes to the same DB: an exchange still being recorded always stays."""
+    from streamreplay.cassette import is_cassette
+    from streamreplay.prune import PruneError, parse_age, parse_size, prune
+
+    # each error is one line naming what it is about, not click's usage block
+    try:
+        age = parse_age(older_than) if older_than is not None else None
+    except PruneError as exc:
+        raise click.ClickException(f"--older-than: {exc}") from exc
+    try:
+        size = parse_size(max_size) if max_size is not None else None
+    except PruneError as exc:
+        raise click.ClickException(f"--max-size: {exc}") from exc
+    if os.path.isfile(db) and is_cassette(db):
+        raise click.ClickException(f"{db} is a cassette: prune works on a DB (import it, or re-export the tape)")
+    try:
+        report = prune(db, older_than=age, tape=tape, max_size=size, keep_cutoffs=keep_cutoffs, dry_run=dry_run)
+    except PruneError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for line in report.lines():
+        say(line)
+
 
 if __name__ == "__main__":
     main()

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -33,20 +34,33 @@ LS_COLUMNS = ("id", "tape", "started", "request", "dialect", "model", "stream", 
               "text")
 
 
-def ls_rows(exchanges: list[Exchange]) -> list[tuple[str, ...]]:
-    rows = []
+def ls_rows(exchanges: Iterable[Exchange]) -> list[tuple[str, ...]]:
+    return list(iter_ls_rows(exchanges))
+
+
+def iter_ls_rows(exchanges: Iterable[Exchange]) -> Iterator[tuple[str, ...]]:
+    """`ls`'s row of each exchange, one at a time."""
     for ex in exchanges:
         end = ex.end_cause or "open"
         if ex.end_cause == EndCause.CLIENT_LEFT and ex.client_left_at_chunk is not None:
             end += f"@{ex.client_left_at_chunk}"
         if ex.store_error:
             end += " (partial)"  # never shown as whole: see show's `stored` line
-        rows.append((
+        yield (
             str(ex.id), ex.tape, (ex.started_at or "")[11:19], f"{ex.method} {ex.path}", ex.dialect.name,
             ex.model or "-", "yes" if ex.stream else "no", str(ex.chunk_count), _ms(ex.ttfb_ns), _ms(ex.duration_ns),
             end, _words(ex.text),
-        ))
-    return rows
+        )
+
+
+def table_lines(header: tuple[str, ...], rows: Iterable[tuple[str, ...]], sample: int = 500) -> Iterator[str]:
+    """`table`, a line at a time: the widths come from the first `sample` rows, and a later, wider cell
+    pushes its row out rather than being cut, so a listing of any length is never held whole."""
+    rows = iter(rows)
+    first = list(itertools.islice(rows, sample))
+    widths = [max(len(h), *(len(r[i]) for r in first)) if first else len(h) for i, h in enumerate(header)]
+    for row in itertools.chain([header], first, rows):
+        yield "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)).rstrip()
 
 
 def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:

@@ -53,7 +53,7 @@ MODE_ALIASES = {"new_episodes": "new", "rewrite": "all"}
 EVERY_COMMAND = ("*",)
 #: the commands that take --db, for `click_default_map` called without the group's commands
 DB_COMMANDS = ("record", "ls", "show", "play", "export", "import", "diagnose", "bisect", "client", "ui", "repro",
-               "drift")
+               "drift", "prune")
 
 
 class SettingsError(ValueError):

@@ -71,15 +71,40 @@ def _end(ex: Exchange) -> str:
     return badge(ex.end_cause) + _esc(at)
 
 
-def index_html(store: Store, *, cause: str | None = None, tape: str | None = None, label: str = "") -> str:
-    """Tapes, end-cause filters and the exchanges (newest first), each linking to its timeline."""
-    every = store.exchanges(tape=tape)
-    counts = Counter(ex.end_cause or "open" for ex in every)
-    shown = [ex for ex in every if cause is None or (ex.end_cause or "open") == cause][::-1][:LIST_LIMIT]
+def _page_of(store: Store, tape: str | None, cause: str | None, page: int) -> list[Exchange]:
+    """One page of the list, newest first, read from the DB: a page costs the same in a DB of any size."""
+    where, params = [], []
+    if tape:
+        where.append("tape = ?")
+        params.append(tape)
+    if cause:
+        where.append("end_cause is null" if cause == "open" else "end_cause = ?")
+        params += [] if cause == "open" else [cause]
+    sql = "select * from exchanges" + (" where " + " and ".join(where) if where else "")
+    cursor = store.db.execute(f"{sql} order by id desc limit {LIST_LIMIT} offset {page * LIST_LIMIT}", params)
+    columns = [d[0] for d in cursor.description]
+    return [Exchange.from_row(dict(zip(columns, row, strict=True))) for row in cursor]
+
+
+def index_html(store: Store, *, cause: str | None = None, tape: str | None = None, label: str = "",
+               page: int = 0) -> str:
+    """Tapes, end-cause filters and the exchanges (newest first, LIST_LIMIT a page), each linking to its
+    timeline."""
+    counted = store.db.execute("select coalesce(end_cause, 'open'), count(*) from exchanges"
+                               + (" where tape = ?" if tape else "") + " group by 1", [tape] if tape else [])
+    counts = Counter(dict(counted.fetchall()))
+    shown = _page_of(store, tape, cause, page)
+    total = counts[cause] if cause else sum(counts.values())
 
     def link(**query: str | None) -> str:
         q = {k: v for k, v in {"tape": tape, "cause": cause, **query}.items() if v}
         return "/" + (f"?{urlencode(q)}" if q else "")
+
+    pages = [f'<a href="{_esc(link(page=str(page - 1) if page > 1 else None))}">newer</a>'] if page else []
+    if (page + 1) * LIST_LIMIT < total:
+        pages.append(f'<a href="{_esc(link(page=str(page + 1)))}">older</a>')
+    paging = (f"<nav>exchanges {page * LIST_LIMIT + 1}-{page * LIST_LIMIT + len(shown)} of {total} · "
+              + " · ".join(pages) + "</nav>") if pages else ""
 
     tapes = "".join(
         f'<tr><td class="d"><a href="{_esc(link(tape=t["name"], cause=None))}">{_esc(t["name"])}</a></td>'
@@ -109,18 +134,19 @@ def index_html(store: Store, *, cause: str | None = None, tape: str | None = Non
         "<button>on one time axis</button></form></nav>"
         '<table class="exchanges"><thead><tr><th>id</th><th>tape</th><th>#</th><th>started</th><th>request</th>'
         "<th>model</th><th>chunks</th><th>first byte</th><th>took</th><th>end</th><th>text</th></tr></thead>"
-        f"<tbody>{rows}</tbody></table>"
+        f"<tbody>{rows}</tbody></table>{paging}"
         + ("" if shown else "<p>no exchanges here yet</p>")
     )
-    still_open = any(ex.end_cause is None for ex in every)
+    still_open = counts["open"] > 0
     return html_page("streamreplay", body, refresh_s=REFRESH_S if still_open else None)
 
 
 def _nav(store: Store, ex: Exchange, fault: str | None) -> str:
-    tape = store.exchanges(tape=ex.tape)
-    ids = [e.id for e in tape]
-    pos = ids.index(ex.id)
-    near = [i for i in (ids[pos - 1] if pos else None, ids[pos + 1] if pos + 1 < len(ids) else None) if i]
+    # the exchanges just before and after it in its tape, asked of the DB, not read whole
+    near = [row[0] for row in (
+        store.db.execute("select max(id) from exchanges where tape = ? and id < ?", [ex.tape, ex.id]).fetchone(),
+        store.db.execute("select min(id) from exchanges where tape = ? and id > ?", [ex.tape, ex.id]).fetchone(),
+    ) if row[0] is not None]
     compare = " ".join(f'<a href="/compare/{ex.id}/{i}">#{i}</a>' for i in near)
     n = max(ex.chunk_count, 1)
     examples = [f"cut:chunk={n // 2}", f"stall:chunk={n // 2},seconds=1", f"reset:chunk={n // 2}", "drop-done"]
@@ -378,7 +404,9 @@ class UIServer(AppServer):
 
     async def index(self, request: web.Request) -> web.Response:
         cause, tape = request.query.get("cause") or None, request.query.get("tape") or None
-        return await self._page(lambda store: index_html(store, cause=cause, tape=tape, label=self.db_label))
+        page = int(request.query["page"]) if request.query.get("page", "").isdigit() else 0
+        return await self._page(lambda store: index_html(store, cause=cause, tape=tape, label=self.db_label,
+                                                         page=page))
 
     async def exchange(self, request: web.Request) -> web.Response:
         eid, fault = int(request.match_info["id"]), request.query.get("fault") or None

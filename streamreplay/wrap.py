@@ -92,7 +92,7 @@ def server_environment(server: Any) -> dict[str, str]:
     if routes:
         return client_environment(server.base_urls, {r.name: str(r.url) for r in routes})
     # a replay of named upstreams serves each under its name, as the recorder did
-    named = recorded_routes(ex.upstream for ex in server.index.exchanges)
+    named = recorded_routes(server.index.upstreams())
     if named:
         env = client_environment({name: f"{server.origin}/{name}" for name in named}, named)
     else:

@@ -186,8 +186,9 @@ async def test_ls_and_show_read_text_tool_call_usage_and_status(db_path: Path):
     await record(db_path, scripts, behaviour)
     runner = CliRunner()
     listing = runner.invoke(main, ["ls", "--db", str(db_path)]).output.splitlines()
-    assert [line.split()[3:7] for line in listing[1:]] == [["POST", "/responses", "responses", "smollm2"]] * 2
-    assert all(line.endswith("Hello! How can I help you today?") for line in listing[1:])
+    assert [line.split()[3:7] for line in listing[1:-1]] == [["POST", "/responses", "responses", "smollm2"]] * 2
+    assert all(line.endswith("Hello! How can I help you today?") for line in listing[1:-1])
+    assert listing[-1].startswith("2 exchanges, 1 tape, DB ")
     shown = runner.invoke(main, ["show", "r:0", "--db", str(db_path)]).output.splitlines()
     assert f"tool call get_weather({CALL['arguments']})" in shown
     assert "message   'Hello! How can I help you today?'" in shown

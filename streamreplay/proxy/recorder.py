@@ -69,7 +69,8 @@ class RecordOptions:
     note: str = field(default="", metadata={
         "help": "Free text stored with the tape: where and how it was recorded."})
     max_db_bytes: int | None = field(default=None, metadata={
-        "help": "Bytes the DB may grow to; past it exchanges are said to be lost."})
+        "help": "Bytes the DB may grow to. Near it, the oldest exchanges that ended complete are pruned (said "
+                "once); cutoffs and open exchanges stay, and storing fails, said, only when none is left."})
     log: Callable[[str], None] | None = field(default=None, metadata={
         "help": "Called with one line per finished exchange."})
     errors: Callable[[str], None] | None = field(default=None, metadata={

@@ -289,8 +289,11 @@ class Index:
         request = self._ours(request)
         if not self.exchanges:
             return Miss(f"no recording matches {request.method} {request.path}: the tape is empty")
+        return self._closest_of(self.exchanges, request)
+
+    def _closest_of(self, exchanges: Iterable[Any], request: Request) -> Miss:
         best, best_score, best_why = None, None, ""
-        for ex in self.exchanges:
+        for ex in exchanges:
             recorded = self.rules.recorded(ex)
             score = self.rules.distance(recorded, request)
             if best_score is None or score < best_score:
@@ -306,3 +309,12 @@ class Index:
 
     def unused(self) -> list[Any]:
         return [ex for ex in self.exchanges if id(ex) not in self.served]
+
+    @property
+    def count(self) -> int:
+        """How many recordings the index serves from."""
+        return len(self.exchanges)
+
+    def upstreams(self) -> list[str]:
+        """The upstream each recording was made from (routes.recorded_routes reads the names)."""
+        return [ex.upstream for ex in self.exchanges]

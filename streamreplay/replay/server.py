@@ -21,7 +21,8 @@ from streamreplay.replay.options import ReplayOptions
 from streamreplay.replay.replayed import Replayed
 from streamreplay.replay.request import IncomingRequest
 from streamreplay.replay.schedule import Schedule, convert_for_request, recorded_schedule
-from streamreplay.replay.source import TapeSource, open_source
+from streamreplay.replay.source import StoreSource, TapeSource, open_source
+from streamreplay.replay.storeindex import StoreIndex, use_store_index
 from streamreplay.serving import AppServer
 from streamreplay.store import Chunk, Exchange
 from streamreplay.wire import FAULT_HEADER, close_mid_body, openai_error, openai_errors, reset_connection
@@ -111,8 +112,7 @@ class ReplayServer(AppServer):
         self.prefix = options.prefix.rstrip("/")
         self.max_body = options.max_body
         self.log = options.log
-        self.index = Index(self.source.exchanges(), options.ignore_fields, options.match, options.repeat,
-                           options.match_on)
+        self.index = self._index(options)
         #: the most recent `keep_requests` requests; `counts` has the totals over all of them
         self.requests: deque[Replayed] = deque(maxlen=options.keep_requests)
         self.counts = ReplayCounts()
@@ -120,6 +120,15 @@ class ReplayServer(AppServer):
         #: what a request the index misses gets (streamreplay.replay.onmiss)
         self.on_miss: OnMiss = options.miss_policy()
         self.on_miss.bind(self.index, self.source, self._report)
+
+    def _index(self, options: ReplayOptions) -> Index:
+        """A big DB is looked up in place (StoreIndex) when its stored keys are the matchers' own; anything
+        else is held in memory."""
+        source = self.source
+        if isinstance(source, StoreSource) and use_store_index(source.store, options.match, options.ignore_fields,
+                                                               options.match_on):
+            return StoreIndex(source.store, source.tape, options.repeat)
+        return Index(source.exchanges(), options.ignore_fields, options.match, options.repeat, options.match_on)
 
     @property
     def base_url(self) -> str:

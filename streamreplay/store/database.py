@@ -13,6 +13,8 @@ import streamreplay.store.maintenance as maintenance
 from streamreplay.exchange import EXCHANGE_COLUMNS, Chunk, Exchange
 
 DEFAULT_DB = "recordings/streamreplay.db"
+#: replay's lookups by request (replay.storeindex), with or without a tape: made when a DB is opened
+KEY_INDEX = "idx_exchanges_request_key_tape"
 SCHEMA_VERSION = 2
 
 
@@ -84,6 +86,9 @@ class Store:
                 foreign_keys=[("exchange_id", "exchanges", "id")],
             )
         self.migrate()
+        # after migrate: an old DB gains its request_key column first. Once, on a big DB, this takes a
+        # moment (about a second for 100,000 exchanges); replay then finds a request without reading them all.
+        db["exchanges"].create_index(["request_key", "tape"], index_name=KEY_INDEX, if_not_exists=True)
 
     def migrate(self) -> None:
         """Bring a DB written by an older version up to this schema: columns are only ever added."""
@@ -110,6 +115,12 @@ class Store:
     def exchanges(
         self, tape: str | None = None, cause: str | None = None, limit: int | None = None
     ) -> list[Exchange]:
+        return list(self.iter_exchanges(tape, cause, limit))
+
+    def iter_exchanges(
+        self, tape: str | None = None, cause: str | None = None, limit: int | None = None
+    ) -> Iterator[Exchange]:
+        """The exchanges in recorded order, read a row at a time: a month of recordings is never in memory."""
         where, params = [], []
         if tape:
             where.append("tape = ?")
@@ -123,7 +134,22 @@ class Store:
         sql += " order by id"
         if limit:
             sql += f" limit {int(limit)}"
-        return [Exchange.from_row(r) for r in self.db.query(sql, params)]
+        cursor = self.db.execute(sql, params)
+        columns = [d[0] for d in cursor.description]
+        for row in cursor:
+            yield Exchange.from_row(dict(zip(columns, row, strict=True)))
+
+    def count(self, tape: str | None = None) -> int:
+        """How many exchanges (of `tape`)."""
+        sql, params = ("select count(*) from exchanges where tape = ?", [tape]) if tape else \
+            ("select count(*) from exchanges", [])
+        return self.db.execute(sql, params).fetchone()[0]
+
+    def size_bytes(self) -> int:
+        """What the DB takes on disk, its write-ahead log included."""
+        if str(self.path) == ":memory:":
+            return 0
+        return sum(p.stat().st_size for p in (self.path, self.path.with_name(self.path.name + "-wal")) if p.exists())
 
     def exchange(self, exchange_id: int) -> Exchange:
         rows = list(self.db.query("select * from exchanges where id = ?", [exchange_id]))

@@ -15,7 +15,7 @@ from streamreplay.summary import Summarizer
 def mark_interrupted(conn: sqlite3.Connection) -> list[int]:
     """Exchanges left open by a daemon that is no longer running become `interrupted`; returns their ids."""
     rows = conn.execute("select id, recorder_pid from exchanges where end_cause is null").fetchall()
-    dead = [eid for eid, pid in rows if not (pid and pid != os.getpid() and _pid_alive(pid))]
+    dead = [eid for eid, pid in rows if not recording_elsewhere(pid)]
     with conn:
         for eid in dead:
             count, size, last = conn.execute(
@@ -32,10 +32,20 @@ def mark_interrupted(conn: sqlite3.Connection) -> list[int]:
     return dead
 
 
+def recording_elsewhere(pid: int | None) -> bool:
+    """The recorder that wrote a row (its `recorder_pid`) is another process, still running: its open exchanges
+    are in flight, and it may record into their tape again. This process's own rows are not: its writer is the
+    one asking (a writer opened before in this process and gone left them)."""
+    return bool(pid and pid != os.getpid() and _pid_alive(pid))
+
+
 def summarize(conn: sqlite3.Connection, exchange_id: int) -> None:
     """Write an exchange's summary columns from its stored chunks (decoded when the upstream compressed them)."""
-    stream, status, headers, path = conn.execute(
+    row = conn.execute(
         "select stream, status, response_headers, path from exchanges where id = ?", [exchange_id]).fetchone()
+    if row is None:
+        return  # pruned between its end and its summary (streamreplay.prune): nothing left to sum up
+    stream, status, headers, path = row
     summary = Summarizer(bool(stream), content_encoding=_header(headers, "content-encoding"), dialect=dialect_for(path),
                          content_type=_header(headers, "content-type"))
     for (data,) in conn.execute("select data from chunks where exchange_id = ? order by idx", [exchange_id]):

@@ -18,6 +18,7 @@ from typing import Any
 
 import sqlite_utils
 
+import streamreplay.prune as prune
 from streamreplay.exchange import body_for_db, now_iso, storable
 from streamreplay.requestkey import request_key
 from streamreplay.store.database import StoreError, open_store
@@ -36,6 +37,20 @@ UNFINISHED = "not stored whole: its end was never stored"
 
 #: sqlite3 errors that say the database or the disk is unusable, not that one row is bad
 _ENVIRONMENT_ERRORS = (sqlite3.OperationalError, sqlite3.InternalError)
+
+#: under `max_bytes`, a batch that would leave less than this share of it free first prunes the oldest
+#: complete exchanges...
+NEAR_LIMIT = 0.02
+#: ...until this share is free besides the batch: pruning then happens once per twentieth of the limit
+#: recorded, not at every batch
+PRUNE_TO = 0.07
+
+
+def _is_full(exc: BaseException) -> bool:
+    """SQLITE_FULL: the disk, or the DB's max_page_count, has no room for the transaction."""
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
+    return isinstance(exc, sqlite3.OperationalError) and (
+        code == sqlite3.SQLITE_FULL if code is not None else "database or disk is full" in str(exc))
 
 
 def describe_failure(exc: BaseException) -> str:
@@ -88,7 +103,9 @@ class StoreWriter:
         self.source = source
         #: the tape name is a default one: if the DB has it already, take the next free `NAME-2`, `NAME-3`...
         self.unique_tape = unique_tape
-        #: the DB may not grow past this (SQLite's max_page_count): a disk quota of its own
+        #: the DB may not grow past this (SQLite's max_page_count): a disk quota of its own. Near it, the oldest
+        #: exchanges that ended complete are pruned (streamreplay.prune.make_room); storing fails only when
+        #: none is left
         self.max_bytes = max_bytes
         self._queue: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -99,7 +116,8 @@ class StoreWriter:
         self._committed_bytes = 0  # the writer thread's
         #: called on the writer thread with each finished exchange's row, once it is committed
         self.on_end: Callable[[dict[str, Any]], None] | None = None
-        #: called with one line each time storing starts failing, and for each exchange not stored whole
+        #: called with one line each time storing starts failing, for each exchange not stored whole, and once
+        #: when `max_bytes` makes it prune
         self.on_failure: Callable[[str], None] | None = None
         #: the latest reason storing failed, None while it works
         self.failure: str | None = None
@@ -107,6 +125,7 @@ class StoreWriter:
         self.losses: list[tuple[str, str]] = []
         self._unsummarized: deque[int] = deque()  # the writer thread's
         self._announced: set[str] = set()  # the writer thread's: failure causes said already
+        self._pruned = 0  # the writer thread's: exchanges pruned for max_bytes
 
     # -- called from the event loop -------------------------------------------------------------
 
@@ -255,23 +274,74 @@ class StoreWriter:
 
     def _write(self, conn: sqlite3.Connection, messages: list[tuple[Any, ...]]) -> list[ExchangeHandle]:
         """Apply a batch in one transaction; when that fails, each message alone, so one bad exchange
-        loses only itself. Returns the exchanges that ended in this batch."""
-        try:
-            with conn:
-                chunk_rows: list[tuple[Any, ...]] = []
-                for msg in messages:
-                    self._apply(conn, msg, chunk_rows)
-                self._insert_chunks(conn, chunk_rows)
-        except Exception as exc:
-            self._rolled_back(messages)
-            if isinstance(exc, _ENVIRONMENT_ERRORS) or type(exc) is sqlite3.DatabaseError:
-                # the disk or the DB is at fault: every message would fail alike, and each try may wait
-                # for the busy timeout, so the whole batch is lost at once
-                self._failing(describe_failure(exc), messages)
-                return []
-            return [m[1] for m in messages if self._write_alone(conn, m) and m[0] == "end"]
+        loses only itself. Returns the exchanges that ended in this batch. Under `max_bytes`, room is made
+        first when the DB is near it, and again when the batch finds it full (`_make_room`)."""
+        if self.max_bytes:
+            self._make_room(conn, messages, only_when_near=True)
+        while True:
+            committed = self._committed_bytes
+            try:
+                with conn:
+                    chunk_rows: list[tuple[Any, ...]] = []
+                    for msg in messages:
+                        self._apply(conn, msg, chunk_rows)
+                    self._insert_chunks(conn, chunk_rows)
+                break
+            except Exception as exc:
+                self._committed_bytes = committed  # rolled back: none of it reached the disk
+                self._rolled_back(messages)
+                if self.max_bytes and _is_full(exc) and self._make_room(conn, messages, only_when_near=False):
+                    continue  # room was made: the same batch again
+                return self._failed(conn, messages, exc)
         self.failure = None  # the disk may have room again: backpressure is back on
         return [m[1] for m in messages if m[0] == "end"]
+
+    def _failed(self, conn: sqlite3.Connection, messages: list[tuple[Any, ...]],
+                exc: Exception) -> list[ExchangeHandle]:
+        """A batch was rolled back: the exchanges it ended that could be stored alone."""
+        if isinstance(exc, _ENVIRONMENT_ERRORS) or type(exc) is sqlite3.DatabaseError:
+            # the disk or the DB is at fault: every message would fail alike, and each try may wait
+            # for the busy timeout, so the whole batch is lost at once
+            self._failing(describe_failure(exc), messages)
+            return []
+        return [m[1] for m in messages if self._write_alone(conn, m) and m[0] == "end"]
+
+    def _make_room(self, conn: sqlite3.Connection, messages: list[tuple[Any, ...]], only_when_near: bool) -> bool:
+        """Room under `max_bytes` for this batch and a share of the limit besides: the oldest exchanges that
+        ended complete and are stored whole are pruned (never a cutoff, never one still open), said once.
+        With `only_when_near`, only when the batch would leave less than NEAR_LIMIT of it free. True when
+        something was pruned, so that a batch the DB was too full for is worth trying again."""
+        assert self.max_bytes
+        need = self._batch_bytes(messages)
+        try:
+            if only_when_near and prune.room(conn) >= need + NEAR_LIMIT * self.max_bytes:
+                return False
+            removed = prune.make_room(conn, need + int(PRUNE_TO * self.max_bytes), keep_tapes={self.tape})
+        except sqlite3.Error as exc:  # the write that follows fails loud if it must: no more to say here
+            with contextlib.suppress(sqlite3.Error):
+                conn.rollback()
+            if "prune" not in self._announced:
+                self._announced.add("prune")
+                self._say(f"streamreplay: could not prune for --max-db-size: {describe_failure(exc)}")
+            return False
+        if removed and not self._pruned:
+            self._say(f"streamreplay: DB at its --max-db-size ({prune.format_size(self.max_bytes)}): "
+                      "pruning the oldest complete exchanges")
+        self._pruned += len(removed)
+        return bool(removed)
+
+    @staticmethod
+    def _batch_bytes(messages: list[tuple[Any, ...]]) -> int:
+        """About what a batch adds to the DB: its chunks with their rows, and a few pages a new or ended exchange."""
+        size = 0
+        for msg in messages:
+            if msg[0] == "chunk":
+                size += len(msg[4]) + prune.CHUNK_OVERHEAD
+            elif msg[0] == "begin":
+                size += len(msg[2].get("request_body") or b"") + 8192
+            elif msg[0] == "end":
+                size += 8192  # its summary: the text and usage assembled from its chunks
+        return size
 
     def _write_alone(self, conn: sqlite3.Connection, msg: tuple[Any, ...]) -> bool:
         handle: ExchangeHandle = msg[1]
@@ -393,7 +463,9 @@ class StoreWriter:
         if self.on_end is None:
             return
         try:
-            row = next(db.query("select * from exchanges where id = ?", [handle.id]))
+            row = next(db.query("select * from exchanges where id = ?", [handle.id]), None)
+            if row is None:
+                return  # pruned since (streamreplay.prune, from another process): nothing to report
             self.on_end(row)
         except Exception as exc:  # the log must never stop the writer
             self._say(f"streamreplay: could not report exchange {handle.ref}: {describe_failure(exc)}")
