@@ -77,11 +77,39 @@ def _gaps(chunks: list[Chunk], head_ns: int) -> list[float]:
     return gaps
 
 
+@dataclass(frozen=True)
+class TapeFacts:
+    """What a diagnosis reads of an exchange's tape: how many exchanges it has, whether every one ended
+    complete, its last one, and the one right after this exchange. Asked of the DB (`in_store`), so a
+    tape recorded for a month is never read whole to diagnose one exchange."""
+
+    count: int
+    all_complete: bool
+    last_id: int | None
+    next_id: int | None = None
+    next_key: str | None = None
+
+    @classmethod
+    def of(cls, ex: Exchange, tape: list[Exchange]) -> TapeFacts:
+        later = [e for e in tape if e.seq > ex.seq]
+        return cls(len(tape), all(e.end_cause == EndCause.COMPLETE for e in tape), tape[-1].id if tape else None,
+                   later[0].id if later else None, later[0].request_key if later else None)
+
+    @classmethod
+    def in_store(cls, store: Store, ex: Exchange) -> TapeFacts:
+        db = store.db
+        count, complete, last = db.execute(
+            "select count(*), sum(end_cause = ?), max(id) from exchanges where tape = ?",
+            [EndCause.COMPLETE.value, ex.tape]).fetchone()
+        after = db.execute("select id, request_key from exchanges where tape = ? and seq > ? order by seq limit 1",
+                           [ex.tape, ex.seq]).fetchone()
+        return cls(count, complete == count, last, *(after or (None, None)))
+
+
 def diagnose(store: Store, exchange_id: int, db_label: str = "recordings/streamreplay.db") -> Diagnosis:
     ex = store.exchange(exchange_id)
     chunks = store.chunks(exchange_id)
-    tape = store.exchanges(tape=ex.tape)
-    return diagnose_exchange(ex, chunks, tape, db_label)
+    return diagnose_exchange(ex, chunks, TapeFacts.in_store(store, ex), db_label)
 
 
 def repro_command(exchange: Exchange, db_label: str) -> str:
@@ -91,7 +119,9 @@ def repro_command(exchange: Exchange, db_label: str) -> str:
     return f"streamreplay repro {ref} --db {shlex.quote(db_label)} -o repro_{exchange.tape}-{exchange.seq}/"
 
 
-def diagnose_exchange(ex: Exchange, chunks: list[Chunk], tape: list[Exchange], db_label: str) -> Diagnosis:
+def diagnose_exchange(ex: Exchange, chunks: list[Chunk], tape: list[Exchange] | TapeFacts, db_label: str) -> Diagnosis:
+    """The diagnosis of `ex`, read with its chunks and its tape (the exchanges, or `TapeFacts` of them)."""
+    tape = tape if isinstance(tape, TapeFacts) else TapeFacts.of(ex, tape)
     head_ns = ex.headers_ns or 0
     gaps = _gaps(chunks, head_ns)
     upstream_end = ex.upstream_end or ex.end_cause
@@ -208,7 +238,7 @@ def _upstream_broke(d: Diagnosis, ex: Exchange, cause: EndCause, chunks: list[Ch
         d.evidence.append(ex.end_detail)
 
 
-def _completed(d: Diagnosis, ex: Exchange, chunks: list[Chunk], tape: list[Exchange], api: Dialect) -> None:
+def _completed(d: Diagnosis, ex: Exchange, chunks: list[Chunk], tape: TapeFacts, api: Dialect) -> None:
     d.chunk, d.at_s = len(chunks), (ex.duration_ns or 0) / 1e9
     if ex.finish_reason in api.length_reasons:
         d.cause = "max_tokens"
@@ -226,15 +256,13 @@ def _completed(d: Diagnosis, ex: Exchange, chunks: list[Chunk], tape: list[Excha
     if ex.client_left_ns is not None:
         d.evidence.append(f"the client closed the connection after {api.terminal}, at "
                           f"{ex.client_left_ns / 1e9:.3f} s (the openai SDK does this)")
-    complete = [e for e in tape if e.end_cause == EndCause.COMPLETE]
-    if len(tape) > 1 and len(complete) == len(tape) and ex.id == tape[-1].id:
+    if tape.count > 1 and tape.all_complete and ex.id == tape.last_id:
         d.cause = "round_limit"
-        d.summary = (f"every exchange completed; the tape ends after exactly {len(tape)} complete exchanges: "
+        d.summary = (f"every exchange completed; the tape ends after exactly {tape.count} complete exchanges: "
                      "if the conversation stopped short, a round or turn limit ended it, not the stream")
         d.fix = "raise max_round / max_turns / the termination condition's message count"
 
 
-def _retries(d: Diagnosis, ex: Exchange, tape: list[Exchange]) -> None:
-    later = [e for e in tape if e.seq > ex.seq]
-    if later and later[0].request_key == ex.request_key and d.cause not in ("complete", "round_limit"):
-        d.evidence.append(f"the same request came again right after (exchange {later[0].id}): the client retried")
+def _retries(d: Diagnosis, ex: Exchange, tape: TapeFacts) -> None:
+    if tape.next_id is not None and tape.next_key == ex.request_key and d.cause not in ("complete", "round_limit"):
+        d.evidence.append(f"the same request came again right after (exchange {tape.next_id}): the client retried")

@@ -22,7 +22,7 @@ from string import Template
 
 from streamreplay.cassette import cassette_lines
 from streamreplay.clientid import Client, recognise_client, sdk_mode
-from streamreplay.diagnose import diagnose_exchange
+from streamreplay.diagnose import TapeFacts, diagnose_exchange
 from streamreplay.endcause import EndCause
 from streamreplay.repro_plan import Plan, is_async, plan_for
 
@@ -188,7 +188,7 @@ def write_repro(store: Store, exchange_id: int, out_dir: Path) -> ReproInfo:
         raise ValueError(f"exchange {exchange_id}: the request body is not a JSON object, there is nothing to resend")
     chunks = store.chunks(exchange_id)
     client, sdk = recognise_client(ex), sdk_mode(ex)
-    d = diagnose_exchange(ex, chunks, store.exchanges(tape=ex.tape), "")
+    d = diagnose_exchange(ex, chunks, TapeFacts.in_store(store, ex), "")
     plan = plan_for(ex, chunks, d, client, sdk)
     if client.info.dialect != "chat":  # its reference driver reads to the end, whatever the app did
         plan = dataclasses.replace(plan, stop_after=None, deadline=None, note="", behaviour="reads to the end")

@@ -25,7 +25,7 @@ from urllib.parse import quote, urlencode
 
 from aiohttp import web
 
-from streamreplay.diagnose import diagnose, diagnose_exchange
+from streamreplay.diagnose import TapeFacts, diagnose, diagnose_exchange
 from streamreplay.endcause import EndCause
 from streamreplay.replay.faults import FaultSpecError, apply_faults, parse_faults
 from streamreplay.replay.schedule import recorded_schedule
@@ -233,7 +233,7 @@ def _big_exchange(store: Store, ex: Exchange, db_label: str, fault: str | None, 
                 head = b"".join(bytes(d) for (d,) in store.db.conn.execute(
                     "select substr(data, 1, 300) from chunks where exchange_id = ? order by idx limit 300", [ex.id]))
                 light[0] = Chunk(light[0].index, light[0].t_ns, head[:300])
-            found = diagnose_exchange(ex, light, store.exchanges(tape=ex.tape), db_label)
+            found = diagnose_exchange(ex, light, TapeFacts.in_store(store, ex), db_label)
             lines, replay = found.lines(), found.replay
         except Exception as exc:  # as in render_exchange: the page still shows
             lines = [f"exchange {ex.id}: diagnose failed ({type(exc).__name__}: {exc})"]
