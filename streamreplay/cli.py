@@ -623,7 +623,10 @@ def faults_command() -> None:
               help="Without a cassette: play this dialect's bundled tape.")
 @click.option("--timeout", default=1.0, show_default=True, help="Each client's timeout, in seconds.")
 @click.option("--markdown", is_flag=True, help="A Markdown table.")
-def matrix(cassette: str | None, clients: tuple[str, ...], dialect: str, timeout: float, markdown: bool) -> None:
+@click.option("--guard", "guarded", is_flag=True,
+              help="With the stream guard on in every client (streamreplay.guard): a cutoff raises TruncatedStream.")
+def matrix(cassette: str | None, clients: tuple[str, ...], dialect: str, timeout: float, markdown: bool,
+           guarded: bool) -> None:
     """Replay each ending and fault into each reference client and tabulate what the app got."""
     from streamreplay.clientid import Client
     from streamreplay.clients import versions
@@ -641,7 +644,7 @@ def matrix(cassette: str | None, clients: tuple[str, ...], dialect: str, timeout
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--client") from exc
     say("clients: " + ", ".join(f"{k} {v}" for k, v in versions().items()))
-    run_matrix(path, list(clients) or None, timeout, markdown, say)
+    run_matrix(path, list(clients) or None, timeout, markdown, say, guarded=guarded)
 
 
 @main.command("tapes")

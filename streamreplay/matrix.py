@@ -61,9 +61,18 @@ def verdict(outcome: Outcome, full_text: str) -> str:
 
 async def run_matrix(cassette: Path, clients: list[str], timeout: float = 1.0,
                      progress: Callable[[str], None] | None = None, faults: list[str] | None = None,
-                     ) -> tuple[list[Row], dict[tuple[str, str], str]]:
+                     guarded: bool = False) -> tuple[list[Row], dict[tuple[str, str], str]]:
     """Each row replayed into each client (by id or label); the verdicts by (row label, client as given).
-    `faults` keeps only the rows whose fault is named there ("" for the recording as it is)."""
+    `faults` keeps only the rows whose fault is named there ("" for the recording as it is). `guarded`:
+    every client reads through the stream guard (streamreplay.guard.install), as an app that uses it."""
+    if guarded:
+        from streamreplay import guard
+
+        guard.install()
+        try:
+            return await run_matrix(cassette, clients, timeout, progress, faults)
+        finally:
+            guard.uninstall()
     source = CassetteSource(cassette)
     exchange = source.exchanges()[0]
     messages = chat_messages(exchange.request_json())
@@ -97,9 +106,9 @@ def render(table_rows: list[Row], clients: list[str], results: dict[tuple[str, s
 
 
 def main(cassette: Path, clients: list[str] | None = None, timeout: float = 1.0, markdown: bool = False,
-         say: Callable[[str], None] = print) -> None:
+         say: Callable[[str], None] = print, guarded: bool = False) -> None:
     dialect = CassetteSource(cassette).exchanges()[0].dialect
     speak = clients_of(dialect)
     chosen = [Client.parse(c, among=speak).label for c in clients] if clients else [c.label for c in speak]
-    table_rows, results = asyncio.run(run_matrix(cassette, chosen, timeout))
+    table_rows, results = asyncio.run(run_matrix(cassette, chosen, timeout, guarded=guarded))
     say(render(table_rows, chosen, results, markdown))

@@ -1,0 +1,236 @@
+"""The stream guard (streamreplay.guard), driven by the real client libraries over real replays: every
+item passes unchanged, a stream that is whole passes (tool calls, a usage-only last chunk, n > 1), and
+each way a stream can end early and cleanly raises TruncatedStream where the app reads."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from streamreplay import guard
+from streamreplay.bundled import bundled_tape
+from streamreplay.guard import GuardedChatCompletionClient, TruncatedStream, guard_agent
+from streamreplay.matrix import run_matrix
+from streamreplay.outcome import QuietIO
+from streamreplay.replay import ReplayServer
+from streamreplay.replay.source import CassetteSource
+from streamreplay.testing import Script, ScriptedUpstream
+
+MESSAGES = [{"role": "user", "content": "What are the colours of the rainbow?"}]
+MODEL_INFO = {"vision": False, "function_calling": True, "json_output": False, "family": "unknown",
+              "structured_output": False}
+
+
+@pytest.fixture(scope="module")
+def chat_replay():
+    with ReplayServer(CassetteSource(bundled_tape("openai-happy-path")), speed=0, match="sequence") as server:
+        yield server
+
+
+def url(server: ReplayServer, spec: str | None) -> str:
+    return server.fault_url(spec) if spec else server.base_url
+
+
+def read_sync(base_url: str, guarded: bool) -> tuple[list[dict[str, Any]], BaseException | None]:
+    client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=5)
+    items: list[dict[str, Any]] = []
+    try:
+        stream = client.chat.completions.create(model="smollm2", messages=MESSAGES, stream=True)
+        for chunk in guard.guard(stream) if guarded else stream:
+            items.append(chunk.model_dump())
+    except Exception as exc:
+        return items, exc
+    finally:
+        client.close()
+    return items, None
+
+
+async def read_async(base_url: str) -> tuple[str, BaseException | None]:
+    client = openai.AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=5)
+    text = ""
+    try:
+        stream = await client.chat.completions.create(model="smollm2", messages=MESSAGES, stream=True)
+        async for chunk in guard.guard(stream):
+            text += chunk.choices[0].delta.content or "" if chunk.choices else ""
+    except Exception as exc:
+        return text, exc
+    finally:
+        await client.close()
+    return text, None
+
+
+def test_a_whole_stream_passes_item_for_item_unchanged(chat_replay: ReplayServer):
+    plain, error = read_sync(chat_replay.base_url, guarded=False)
+    guarded, guarded_error = read_sync(chat_replay.base_url, guarded=True)
+    assert error is None and guarded_error is None
+    assert guarded == plain and len(plain) == 17
+
+
+@pytest.mark.parametrize(("spec", "missing", "chunks"), [
+    ("drop-done", "no [DONE] after the last chunk", 17),
+    ("drop-finish", "no finish_reason for choice 0", 17),
+    ("cut:chunk=5", "no finish_reason for choice 0, no [DONE]", 5),
+])
+def test_each_clean_early_end_raises_where_the_app_reads(chat_replay: ReplayServer, spec: str, missing: str,
+                                                         chunks: int):
+    items, plain_error = read_sync(url(chat_replay, spec), guarded=False)
+    assert plain_error is None  # what the app gets without the guard: no error at all
+    got, error = read_sync(url(chat_replay, spec), guarded=True)
+    assert isinstance(error, TruncatedStream)
+    assert got == items  # every item still reached the app first
+    assert (error.dialect, error.missing, error.chunks) == ("chat", missing, chunks)
+    text = "".join(i["choices"][0]["delta"]["content"] or "" for i in items if i["choices"])
+    assert error.chars == len(text) and error.elapsed_s >= 0
+    assert str(error).startswith(f"chat stream truncated: {missing} ({chunks} chunks, {len(text)} characters")
+
+
+def test_the_async_sdk_stream_is_guarded_the_same(chat_replay: ReplayServer):
+    whole, error = asyncio.run(read_async(chat_replay.base_url))
+    assert error is None and whole.startswith("The rainbow")
+    cut, error = asyncio.run(read_async(url(chat_replay, "cut:chunk=5")))
+    assert isinstance(error, TruncatedStream) and whole.startswith(cut) and len(cut) < len(whole)
+
+
+def test_errors_that_already_raise_pass_through_untouched(chat_replay: ReplayServer):
+    _, error = read_sync(url(chat_replay, "close:chunk=5"), guarded=True)
+    assert isinstance(error, httpx.RemoteProtocolError)
+
+
+def sse(*objects: dict[str, Any], done: bool = True) -> list[bytes]:
+    """OpenAI's wire format, one event per write."""
+    events = [f"data: {json.dumps(o, separators=(',', ':'))}\n\n".encode() for o in objects]
+    return events + ([b"data: [DONE]\n\n"] if done else [])
+
+
+def chunk(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> dict[str, Any]:
+    return {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": choices,
+            **({"usage": usage} if usage else {})}
+
+
+def delta(index: int, content: str | None, finish: str | None = None, **extra: Any) -> dict[str, Any]:
+    return {"index": index, "delta": {"content": content, **extra}, "finish_reason": finish}
+
+
+WHOLE = {
+    "usage-only last chunk": sse(chunk([delta(0, "Hi")]), chunk([delta(0, None, "stop")]),
+                                 chunk([], {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4})),
+    "n=2": sse(chunk([delta(0, "A"), delta(1, "B")]), chunk([delta(1, None, "stop")]),
+               chunk([delta(0, None, "length")])),
+    "tool call": sse(chunk([delta(0, None, tool_calls=[{"index": 0, "id": "c1", "type": "function",
+                                                         "function": {"name": "f", "arguments": "{}"}}])]),
+                     chunk([delta(0, None, "tool_calls")])),
+}
+
+
+@pytest.mark.parametrize("case", list(WHOLE))
+def test_no_false_alarm_on_whole_streams_of_every_shape(case: str):
+    with ScriptedUpstream(Script(raw=WHOLE[case])) as upstream:
+        items, error = read_sync(upstream.base_url, guarded=True)
+    assert error is None and items
+
+
+def test_n_2_with_one_choice_unfinished_is_truncated():
+    events = sse(chunk([delta(0, "A"), delta(1, "B")]), chunk([delta(0, None, "stop")]))
+    with ScriptedUpstream(Script(raw=events)) as upstream:
+        _, error = read_sync(upstream.base_url, guarded=True)
+    assert isinstance(error, TruncatedStream) and error.missing == "no finish_reason for choice 1"
+
+
+def test_expect_done_false_accepts_a_server_that_omits_it(chat_replay: ReplayServer):
+    client = openai.OpenAI(base_url=url(chat_replay, "drop-done"), api_key="unused", max_retries=0)
+    stream = client.chat.completions.create(model="smollm2", messages=MESSAGES, stream=True)
+    assert len(list(guard.guard(stream, expect_done=False))) == 17
+
+
+@pytest.mark.parametrize(("tape", "spec"), [("responses-happy-path", "cut:chunk=5"),
+                                             ("anthropic-happy-path", "drop-done"),
+                                             ("anthropic-happy-path", "cut:chunk=5")])
+def test_other_dialects_sdk_streams_are_guarded(tape: str, spec: str):
+    import anthropic
+
+    with ReplayServer(CassetteSource(bundled_tape(tape)), speed=0, match="sequence") as server:
+        def read(base_url: str) -> BaseException | None:
+            try:
+                if tape.startswith("responses"):
+                    client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0)
+                    stream = client.responses.create(model="smollm2", input="hi", stream=True)
+                else:
+                    client = anthropic.Anthropic(base_url=base_url.removesuffix("/v1"), api_key="unused",
+                                                 max_retries=0)
+                    stream = client.messages.create(model="smollm2", max_tokens=64, stream=True,
+                                                    messages=[{"role": "user", "content": "hi"}])
+                list(guard.guard(stream))
+            except Exception as exc:
+                return exc
+            return None
+
+        assert read(server.base_url) is None
+        error = read(url(server, spec))
+    assert isinstance(error, TruncatedStream) and error.dialect == tape.split("-")[0]
+
+
+def test_an_autogen_assistant_agent_raises_on_a_cutoff_with_the_guarded_client(chat_replay: ReplayServer):
+    from autogen_agentchat.agents import AssistantAgent
+    from autogen_ext.models.openai import OpenAIChatCompletionClient
+
+    async def run(base_url: str) -> Any:
+        inner = OpenAIChatCompletionClient(model="smollm2", base_url=base_url, api_key="unused", max_retries=0,
+                                           model_info=MODEL_INFO)
+        agent = AssistantAgent("assistant", model_client=GuardedChatCompletionClient(inner),
+                               model_client_stream=True)
+        try:
+            return (await agent.run(task="What are the colours of the rainbow?")).messages[-1].content
+        except Exception as exc:
+            return exc
+        finally:
+            await inner.close()
+
+    assert str(asyncio.run(run(chat_replay.base_url))).startswith("The rainbow")
+    error = asyncio.run(run(url(chat_replay, "cut:chunk=5")))
+    assert isinstance(error, TruncatedStream), error
+
+
+def test_an_ag2_assistant_agent_raises_on_a_cutoff_once_guarded(chat_replay: ReplayServer):
+    from autogen import AssistantAgent
+    from autogen.io import IOStream
+
+    def run(base_url: str) -> Any:
+        entry = {"model": "smollm2", "base_url": base_url, "api_key": "unused", "stream": True, "max_retries": 0}
+        agent = guard_agent(AssistantAgent("assistant", llm_config={"config_list": [entry], "cache_seed": None}))
+        try:
+            with IOStream.set_default(QuietIO()):
+                return agent.generate_reply(messages=MESSAGES)
+        except Exception as exc:
+            return exc
+
+    assert "rainbow" in str(run(chat_replay.base_url))
+    assert isinstance(run(url(chat_replay, "drop-done")), TruncatedStream)
+
+
+@pytest.mark.parametrize("dialect", ["chat", "responses", "anthropic", "azure", "ollama"])
+def test_matrix_guard_turns_every_silent_cutoff_into_truncated_stream(dialect: str):
+    from streamreplay.clients import clients_of
+    from streamreplay.matrix import DEFAULT_TAPES
+
+    tape = bundled_tape(DEFAULT_TAPES[dialect])
+    clients = [c.label for c in clients_of(dialect)]
+    faults = ["", "drop-done", "drop-finish", "cut", "error-event"]
+    rows, plain = asyncio.run(run_matrix(tape, clients, faults=faults))
+    _, guarded = asyncio.run(run_matrix(tape, clients, faults=faults, guarded=True))
+    missing_terminal = next(r.label for r in rows if r.spec == "drop-done")
+    for key, verdict in plain.items():
+        if key[0] == missing_terminal and verdict.startswith("completes"):
+            # no [DONE], message_stop, response.completed, done: true: the text is all there, the stream is not
+            assert guarded[key] == "raises streamreplay.TruncatedStream", key
+        elif verdict.startswith("partial text, no error"):
+            assert guarded[key] == "raises streamreplay.TruncatedStream", key
+        elif verdict == "completes" and key[0] == rows[0].label:  # the recording as it is: no false alarm
+            assert guarded[key] == "completes", key
+        elif not verdict.startswith("completes"):
+            assert guarded[key] == verdict or guarded[key] == "raises streamreplay.TruncatedStream", key
+    assert any(v.startswith("partial text") for v in plain.values())
