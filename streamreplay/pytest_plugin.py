@@ -42,7 +42,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,6 +129,22 @@ class StreamReplay:
         unused = self.unused()
         assert not unused, "recorded exchanges never requested: " + "; ".join(
             f"#{ex.seq} {ex.method} {ex.path} ({(ex.text or '')[:30]!r})" for ex in unused)
+
+    def assert_notices_cutoffs(self, app: Callable[[str], Any]) -> None:
+        """Fail unless `app(base_url)` (the app's own code, sync or async, pointed at a base URL) raises
+        under every cutoff of the cassette's first recording: its terminal event dropped, its stop field
+        dropped, a clean end, a close and a reset mid-answer (streamreplay.guard.cutoffs). An app that
+        returns normally under one took a cut-off answer as whole; `streamreplay.guard` makes it raise."""
+        from streamreplay.guard.cutoffs import cutoffs, unnoticed_cutoffs
+
+        source = self.server.source
+        first = source.exchanges()[0]
+        specs = cutoffs(first.dialect, len(source.chunks(first)))
+        missed = unnoticed_cutoffs(self.fault_url, app, specs)
+        if missed:
+            pytest.fail(f"streamreplay: the app took {len(missed)} of {len(specs)} cutoffs as a whole answer:\n"
+                        + "\n".join(f"  {m}" for m in missed)
+                        + "\nGuard its stream (streamreplay.guard) or check the finish_reason yourself.", pytrace=False)
 
     def miss_failure(self) -> str | None:
         """Why the test fails for its misses, or None when they fail nothing."""

@@ -35,3 +35,10 @@ def test_the_big_db_bench_runs_tiny_and_every_figure_is_there(tmp_path: Path):
     for r in results["sizes"]:  # every lookup answered (a miss raises in the bench), every command ran
         assert r["play"]["lookup_p99_ms"] > 0 and r["ls20_rss_mb"] > 0 and r["import_rss_mb"] > 0
     assert done.stdout.count("PASS") + done.stdout.count("MISS") == 6
+
+
+def test_the_guard_bench_runs_tiny_and_prints_its_verdict():
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "guard.py"), "--tiny"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "guard(stream) adds" in done.stdout and "guard(stream) cost per chunk" in done.stdout

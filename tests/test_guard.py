@@ -21,6 +21,8 @@ from streamreplay.replay import ReplayServer
 from streamreplay.replay.source import CassetteSource
 from streamreplay.testing import Script, ScriptedUpstream
 
+pytest_plugins = ["pytester"]
+
 MESSAGES = [{"role": "user", "content": "What are the colours of the rainbow?"}]
 MODEL_INFO = {"vision": False, "function_calling": True, "json_output": False, "family": "unknown",
               "structured_output": False}
@@ -234,3 +236,55 @@ def test_matrix_guard_turns_every_silent_cutoff_into_truncated_stream(dialect: s
         elif not verdict.startswith("completes"):
             assert guarded[key] == verdict or guarded[key] == "raises streamreplay.TruncatedStream", key
     assert any(v.startswith("partial text") for v in plain.values())
+
+
+APPS = """
+import httpx, openai, pytest
+from streamreplay.guard import guard
+
+ASK = dict(model="smollm2", max_tokens=60, temperature=0, stream=True,
+           messages=[{"role": "user", "content": "Name three colors of the rainbow."}])
+
+
+def naive_app(base_url):
+    with openai.OpenAI(base_url=base_url, api_key="test", max_retries=0) as client:
+        try:
+            stream = client.chat.completions.create(**ASK)
+            return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        except (openai.APIConnectionError, httpx.HTTPError):
+            return "sorry, try again"  # swallows the errors it knows: a cutoff that raises is taken too
+
+
+async def guarded_app(base_url):
+    async with openai.AsyncOpenAI(base_url=base_url, api_key="test", max_retries=0) as client:
+        stream = await client.chat.completions.create(**ASK)
+        return "".join([c.choices[0].delta.content or "" async for c in guard(stream) if c.choices])
+
+
+@pytest.mark.streamreplay("openai-happy-path")
+def test_naive(streamreplay):
+    streamreplay.assert_notices_cutoffs(naive_app)
+
+
+@pytest.mark.streamreplay("openai-happy-path")
+async def test_guarded(streamreplay):
+    streamreplay.assert_notices_cutoffs(guarded_app)
+"""
+
+
+def test_the_plugin_fails_an_app_that_takes_a_cutoff_as_whole_and_passes_a_guarded_one(pytester: pytest.Pytester):
+    (pytester.path / "recordings").mkdir()
+    (pytester.path / "recordings" / "openai-happy-path.jsonl").write_bytes(
+        bundled_tape("openai-happy-path").read_bytes())
+    pytester.makeini("[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n")
+    pytester.makepyfile(test_apps=APPS)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines([
+        "*the app took 5 of 5 cutoffs as a whole answer:*",
+        "*drop-done: returned 'The rainbow*without an error*",
+        "*drop-finish: returned 'The rainbow*",
+        "*cut:chunk=*: returned 'The rainbow*",
+        "*close:chunk=*: returned 'sorry, try again' without an error*",
+        "*reset:chunk=*: returned 'sorry, try again' without an error*",
+    ])

@@ -85,16 +85,34 @@ class ChatCheck(StreamCheck):
         self.finished: set[int] = set()
 
     def item(self, item: Any) -> None:
+        if isinstance(item, dict):
+            self._wire_item(item)
+            return
+        # an SDK chunk (the openai SDK raises on an error event itself): attributes read directly, as
+        # this runs once per chunk of every guarded stream
         self.chunks += 1
-        if field(item, "error") is not None:
-            self._error(item)
-        for choice in field(item, "choices") or ():  # a usage-only last chunk has none
-            index = field(choice, "index") or 0
+        for choice in item.choices or ():  # a usage-only last chunk has none
+            index = choice.index or 0
             self.seen.add(index)
-            if field(choice, "finish_reason"):
+            if choice.finish_reason:
                 self.finished.add(index)
-            delta = field(choice, "delta")
-            content = field(delta, "content") if delta is not None else None
+            delta = choice.delta
+            if delta is not None and delta.content:
+                self.chars += len(delta.content)
+
+    def _wire_item(self, item: dict[str, Any]) -> None:
+        self.chunks += 1
+        if item.get("error") is not None:
+            self._error(item)
+        for choice in item.get("choices") or ():
+            if not isinstance(choice, dict):
+                continue
+            index = choice.get("index") or 0
+            self.seen.add(index)
+            if choice.get("finish_reason"):
+                self.finished.add(index)
+            delta = choice.get("delta")
+            content = delta.get("content") if isinstance(delta, dict) else None
             if isinstance(content, str):
                 self.chars += len(content)
 
