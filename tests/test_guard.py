@@ -151,9 +151,11 @@ def test_expect_done_false_accepts_a_server_that_omits_it(chat_replay: ReplaySer
 
 @pytest.mark.parametrize(("tape", "spec"), [("responses-happy-path", "cut:chunk=5"),
                                              ("anthropic-happy-path", "drop-done"),
-                                             ("anthropic-happy-path", "cut:chunk=5")])
+                                             ("anthropic-happy-path", "cut:chunk=5"),
+                                             ("ollama-happy-path", "drop-done")])
 def test_other_dialects_sdk_streams_are_guarded(tape: str, spec: str):
     import anthropic
+    import ollama
 
     with ReplayServer(CassetteSource(bundled_tape(tape)), speed=0, match="sequence") as server:
         def read(base_url: str) -> BaseException | None:
@@ -161,6 +163,9 @@ def test_other_dialects_sdk_streams_are_guarded(tape: str, spec: str):
                 if tape.startswith("responses"):
                     client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0)
                     stream = client.responses.create(model="smollm2", input="hi", stream=True)
+                elif tape.startswith("ollama"):  # a plain generator: the dialect is told by its items
+                    stream = ollama.Client(host=base_url.removesuffix("/v1")).chat(
+                        model="smollm2", messages=[{"role": "user", "content": "hi"}], stream=True)
                 else:
                     client = anthropic.Anthropic(base_url=base_url.removesuffix("/v1"), api_key="unused",
                                                  max_retries=0)
