@@ -90,12 +90,18 @@ class _AsyncGuardedStream(httpx.AsyncByteStream):
         await self.inner.aclose()
 
 
-def _reader_for(request: httpx.Request, response: httpx.Response, expect_done: bool) -> _Reader | None:
-    """A reader when the answer is a stream in its dialect's terms; None for anything else."""
+def guard_response(request: httpx.Request, response: httpx.Response, expect_done: bool = True,
+                   is_async: bool = False) -> httpx.Response:
+    """`response`, its body guarded when it is a stream in its dialect's terms (the request's path says
+    which); anything else as it is. `is_async`: read by an async client (a body may be both kinds)."""
     dialect = dialect_for(request.url.path)
     if response.status_code != 200 or not dialect.is_stream(response.headers.get("content-type")):
-        return None
-    return _Reader(dialect, check_for(dialect.name, expect_done), response.headers.get("content-encoding"))
+        return response
+    reader = _Reader(dialect, check_for(dialect.name, expect_done), response.headers.get("content-encoding"))
+    inner = response.stream
+    response.stream = (_AsyncGuardedStream(inner, reader) if is_async  # type: ignore[assignment, arg-type]
+                       else _GuardedStream(inner, reader))  # type: ignore[arg-type]
+    return response
 
 
 class GuardedTransport(httpx.BaseTransport):
@@ -106,11 +112,7 @@ class GuardedTransport(httpx.BaseTransport):
         self.expect_done = expect_done
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        response = self.inner.handle_request(request)
-        reader = _reader_for(request, response, self.expect_done)
-        if reader is not None:
-            response.stream = _GuardedStream(response.stream, reader)  # type: ignore[arg-type]
-        return response
+        return guard_response(request, self.inner.handle_request(request), self.expect_done)
 
     def close(self) -> None:
         self.inner.close()
@@ -124,11 +126,7 @@ class AsyncGuardedTransport(httpx.AsyncBaseTransport):
         self.expect_done = expect_done
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        response = await self.inner.handle_async_request(request)
-        reader = _reader_for(request, response, self.expect_done)
-        if reader is not None:
-            response.stream = _AsyncGuardedStream(response.stream, reader)  # type: ignore[arg-type]
-        return response
+        return guard_response(request, await self.inner.handle_async_request(request), self.expect_done, True)
 
     async def aclose(self) -> None:
         await self.inner.aclose()
@@ -158,18 +156,10 @@ def install(expect_done: bool = True) -> None:
     sync, async_ = _ORIGINAL["sync"], _ORIGINAL["async"]
 
     def handle_request(self: httpx.HTTPTransport, request: httpx.Request) -> httpx.Response:
-        response = sync(self, request)
-        reader = _reader_for(request, response, expect_done)
-        if reader is not None:
-            response.stream = _GuardedStream(response.stream, reader)  # type: ignore[arg-type]
-        return response
+        return guard_response(request, sync(self, request), expect_done)
 
     async def handle_async_request(self: httpx.AsyncHTTPTransport, request: httpx.Request) -> httpx.Response:
-        response = await async_(self, request)
-        reader = _reader_for(request, response, expect_done)
-        if reader is not None:
-            response.stream = _AsyncGuardedStream(response.stream, reader)  # type: ignore[arg-type]
-        return response
+        return guard_response(request, await async_(self, request), expect_done, True)
 
     httpx.HTTPTransport.handle_request = handle_request  # type: ignore[method-assign]
     httpx.AsyncHTTPTransport.handle_async_request = handle_async_request  # type: ignore[method-assign]
