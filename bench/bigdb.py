@@ -2,7 +2,7 @@
 exchanges, side by side with an empty DB's.
 
     python bench/bigdb.py               # 1,000, 10,000 and 100,000 exchanges (about two minutes)
-    python bench/bigdb.py --tiny        # 20 and 200: seconds (the suite runs this)
+    python bench/bigdb.py --tiny        # 20 and 100: seconds (the suite runs this)
 
 Each DB is one real recording (a bundled tape's exchange, 10 chunks) copied N times with a different
 prompt each, its request key computed as the writer computes it, so every copy is a distinct request
@@ -155,10 +155,10 @@ def measure(work: Path, n: int, requests: int) -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--tiny", action="store_true", help="20 and 200 exchanges: seconds")
+    parser.add_argument("--tiny", action="store_true", help="20 and 100 exchanges: seconds")
     parser.add_argument("--out", help="also write the figures here as JSON")
     args = parser.parse_args()
-    sizes = (20, 200) if args.tiny else (1000, 10_000, 100_000)
+    sizes = (20, 100) if args.tiny else (1000, 10_000, 100_000)
     work = Path(tempfile.mkdtemp(prefix="streamreplay-bigdb-"))
     try:
         floor, _ = peak_rss_mb([*CLI, "--version"])
@@ -166,7 +166,7 @@ def main() -> int:
         rows = []
         for n in sizes:
             print(f"measuring {n} exchanges ...", file=sys.stderr)
-            rows.append(measure(work, n, 20 if args.tiny else 300))
+            rows.append(measure(work, n, 10 if args.tiny else 300))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(render(floor, empty, rows))

@@ -19,7 +19,9 @@ Blocks run in order in one fresh folder holding the bundled tapes in `recordings
 OpenAI key set: what a user who copies each block in turn gets. Volatile parts are masked on both
 sides: ports and clock times always; per block `mask=decimals` (durations), `mask=ints` (counts
 and milliseconds too), `mask=rows` (a chunk table's rows: how an upstream's writes coalesce into
-reads varies) and `mask=steps` (a timing bisect's steps: how many depends on the machine).
+reads varies), `mask=steps` (a timing bisect's steps: how many depends on the machine) and `mask=left`
+(the chunk at which a replay saw a client leave: how many writes left before the close was noticed
+depends on the machine's load).
 """
 
 from __future__ import annotations
@@ -82,6 +84,8 @@ def mask(text: str, masks: set[str] = frozenset()) -> list[str]:
     text = re.sub(r"(127\.0\.0\.1|localhost):\d+", r"\1:PORT", text)
     text = re.sub(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?\+00:00", "TIMESTAMP", text)
     text = re.sub(r"\b\d\d:\d\d:\d\d\b", "HH:MM:SS", text)
+    if "left" in masks:
+        text = re.sub(r"(ended at\s+chunk )\d+", r"\1N", text)
     if masks & {"decimals", "ints"}:
         text = re.sub(r"\d+\.\d+", "N.N", text)
     if "ints" in masks:
