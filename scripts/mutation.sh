@@ -33,12 +33,12 @@ declare -A TESTS=(
     [streamreplay/replay/source.py]="tests/test_cassette.py tests/test_replay_memory.py"
     [streamreplay/replay/replayed.py]="tests/test_replay.py"
     [streamreplay/replay/server.py]="tests/test_replay.py"
-    [streamreplay/proxy/endings.py]="tests/test_causes.py tests/test_record.py"
+    [streamreplay/proxy/endings.py]="tests/test_endings_units.py tests/test_causes.py tests/test_record.py"
     [streamreplay/proxy/recorder.py]="tests/test_record.py tests/test_recorder_safety.py"
-    [streamreplay/proxy/routes.py]="tests/test_record.py tests/test_replay.py"
+    [streamreplay/proxy/routes.py]="tests/test_routes_units.py tests/test_record.py tests/test_replay.py"
     [streamreplay/sse.py]="tests/test_sse.py"
-    [streamreplay/cassette.py]="tests/test_cassette.py"
-    [streamreplay/diagnose.py]="tests/test_diagnose.py"
+    [streamreplay/cassette.py]="tests/test_cassette_units.py tests/test_cassette.py"
+    [streamreplay/diagnose.py]="tests/test_diagnose_units.py tests/test_diagnose.py"
     [streamreplay/bisect.py]="tests/test_bisect.py"
 )
 

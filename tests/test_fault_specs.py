@@ -22,16 +22,21 @@ from hypothesis import strategies as st
 
 from streamreplay.replay import ReplayServer
 from streamreplay.replay.faults import (
+    CHUNKS,
     FAULTS,
+    STATUS_CODES,
     Close,
     DelayFirst,
     Fault,
     FaultSpecError,
     GapScale,
+    Range,
     Reset,
     Stall,
     Status,
+    param,
     parse_faults,
+    register,
 )
 from streamreplay.testing import Script
 from streamreplay.ui import UIServer
@@ -94,6 +99,77 @@ def test_the_edges_of_every_range_parse():
                  "gap-scale:factor=0", "gap-scale:factor=1000", "cut:byte=1000000000", "rechunk:size=1000000000",
                  "status:code=200", "status:code=206", "status:code=599", "error-event:chunk=1000000"]:
         assert parse_faults(spec)
+
+
+SPEC_ERRORS = [
+    ("nope", "unknown fault 'nope' in 'nope'; known: close, corrupt, cut, delay-first, drop-done, drop-finish, "
+             "error-event, gap-scale, rechunk, reset, stall, status"),
+    ("stall:chunk", "stall: 'chunk' is not key=value"),
+    ("stall:speed=2", "stall: unknown parameter 'speed' (takes chunk, seconds)"),
+    ("drop-done:chunk=1", "drop-done: unknown parameter 'chunk' (takes no parameters)"),
+    ("cut:chunk=abc", "cut: chunk='abc' is not an integer"),
+    ("stall:seconds=soon", "stall: seconds='soon' is not a number"),
+    ("stall:seconds==1", "stall: seconds='=1' is not a number"),  # the first "=" splits key from value
+    ("cut:byte=X" + "9" * 40, "cut: byte='X" + "9" * 40 + "' is not an integer"),  # only a sign may lead
+    ("cut", "cut: give exactly one of chunk=N or byte=B"),
+    ("cut:chunk=1,byte=2", "cut: give exactly one of chunk=N or byte=B"),
+    # too many digits for int(), and signed: still out of range, not "not an integer"
+    ("cut:byte=-" + "9" * 5000,
+     "cut: byte must be an integer between 0 and 1000000000, got -99999999999999999999999999999... (5001 characters)"),
+    # a value is quoted whole up to 40 characters
+    ("cut:byte=" + "9" * 40, "cut: byte must be an integer between 0 and 1000000000, got " + "9" * 40),
+    ("cut:byte=" + "9" * 41,
+     "cut: byte must be an integer between 0 and 1000000000, got " + "9" * 30 + "... (41 characters)"),
+]
+
+
+@pytest.mark.parametrize(("spec", "message"), SPEC_ERRORS)
+def test_a_spec_that_cannot_be_read_is_refused_with_what_is_wrong(spec: str, message: str):
+    with pytest.raises(FaultSpecError) as caught:
+        parse_faults(spec)
+    assert str(caught.value) == message
+
+
+def test_a_fault_built_in_code_is_refused_in_the_same_words_as_its_spec():
+    for make, message in [
+        (lambda: Stall(seconds=math.inf), "stall: seconds must be a finite number between 0 and 3600, got inf"),
+        (lambda: Status(code=204), "status: code must be an integer between 200 and 599 other than 204, 205 and 304 "
+                                   "(a status with a body), got 204"),
+    ]:
+        with pytest.raises(FaultSpecError) as caught:
+            make()
+        assert str(caught.value) == message
+
+
+def test_a_range_reads_as_the_help_states_it():
+    assert str(CHUNKS) == "0..1000000"
+    assert str(STATUS_CODES) == "200..599 but not 204, 205, 304"
+    assert Status.help.endswith("; C 200..599 but not 204, 205, 304")
+
+
+def test_a_new_fault_declared_with_param_has_its_default_its_range_and_its_name():
+    """The extension point as a new fault uses it: param() for each parameter, register() for the name."""
+
+    @dataclasses.dataclass(frozen=True)
+    class Skip(Fault):
+        name = "skip-test-only"
+        usage = "skip-test-only:every=K"
+        help = "test only"
+        every: int = param(2, Range(1, 9, excluded=(5,), why="five is taken"))
+
+        def apply(self, schedule):
+            return schedule
+
+    assert Skip().every == 2 and Skip(every=9).spec() == "skip-test-only:every=9"
+    with pytest.raises(FaultSpecError) as caught:
+        Skip(every=5)
+    assert str(caught.value) == ("skip-test-only: every must be an integer between 1 and 9 other than 5 "
+                                 "(five is taken), got 5")
+    assert register(Skip) is Skip
+    try:
+        assert parse_faults("skip-test-only:every=3") == [Skip(every=3)]
+    finally:
+        del FAULTS[Skip.name]
 
 
 # -- against real servers ------------------------------------------------------------------------

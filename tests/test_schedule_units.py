@@ -164,3 +164,169 @@ def test_what_cannot_or_need_not_be_converted_is_replayed_as_recorded(schedule: 
 @pytest.mark.parametrize("status", [200, 299])
 def test_any_success_is_converted(status: int):
     assert convert_for_request(json_schedule(status=status), True).applied == ["json->stream"]
+
+
+# -- each fault, piece by piece ------------------------------------------------------------------
+
+
+def timed(datas: list[bytes], dialect=CHAT) -> Schedule:
+    """Pieces 1 ms apart, each with its own wall-time extra, after a head that has one too: a fault
+    that moves a piece's time, drops its extra or takes another piece's shows in the triples."""
+    return Schedule(status=200, headers=[("Content-Type", "text/event-stream")], ending=Ending.RESET,
+                    pieces=[Piece(1_000_000 * (i + 1), d, 10 * (i + 1)) for i, d in enumerate(datas)],
+                    head_ns=500, head_extra_ns=7, applied=["recorded"], dialect=dialect)
+
+
+def triples(schedule: Schedule) -> list[tuple[int, bytes, int]]:
+    return [(p.t_ns, p.data, p.extra_ns) for p in schedule.pieces]
+
+
+def apply(schedule: Schedule, spec: str) -> Schedule:
+    return apply_faults(schedule, parse_faults(spec))
+
+
+@pytest.mark.parametrize(("spec", "name"), [
+    ("cut:chunk=2", "cut:chunk=2"),
+    ("cut:byte=5", "cut:byte=5"),
+    ("close", "close:chunk=0"),
+    ("reset:chunk=1", "reset:chunk=1"),
+    ("stall:seconds=1.5,chunk=2", "stall:chunk=2,seconds=1.5"),  # in the fault's own order, defaults filled in
+    ("delay-first", "delay-first:seconds=5.0"),
+    ("gap-scale:factor=2", "gap-scale:factor=2.0"),
+    ("rechunk:size=7", "rechunk:size=7"),
+    ("drop-done", "drop-done"),
+    ("drop-finish", "drop-finish"),
+    ("status:code=503", "status:code=503"),
+    ("error-event:chunk=1", "error-event:chunk=1"),
+    ("corrupt:chunk=1", "corrupt:chunk=1"),
+])
+def test_each_fault_is_logged_as_its_full_spec_after_what_was_done_before(spec: str, name: str):
+    out = apply(timed(EVENTS), spec)
+    assert out.applied == ["recorded", name]
+    assert parse_faults(name) == parse_faults(spec)  # the logged spec replays the same fault
+
+
+@pytest.mark.parametrize(("byte", "expected"), [
+    (0, []),
+    (6, [(1_000_000, b"abcd", 10), (2_000_000, b"ef", 20)]),  # the cut piece keeps its time and its extra
+    (8, [(1_000_000, b"abcd", 10), (2_000_000, b"efgh", 20)]),  # on a boundary: no empty piece after it
+    (10, [(1_000_000, b"abcd", 10), (2_000_000, b"efgh", 20), (3_000_000, b"ij", 30)]),
+    (99, [(1_000_000, b"abcd", 10), (2_000_000, b"efgh", 20), (3_000_000, b"ij", 30)]),
+])
+def test_cut_by_bytes_delivers_the_first_b_bytes_then_a_clean_end(byte: int, expected: list):
+    out = apply(timed([b"abcd", b"efgh", b"ij"]), f"cut:byte={byte}")
+    assert triples(out) == expected and out.ending is Ending.CLEAN  # the recording ended in a reset
+
+
+def test_stall_keeps_every_piece_s_recorded_time():
+    base = timed(EVENTS)
+    stalled = apply(base, "stall:chunk=1,seconds=0.5")
+    assert triples(stalled) == [(t, d, e + (500_000_000 if i >= 1 else 0)) for i, (t, d, e) in enumerate(triples(base))]
+
+
+def test_delay_first_adds_its_wait_to_the_head_and_to_every_piece_and_keeps_the_rest():
+    base = timed(EVENTS)
+    out = apply(base, "delay-first:seconds=0.25+delay-first:seconds=0.5")
+    assert triples(out) == [(t, d, e + 750_000_000) for t, d, e in triples(base)]
+    assert out.head_extra_ns == 7 + 750_000_000 and out.head_ns == 500
+
+
+def test_gap_scale_moves_the_times_only():
+    base = timed(EVENTS)
+    out = apply(base, "gap-scale:factor=3")
+    assert triples(out) == [(500 + 3 * (t - 500), d, e) for t, d, e in triples(base)]
+
+
+@pytest.mark.parametrize(("size", "expected"), [
+    # each piece at the time (and with the extra) of the recorded chunk its last byte came in
+    (3, [(1_000_000, b"abc", 10), (2_000_000, b"def", 20), (3_000_000, b"ghi", 30)]),
+    (2, [(1_000_000, b"ab", 10), (2_000_000, b"cd", 20), (2_000_000, b"ef", 20), (3_000_000, b"gh", 30),
+         (3_000_000, b"i", 30)]),  # what is left at the end goes with the last chunk
+    (4, [(2_000_000, b"abcd", 20), (3_000_000, b"efgh", 30), (3_000_000, b"i", 30)]),
+])
+def test_rechunk_writes_the_same_bytes_b_at_a_time(size: int, expected: list):
+    out = apply(timed([b"abc", b"defg", b"hi"]), f"rechunk:size={size}")
+    assert triples(out) == expected and out.body == b"abcdefghi"
+
+
+E_TEXT = b'data: {"choices":[{"delta":{"content":"Hi"}}]}\n\n'
+E_STOP = b'data: {"choices":[{"delta":{},"finish_reason":"stop"}]}\n\n'
+E_NULL = b'data: {"choices":[{"delta":{},"finish_reason":null}]}\n\n'
+E_DONE = b"data: [DONE]\n\n"
+
+
+AT = E_STOP.index(b'"stop"')  # where the rewrite begins
+
+
+@pytest.mark.parametrize(("datas", "expected"), [
+    # the change inside one piece: the pieces before and after it are untouched
+    ([E_TEXT, E_STOP, E_DONE], [E_TEXT, E_NULL, E_DONE]),
+    # the changed bytes start a piece: the new bytes go out with that piece, not at the end of the one before
+    ([E_TEXT + E_STOP[:AT], E_STOP[AT:], E_DONE], [E_TEXT + E_STOP[:AT], E_NULL[AT:], E_DONE]),
+    # a change across two pieces: the new bytes go with the first, the second keeps its bytes after the change
+    ([E_TEXT + E_STOP[:AT + 2], E_STOP[AT + 2:] + E_DONE], [E_TEXT + E_NULL[:AT + 4], E_NULL[AT + 4:] + E_DONE]),
+])
+def test_drop_finish_rewrites_the_stop_reason_in_place_and_keeps_every_chunk_boundary(datas, expected):
+    out = apply(timed(datas), "drop-finish")
+    assert triples(out) == [(1_000_000 * (i + 1), d, 10 * (i + 1)) for i, d in enumerate(expected)]
+    assert out.body == b"".join(datas).replace(b'"stop"', b"null") and out.ending is Ending.RESET
+
+
+@pytest.mark.parametrize(("datas", "expected"), [
+    ([E_TEXT, E_STOP, E_DONE], [E_TEXT, E_STOP]),
+    ([E_TEXT, E_STOP + E_DONE[:5], E_DONE[5:]], [E_TEXT, E_STOP]),  # [DONE] split over two pieces
+    ([E_DONE], []),  # nothing but the terminal event: nothing is left
+    ([E_TEXT, E_STOP], [E_TEXT, E_STOP]),  # no terminal event: the recording as it was
+])
+def test_drop_done_takes_out_the_terminal_event_and_nothing_else(datas, expected):
+    out = apply(timed(datas), "drop-done")
+    assert triples(out) == [(1_000_000 * (i + 1), d, 10 * (i + 1)) for i, d in enumerate(expected)]
+    assert out.applied == ["recorded", "drop-done"]
+
+
+@pytest.mark.parametrize(("code", "retry_after"), [(503, None), (429, "0"), (200, None)])
+def test_status_answers_the_dialect_s_error_json_at_the_recorded_head(code: int, retry_after: str | None):
+    base = apply(timed(EVENTS), "delay-first:seconds=1")
+    out = apply(base, f"status:code={code}")
+    assert out.status == code and out.ending is Ending.CLEAN and out.dialect is CHAT
+    assert json.loads(out.body) == {"error": {"message": f"streamreplay fault: status {code}", "type": "server_error",
+                                              "param": None, "code": str(code)}}
+    assert out.header("content-type") == "application/json" and out.header("retry-after") == retry_after
+    assert len(out.headers) == (2 if retry_after else 1)  # nothing of the recorded answer's headers
+    assert [(p.t_ns, p.extra_ns) for p in out.pieces] == [(500, 0)]  # the body comes with the head
+    assert (out.head_ns, out.head_extra_ns) == (500, 7 + 1_000_000_000)  # the head waits as it did
+
+
+def test_status_speaks_the_recording_s_dialect():
+    anthropic = DIALECTS["anthropic"]
+    out = apply(timed(EVENTS, dialect=anthropic), "status:code=529")
+    assert out.dialect is anthropic
+    assert json.loads(out.body) == {"type": "error", "error": {"type": "overloaded_error",
+                                                               "message": "streamreplay fault: status 529"}}
+
+
+ERROR_EVENT = b'data: {"error": {"message": "streamreplay fault: error event mid-stream", "type": "server_error", ' \
+              b'"param": null, "code": null}}\n\n'
+
+
+@pytest.mark.parametrize(("chunk", "datas", "expected"), [
+    # after chunk N-1, at the time chunk N was recorded, with the wall-time extra of the chunk before
+    (1, [b"a", b"b", b"c"], [(1_000_000, b"a", 10), (2_000_000, ERROR_EVENT, 10)]),
+    (0, [b"a", b"b"], [(1_000_000, ERROR_EVENT, 0)]),
+    (3, [b"a", b"b", b"c"], [(1_000_000, b"a", 10), (2_000_000, b"b", 20), (3_000_000, b"c", 30),
+                             (3_000_000, ERROR_EVENT, 30)]),  # past the end: after the last chunk
+    (9, [], [(500, ERROR_EVENT, 0)]),  # an empty recording: at its head
+])
+def test_error_event_cuts_the_stream_with_the_api_s_error_event_and_a_clean_end(chunk: int, datas, expected):
+    out = apply(timed(datas), f"error-event:chunk={chunk}")
+    assert triples(out) == expected and out.ending is Ending.CLEAN
+
+
+def test_corrupt_cuts_chunk_n_s_json_in_half_and_keeps_the_rest():
+    base = timed([E_TEXT, E_STOP, E_DONE])
+    out = apply(base, "corrupt:chunk=1")
+    payload = E_STOP[len(b"data: "):-2]
+    assert triples(out) == [(1_000_000, E_TEXT, 10), (2_000_000, b"data: " + payload[:len(payload) // 2] + b"\n\n", 20),
+                            (3_000_000, E_DONE, 30)]
+    assert triples(apply(base, "corrupt:chunk=2"))[2] == (3_000_000, b"data: [", 30)  # no JSON: half the bytes
+    assert triples(apply(base, "corrupt:chunk=3")) == triples(base)  # no chunk 3: nothing to corrupt

@@ -1,5 +1,6 @@
 import json
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from openai.types.chat import ChatCompletion
@@ -546,3 +547,254 @@ def test_odd_json_never_raises(payloads: list) -> None:
     for p in payloads:
         if isinstance(p, dict):
             assemble_stream(b"".join(synthesize_chat_stream(p)))
+
+
+
+# -- what each part of a stream or a body becomes
+
+
+def sse(*objs: object) -> bytes:
+    return b"".join(b"data: " + json.dumps(obj).encode() + b"\n\n" for obj in objs)
+
+
+def test_an_unterminated_event_is_kept_whole_in_trailing() -> None:
+    events, parser = feed_all([b"data: a\n\nevent: e\nid: 3\nretry: 10\ndata: b\ndata: c"])
+    assert events == [Event("a")]
+    assert parser.trailing == Event("b\nc", event="e", id="3", retry=10)
+
+
+def test_a_cut_off_line_without_data_is_a_problem_and_a_whole_stream_has_no_trailing_event() -> None:
+    events, parser = feed_all([b"data: a\n\nevent: cut"])
+    assert events == [Event("a")] and parser.trailing is None
+    assert parser.problems == ["trailing unterminated line at end of stream (byte 19)"]
+    _, whole = feed_all([b"data: a\n\n"])
+    assert whole.trailing is None and whole.problems == []
+
+
+def test_ids_with_nul_non_ascii_retry_digits_and_unknown_fields_are_ignored() -> None:
+    body = (
+        b":no space\n"  # a comment loses the colon, and one space only if there is one
+        b"id: 1\ndata: a\n\n"
+        b"id: 2\x003\ndata: b\n\n"  # an id with NUL in it: the last id stays
+        b"retry: \xd9\xa1\xd9\xa2\ndata: c\n\n"  # Arabic-Indic digits: not a retry
+        b"foo: 12\ndata: d\n\n"  # an unknown field, however numeric
+    )
+    events, parser = feed_all([body])
+    assert events == [Event("a", id="1"), Event("b", id="1"), Event("c", id="1"), Event("d", id="1")]
+    assert parser.comments == ["no space"]
+
+
+def test_a_bare_stream_assembles_with_no_metadata_and_an_empty_answer() -> None:
+    result = assemble_stream(b'data: {"choices":[{"index":0,"delta":{}}]}\n\n')  # no object, id, model, created
+    assert (result.kind, result.id, result.model, result.created, result.system_fingerprint) == (
+        "chat.completion", None, None, None, None)
+    assert (result.error, result.refusal, result.role, result.problems) == (None, None, "assistant", [])
+    whole = result.to_chat_completion()
+    assert whole["created"] == 0
+    assert whole["choices"][0]["message"] == {"role": "assistant", "content": "", "refusal": None}
+
+
+@pytest.mark.parametrize(("body", "error"), [
+    (sse({"error": "overloaded"}), {"message": "overloaded"}),  # a bare string
+    # vLLM: the error's fields at the top level
+    (sse({"object": "error", "message": "bad", "type": "BadRequestError", "code": 400}),
+     {"message": "bad", "type": "BadRequestError", "code": 400}),
+    (b'event: error\ndata: {"code": "server_error", "message": "boom"}\n\n',  # only the event line says so
+     {"code": "server_error", "message": "boom"}),
+    (sse({"type": "error", "sequence_number": 3, "code": "server_error", "message": "boom", "param": None}),
+     {"code": "server_error", "message": "boom", "param": None}),
+    (sse({"type": "response.failed", "response": {"id": "r", "status": "failed",
+                                                  "error": {"code": "server_error", "message": "x"}}}),
+     {"code": "server_error", "message": "x"}),
+])
+def test_every_way_a_stream_says_it_failed_is_its_error(body: bytes, error: dict) -> None:
+    result = assemble_stream(body)
+    assert result.error == error and result.problems == []
+
+
+def test_an_unrecognised_payload_is_a_problem_naming_its_first_eight_keys() -> None:
+    obj = {k: 1 for k in "abcdefghi"}
+    keys = "['a', 'b', 'c', 'd', 'e', 'f', 'g', 'h']"
+    result = assemble_stream(sse(obj))
+    assert result.kind == "unknown" and result.problems == [f"event 0: unrecognised payload with keys {keys}"]
+    assert assemble_json(json.dumps(obj).encode()).problems == [f"body: unrecognised JSON object with keys {keys}"]
+    assert assemble_json(b"[1]").problems == ["body: expected a JSON object, got list"]
+
+
+@pytest.mark.parametrize(("payload", "kind", "text"), [
+    ({"choices": [{"index": 0, "delta": {"content": "a"}}]}, "chat.completion", "a"),  # no object: a delta is chat
+    ({"object": "chat.completion.chunk", "choices": [], "usage": {"total_tokens": 1}}, "chat.completion", ""),
+    ({"choices": [{"index": 0, "text": "a"}]}, "text_completion", "a"),
+    ({"object": "text_completion", "choices": []}, "text_completion", ""),
+    ({"type": "response.output_text.delta", "delta": "a"}, "response", "a"),  # no event line: the type says it
+])
+def test_a_stream_s_kind_comes_from_its_object_or_else_its_shape(payload: dict, kind: str, text: str) -> None:
+    result = assemble_stream(sse(payload))
+    assert (result.kind, result.text, result.problems) == (kind, text, [])
+
+
+def test_azure_filter_chunks_keep_the_answer_s_metadata_and_can_stop_it() -> None:
+    body = sse(
+        {"choices": [], "created": 0, "id": "", "model": "", "object": "",
+         "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": {}}]},
+        {"choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi"}, "finish_reason": None}],
+         "created": 5, "id": "c1", "model": "gpt-4o", "object": "chat.completion.chunk"},
+        {"choices": [{"index": 0, "content_filter_results": {"hate": {"filtered": True}},
+                      "finish_reason": "content_filter"}], "created": 0, "id": "", "model": "", "object": ""},
+    ) + b"data: [DONE]\n\n"
+    result = assemble_stream(body)
+    assert (result.kind, result.id, result.model, result.created, result.text, result.finish_reason) == (
+        "chat.completion", "c1", "gpt-4o", 5, "Hi", "content_filter")
+    assert result.problems == []
+
+
+def test_a_streamed_refusal_is_the_answer_s_refusal_with_null_content() -> None:
+    result = assemble_stream(chunk({"role": "assistant", "refusal": "I can't"}) + chunk({"refusal": " help."})
+                             + chunk({}, "stop"))
+    assert (result.refusal, result.text, result.problems) == ("I can't help.", "", [])
+    assert result.to_chat_completion()["choices"][0]["message"] == {
+        "role": "assistant", "content": None, "refusal": "I can't help."}
+
+
+NAMELESS_CALL = {"index": 0, "id": None, "type": "function", "function": {"name": "", "arguments": "{}"}}
+
+
+def test_tool_calls_without_an_index_a_new_id_starts_a_call_and_anything_else_continues_the_last() -> None:
+    body = (
+        chunk({"tool_calls": [{"id": "a", "type": "function", "function": {"name": "f", "arguments": "{"}}]})
+        + chunk({"tool_calls": [{"id": "a", "function": {"arguments": "}"}}]})  # its id again: the same call
+        + chunk({"tool_calls": [{"id": "b", "function": {"arguments": {"x": 1}}}]})  # no name; an object
+        + chunk({"tool_calls": [{"function": {"arguments": None}}]})  # no id: the last call, nothing added
+    )
+    result = assemble_stream(body)
+    assert result.tool_calls == [
+        {"index": 0, "id": "a", "type": "function", "function": {"name": "f", "arguments": "{}"}},
+        {"index": 1, "id": "b", "type": "function", "function": {"name": "", "arguments": '{"x": 1}'}},
+    ]
+    assert result.problems == []
+    legacy = assemble_stream(chunk({"function_call": {"arguments": "{}"}}))  # a legacy call whose name never came
+    assert legacy.tool_calls == [NAMELESS_CALL]
+
+
+def test_responses_stream_refusal_and_calls_told_only_by_their_done_items() -> None:
+    result = assemble_stream(sse(
+        {"type": "response.refusal.delta", "delta": "No"},
+        {"type": "response.refusal.delta", "delta": "pe"},
+        {"type": "response.output_item.added", "output_index": 1,
+         "item": {"type": "function_call", "call_id": "c1", "name": "f", "arguments": ""}},
+        {"type": "response.function_call_arguments.delta", "output_index": 1, "delta": "{}"},
+        # a done item without id and name keeps the ones the added item gave
+        {"type": "response.output_item.done", "output_index": 1, "item": {"type": "function_call", "arguments": "{}"}},
+        # no argument deltas for this one: the done item's arguments are the call's
+        {"type": "response.output_item.done", "output_index": 2,
+         "item": {"type": "function_call", "call_id": "c2", "name": "g", "arguments": '{"a":1}'}},
+    ))
+    assert (result.refusal, result.problems) == ("Nope", [])
+    assert result.tool_calls == [
+        {"index": 0, "id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}},
+        {"index": 1, "id": "c2", "type": "function", "function": {"name": "g", "arguments": '{"a":1}'}},
+    ]
+
+
+@pytest.mark.parametrize(("status", "finish", "done"), [
+    ({"status": "completed"}, "stop", True),
+    ({"status": "incomplete", "incomplete_details": {"reason": "max_output_tokens"}}, "length", True),
+    ({"status": "incomplete", "incomplete_details": {"reason": "content_filter"}}, "content_filter", True),
+    ({"status": "failed"}, None, True),
+    ({"status": "in_progress"}, None, False),
+])
+def test_a_response_s_status_is_its_finish_reason_and_whether_it_is_done(status: dict, finish, done: bool) -> None:
+    result = assemble_json(json.dumps({"object": "response", "output": [], **status}).encode())
+    assert (result.finish_reason, result.done) == (finish, done)
+
+
+def test_chat_bodies_by_their_shape_with_refusals_tool_calls_and_legacy_calls() -> None:
+    message = {"role": "assistant", "content": None, "refusal": "Nope", "tool_calls": [
+        {"id": "a", "type": "function", "function": {"name": "f", "arguments": "{}"}},
+        {"type": "function", "function": {"name": "g", "arguments": {"x": 1}}},  # no id, arguments as an object
+    ]}
+    result = assemble_json(json.dumps({"choices": [{"index": 0, "message": message,  # no object
+                                                    "finish_reason": "tool_calls"}]}).encode())
+    assert (result.kind, result.refusal, result.finish_reason, result.done, result.problems) == (
+        "chat.completion", "Nope", "tool_calls", True, [])
+    assert [(c["index"], c["id"], c["function"]) for c in result.tool_calls] == [
+        (0, "a", {"name": "f", "arguments": "{}"}), (1, None, {"name": "g", "arguments": '{"x": 1}'})]
+    legacy = assemble_json(json.dumps({"object": "chat.completion", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": None, "function_call": {"arguments": "{}"}},
+         "finish_reason": "function_call"}]}).encode())
+    assert legacy.tool_calls == [NAMELESS_CALL]
+    named = assemble_json(json.dumps({"object": "chat.completion", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": None, "function_call": {"name": "f", "arguments": ""}},
+         "finish_reason": "function_call"}]}).encode())
+    assert named.tool_calls == [{**NAMELESS_CALL, "function": {"name": "f", "arguments": ""}}]
+    empty = assemble_json(b'{"object": "chat.completion", "choices": []}')
+    assert (empty.kind, empty.problems) == ("chat.completion", [])
+
+
+def test_text_and_response_bodies_by_their_shape() -> None:
+    text = assemble_json(b'{"choices": [{"index": 0, "text": "hi", "finish_reason": "stop"}]}')  # no object
+    assert (text.kind, text.text, text.finish_reason, text.done) == ("text_completion", "hi", "stop", True)
+    assert assemble_json(b'{"object": "text_completion", "choices": []}').kind == "text_completion"
+    response = assemble_json(json.dumps({"status": "completed", "output": [  # no object
+        {"type": "reasoning", "summary": []},
+        {"type": "message", "content": [{"type": "output_text", "text": "Hi"}, {"type": "refusal", "refusal": "no"}]},
+        {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+        {"type": "function_call", "call_id": "c2", "name": "g", "arguments": "{}"},
+    ]}).encode())
+    assert (response.kind, response.text, response.refusal, response.done, response.finish_reason) == (
+        "response", "Hi", "no", True, "tool_calls")
+    assert [(c["index"], c["id"], c["function"]["name"]) for c in response.tool_calls] == [(0, "c1", "f"),
+                                                                                           (1, "c2", "g")]
+    assert assemble_json(b'{"object": "response", "status": "in_progress"}').kind == "response"
+
+
+def test_the_content_type_decides_and_only_without_one_is_the_body_sniffed() -> None:
+    assert assemble(b"\n" * 70 + OPENAI_CHAT, "Text/Event-Stream").text == "Hello!"  # blank lines past the sniff
+    assert assemble(OPENAI_CHAT, "application/json").problems[0].startswith("body: invalid JSON")
+    assert assemble(b"\xef\xbb\xbf" + OPENAI_CHAT, None).text == "Hello!"  # a BOM before the first field
+
+
+def test_synthesized_tool_call_and_refusal_streams_exactly() -> None:
+    def completion(message: dict, finish: str) -> dict:
+        return {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m",
+                "choices": [{"index": 0, "finish_reason": finish, "message": message}]}
+
+    # no role, no content, a tool call with neither type nor name
+    calls = completion({"content": None, "tool_calls": [{"id": "t", "function": {"arguments": '{"a":1}'}}]},
+                       "tool_calls")
+    assert synthesize_chat_stream(calls, chunk_text_size=4) == [
+        chunk({"role": "assistant", "content": ""}),
+        chunk({"tool_calls": [{"index": 0, "id": "t", "type": "function", "function": {"name": "", "arguments": ""}}]}),
+        chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"a"'}}]}),
+        chunk({"tool_calls": [{"index": 0, "function": {"arguments": ":1}"}}]}),
+        chunk({}, "tool_calls"),
+        b"data: [DONE]\n\n",
+    ]
+    refusal = completion({"role": "assistant", "content": None, "refusal": "No way"}, "stop")
+    assert synthesize_chat_stream(refusal, chunk_text_size=4) == [
+        chunk({"role": "assistant", "content": ""}), chunk({"refusal": "No w"}), chunk({"refusal": "ay"}),
+        chunk({}, "stop"), b"data: [DONE]\n\n",
+    ]
+
+
+def test_synthesized_text_comes_16_characters_at_a_time_unless_told_and_at_least_1() -> None:
+    text = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m",
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "a" * 20}}]}
+    assert synthesize_chat_stream(text)[1:3] == [chunk({"content": "a" * 16}), chunk({"content": "a" * 4})]
+    assert synthesize_chat_stream(text, chunk_text_size=1)[1:3] == [chunk({"content": "a"})] * 2
+    with pytest.raises(ValueError, match="^chunk_text_size must be at least 1$"):
+        synthesize_chat_stream(text, chunk_text_size=0)
+
+
+def test_the_role_and_tool_call_type_an_upstream_names_are_kept_both_ways() -> None:
+    """Nothing is forced to "assistant" and "function" that says otherwise (they are only the defaults)."""
+    call = {"index": 0, "id": "t", "type": "custom", "function": {"name": "f", "arguments": ""}}
+    streamed = assemble_stream(chunk({"role": "bot", "tool_calls": [call]}))
+    assert streamed.to_chat_completion()["choices"][0]["message"]["role"] == "bot"
+    assert streamed.tool_calls == [call]
+    message = {"role": "bot", "content": "hi", "tool_calls": [{k: v for k, v in call.items() if k != "index"}]}
+    whole = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m",
+             "choices": [{"index": 0, "finish_reason": "tool_calls", "message": message}]}
+    assert assemble_json(json.dumps(whole).encode()).role == "bot"
+    events = synthesize_chat_stream(whole)
+    assert events[0] == chunk({"role": "bot", "content": ""}) and events[2] == chunk({"tool_calls": [call]})
