@@ -293,3 +293,29 @@ def test_the_plugin_fails_an_app_that_takes_a_cutoff_as_whole_and_passes_a_guard
         "*close:chunk=*: returned 'sorry, try again' without an error*",
         "*reset:chunk=*: returned 'sorry, try again' without an error*",
     ])
+
+
+@pytest.mark.parametrize("spec", [None, "drop-done", "cut:chunk=5"])
+def test_the_http_client_guard_judges_sync_and_async_sdk_streams(chat_replay: ReplayServer, spec: str | None):
+    def sync() -> BaseException | None:
+        with openai.OpenAI(base_url=url(chat_replay, spec), api_key="unused", max_retries=0,
+                           http_client=guard.guarded_client()) as client:
+            try:
+                list(client.chat.completions.create(model="smollm2", messages=MESSAGES, stream=True))
+            except Exception as exc:
+                return exc
+        return None
+
+    async def async_() -> BaseException | None:
+        async with openai.AsyncOpenAI(base_url=url(chat_replay, spec), api_key="unused", max_retries=0,
+                                      http_client=guard.guarded_async_client()) as client:
+            try:
+                stream = await client.chat.completions.create(model="smollm2", messages=MESSAGES, stream=True)
+                async for _ in stream:
+                    pass
+            except Exception as exc:
+                return exc
+        return None
+
+    for error in (sync(), asyncio.run(async_())):
+        assert (error is None) if spec is None else isinstance(error, TruncatedStream), (spec, error)
