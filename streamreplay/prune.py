@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -46,7 +46,7 @@ ROW_OVERHEAD = 300
 #: how long the -wal file's truncation may keep a recorder's commit waiting (see `_compact`)
 TRUNCATE_WAIT_MS = 250
 
-_AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
+_AMOUNT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
 _AGE_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _SIZE_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
                "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -62,24 +62,24 @@ class PruneError(ValueError):
     """Arguments prune cannot act on, or a DB it may not change: one line that says which."""
 
 
+def _amount(text: str, units: Mapping[str, float], refusal: str) -> float:
+    """A number with one of `units` after it (`7d`, `50MB`), in the base unit; else PruneError(refusal)."""
+    found = _AMOUNT.match(str(text))
+    unit = found.group(2).lower() if found else ""
+    if not found or unit not in units:
+        raise PruneError(f"{text!r} is not {refusal}")
+    return float(found.group(1)) * units[unit]
+
+
 def parse_age(text: str) -> float:
     """Seconds, from `7d`, `12h`, `30m`, `45s`, `2w` or a plain number of seconds (`3600`, `1.5h`)."""
-    found = _AGE.match(str(text))
-    unit = found.group(2).lower() if found else ""
-    if not found or unit not in _AGE_UNITS:
-        raise PruneError(f"{text!r} is not an age: give a number with d, h, m or s (7d, 12h, 30m, 45s), "
-                         "or seconds")
-    return float(found.group(1)) * _AGE_UNITS[unit]
+    return _amount(text, _AGE_UNITS, "an age: give a number with d, h, m or s (7d, 12h, 30m, 45s), or seconds")
 
 
 def parse_size(text: str) -> int:
     """Bytes, from `50MB`, `500KB`, `1.5GB`, `64MiB` or a plain number of bytes (KB, MB, GB are powers of 1000)."""
-    found = _AGE.match(str(text))
-    unit = found.group(2).lower() if found else ""
-    if not found or unit not in _SIZE_UNITS:
-        raise PruneError(f"{text!r} is not a size: give bytes, or a number with KB, MB or GB (50MB), or KiB, "
-                         "MiB or GiB")
-    return int(float(found.group(1)) * _SIZE_UNITS[unit])
+    return int(_amount(text, _SIZE_UNITS, "a size: give bytes, or a number with KB, MB or GB (50MB), or KiB, "
+                                          "MiB or GiB"))
 
 
 def format_size(size: float) -> str:

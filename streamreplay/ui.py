@@ -81,9 +81,8 @@ def _page_of(store: Store, tape: str | None, cause: str | None, page: int) -> li
         where.append("end_cause is null" if cause == "open" else "end_cause = ?")
         params += [] if cause == "open" else [cause]
     sql = "select * from exchanges" + (" where " + " and ".join(where) if where else "")
-    cursor = store.db.execute(f"{sql} order by id desc limit {LIST_LIMIT} offset {page * LIST_LIMIT}", params)
-    columns = [d[0] for d in cursor.description]
-    return [Exchange.from_row(dict(zip(columns, row, strict=True))) for row in cursor]
+    return list(store.query_exchanges(f"{sql} order by id desc limit {LIST_LIMIT} offset {page * LIST_LIMIT}",
+                                      params))
 
 
 def index_html(store: Store, *, cause: str | None = None, tape: str | None = None, label: str = "",

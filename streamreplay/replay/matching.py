@@ -287,19 +287,21 @@ class Index:
     def closest(self, request: Request) -> Miss:
         """The miss of a request no recording matches, naming the recording that came closest."""
         request = self._ours(request)
-        if not self.exchanges:
+        if not self.count:
             return Miss(f"no recording matches {request.method} {request.path}: the tape is empty")
-        return self._closest_of(self.exchanges, request)
-
-    def _closest_of(self, exchanges: Iterable[Any], request: Request) -> Miss:
         best, best_score, best_why = None, None, ""
-        for ex in exchanges:
+        for ex in self._nearby():
             recorded = self.rules.recorded(ex)
             score = self.rules.distance(recorded, request)
             if best_score is None or score < best_score:
                 best, best_score, best_why = ex, score, self.rules.explain(recorded, request) or ""
         return Miss(f"no recording matches {request.method} {request.path}; closest is exchange {best.id} "
                     f"(tape {best.tape}, #{best.seq}): {best_why}", best)
+
+    def _nearby(self) -> Iterable[Any]:
+        """The recordings a miss is compared with, in recorded order (of two equally close, the earlier
+        is named): all of them."""
+        return self.exchanges
 
     def _ours(self, request: Request) -> Request:
         """The request read with this index's rules (those it was made with, unless from elsewhere)."""

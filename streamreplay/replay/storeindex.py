@@ -72,7 +72,7 @@ class StoreIndex(Index):
 
     # -- what Index keeps in memory, read from the DB ------------------------------------------------
 
-    def _query(self, sql: str, params: Iterable[Any] = (), suffix: str = "") -> Any:
+    def _where(self, sql: str, params: Iterable[Any] = (), suffix: str = "") -> tuple[str, list[Any]]:
         """`sql` (a select from exchanges, with or without its own where) limited to the tape and to the
         exchanges there were at start, then `suffix` (order, limit). Like Index's list, the index is the
         tape as replay found it: what is recorded while serving (a miss recorded into this very DB) joins
@@ -84,7 +84,11 @@ class StoreIndex(Index):
         if " where " in sql:
             sql, own = sql.split(" where ", 1)
             conds.append(own)
-        return self.store.db.execute(f"{sql} where {' and '.join(conds)}{suffix}", [*args, *params])
+        return f"{sql} where {' and '.join(conds)}{suffix}", [*args, *params]
+
+    def _query(self, sql: str, params: Iterable[Any] = (), suffix: str = "") -> Any:
+        """`_where`'s statement, run."""
+        return self.store.db.execute(*self._where(sql, params, suffix))
 
     def _masks(self) -> set[tuple[str, ...]]:
         """Index's masks: paths some stored body holds "[redacted]" at. Only bodies that contain the marker
@@ -104,16 +108,11 @@ class StoreIndex(Index):
 
     def _stored(self, suffix: str = " order by id") -> Iterator[Exchange]:
         """The DB's exchanges, one row at a time."""
-        columns = self._columns()
-        for row in self._query("select * from exchanges", suffix=suffix):
-            yield Exchange.from_row(dict(zip(columns, row, strict=True)))
+        return self.store.query_exchanges(*self._where("select * from exchanges", suffix=suffix))
 
     @property
     def count(self) -> int:
         return self._query("select count(*) from exchanges").fetchone()[0] + len(self._added_list)
-
-    def _columns(self) -> list[str]:
-        return [c.name for c in self.store.db["exchanges"].columns]
 
     # -- the questions Index answers -----------------------------------------------------------------
 
@@ -156,13 +155,9 @@ class StoreIndex(Index):
         self.served.add(id(ex))
         return ex
 
-    def closest(self, request: Request) -> Miss:
-        request = self._ours(request)
-        if not self.count:
-            return Miss(f"no recording matches {request.method} {request.path}: the tape is empty")
-        # in recorded order, as Index does, so that of two equally close the earlier is named
-        recent = [*self._stored(f" order by id desc limit {CLOSEST_SCAN}")][::-1]
-        return self._closest_of([*recent, *self._added_list], request)
+    def _nearby(self) -> list[Any]:
+        """The most recent CLOSEST_SCAN recordings and those added since, in recorded order."""
+        return [*self._stored(f" order by id desc limit {CLOSEST_SCAN}")][::-1] + self._added_list
 
     def unused(self) -> list[Any]:
         return [ex for ex in self._stored() if ex.id not in self._served_ids] + \

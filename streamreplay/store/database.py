@@ -134,6 +134,10 @@ class Store:
         sql += " order by id"
         if limit:
             sql += f" limit {int(limit)}"
+        return self.query_exchanges(sql, params)
+
+    def query_exchanges(self, sql: str, params: list[Any] | tuple[Any, ...] = ()) -> Iterator[Exchange]:
+        """`sql` (a `select * from exchanges ...`), its rows as Exchanges, one at a time."""
         cursor = self.db.execute(sql, params)
         columns = [d[0] for d in cursor.description]
         for row in cursor:
