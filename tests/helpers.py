@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
+from aiohttp import web
 
 from streamreplay.proxy import RecordingProxy
 from streamreplay.proxy.recorder import RecordOptions
@@ -15,6 +18,21 @@ from streamreplay.testing import Script, ScriptedUpstream
 
 SECRET = "sk-test-SECRET-7f3a9c"
 MESSAGES = [{"role": "user", "content": "Say hello"}]
+
+
+@asynccontextmanager
+async def chat_upstream(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> AsyncIterator[str]:
+    """An upstream whose `POST /v1/chat/completions` is `handler` (an answer the scripted one cannot give),
+    on a free port; yields its base_url."""
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+    finally:
+        await runner.cleanup()
 
 
 def sha(data: bytes) -> str:

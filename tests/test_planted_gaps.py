@@ -19,7 +19,7 @@ from streamreplay.replay.storeindex import StoreIndex
 from streamreplay.store import Store
 from streamreplay.store.writer import StoreWriter
 from streamreplay.testing import Script
-from tests.helpers import chat, post, record, sha
+from tests.helpers import chat, chat_upstream, post, record, sha
 
 
 async def test_the_db_index_serves_the_tape_played_not_another_with_the_same_request(tmp_path: Path):
@@ -71,21 +71,12 @@ async def test_the_upstreams_set_cookie_is_forwarded_but_stored_redacted(tmp_pat
     async def answer(request: web.Request) -> web.Response:
         return web.json_response({"ok": True}, headers={"Set-Cookie": cookie})
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", answer)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     db = tmp_path / "cookie.db"
-    try:
-        options = RecordOptions(upstream=f"http://127.0.0.1:{port}/v1", db=str(db), tape="t")
-        async with RecordingProxy(options) as proxy, httpx.AsyncClient() as client:
-            resp = await client.post(f"{proxy.base_url}/chat/completions", json=chat("a"))
-            await proxy.settle()
-    finally:
-        await runner.cleanup()
+    async with chat_upstream(answer) as url, \
+            RecordingProxy(RecordOptions(upstream=url, db=str(db), tape="t")) as proxy, \
+            httpx.AsyncClient() as client:
+        resp = await client.post(f"{proxy.base_url}/chat/completions", json=chat("a"))
+        await proxy.settle()
     assert resp.headers["set-cookie"] == cookie
     (ex,) = Store(db).exchanges()
     assert ex.response_header("set-cookie") == "[redacted]"

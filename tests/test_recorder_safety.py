@@ -36,7 +36,7 @@ from streamreplay.replay import ReplayServer
 from streamreplay.store import Store, StoreWriter
 from streamreplay.store import writer as writer_module
 from streamreplay.testing import Script, ScriptedUpstream
-from tests.helpers import chat, post, sha
+from tests.helpers import chat, chat_upstream, post, sha
 
 # -- 1. any request is storable -------------------------------------------------------------------
 
@@ -427,20 +427,11 @@ async def test_a_gzip_upstream_is_forwarded_as_sent_and_read_decoded(tmp_path: P
         await resp.write_eof()
         return resp
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
     db = tmp_path / "gz.db"
-    try:
-        async with RecordingProxy(RecordOptions(upstream=url, db=str(db), tape="gz")) as proxy:
-            status, body, error = await post(proxy.base_url, chat())
-            await proxy.settle()
-    finally:
-        await runner.cleanup()
+    async with chat_upstream(handler) as url, \
+            RecordingProxy(RecordOptions(upstream=url, db=str(db), tape="gz")) as proxy:
+        status, body, error = await post(proxy.base_url, chat())
+        await proxy.settle()
     assert (status, error) == (200, None)
     assert sha(body) == sha(b"".join(writes))  # forwarded as sent
     assert gzip.decompress(body) == b"".join(events)
