@@ -79,7 +79,7 @@ def peak_rss_mb(argv: list[str]) -> tuple[float, float]:
 
 
 def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+    for line in Path(f"/proc/{pid}/status").read_text(encoding="utf-8").splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
@@ -171,7 +171,8 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
     print(render(floor, empty, rows))
     if args.out:
-        Path(args.out).write_text(json.dumps({"cli_floor_s": floor, "empty": empty, "sizes": rows}, indent=2))
+        report = {"cli_floor_s": floor, "empty": empty, "sizes": rows}
+        Path(args.out).write_text(json.dumps(report, indent=2), encoding="utf-8")
     return 0
 
 

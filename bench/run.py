@@ -66,7 +66,7 @@ class Daemon:
 
     def rss(self) -> int:
         try:
-            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            for line in Path(f"/proc/{self.proc.pid}/status").read_text(encoding="utf-8").splitlines():
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1]) * 1024
         except FileNotFoundError:
@@ -290,10 +290,10 @@ def main() -> int:
             daemon.stop()
     out = Path(args.out)
     if out.exists():  # the cost curve is its own mode: a full run keeps what it wrote
-        kept = json.loads(out.read_text()).get("cost_curve")
+        kept = json.loads(out.read_text(encoding="utf-8")).get("cost_curve")
         if kept:
             results["cost_curve"] = kept
-    out.write_text(json.dumps(results, indent=2))
+    out.write_text(json.dumps(results, indent=2), encoding="utf-8")
     print(render(results))
     shutil.rmtree(work, ignore_errors=True)
     return 0
@@ -509,7 +509,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 def cpu_seconds(pid: int) -> float:
     """user + system CPU of a process, all its threads (also those that ended), from /proc/PID/stat."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
+    stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8")
     fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": fields[0] is the state (field 3)
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime: fields 14 and 15
 
@@ -661,9 +661,9 @@ def cost_curve_only(out: Path, no_peers: bool = False) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     found["wall_s"] = time.monotonic() - started
-    results = json.loads(out.read_text()) if out.exists() else {}
+    results = json.loads(out.read_text(encoding="utf-8")) if out.exists() else {}
     results["cost_curve"] = found
-    out.write_text(json.dumps(results, indent=2))
+    out.write_text(json.dumps(results, indent=2), encoding="utf-8")
     svg = ROOT / "docs" / "cost-curve.svg"
     svg.parent.mkdir(exist_ok=True)
     svg.write_text(cost_curve_svg(found))

@@ -52,7 +52,8 @@ class Diagnosis:
         if self.client:
             out.append(f"client     {self.client}")
         if self.chunk is not None and self.at_s is not None:
-            gap = f", {self.gap_before_s:.3f} s after the chunk before" if self.gap_before_s is not None else ""
+            before = "the chunk before" if self.chunk else "the response head"
+            gap = f", {self.gap_before_s:.3f} s after {before}" if self.gap_before_s is not None else ""
             who = "ended      normally" if self.ended_by == "nobody" else f"ended by   the {self.ended_by}"
             out.append(f"{who}, at chunk {self.chunk} of {self.chunks}, {self.at_s:.3f} s{gap}")
         answer = "complete" if self.upstream_complete else "not complete"
@@ -195,22 +196,23 @@ def _client_left(d: Diagnosis, ex: Exchange, chunks: list[Chunk], gaps: list[flo
     silence = left_s - last_s
     usual = statistics.median(gaps[1:]) if len(gaps) > 2 else 0.0
     d.chunk, d.at_s, d.gap_before_s = k, left_s, silence
+    since = f"chunk {k - 1}" if k > 0 else "the response head"  # k == 0: it left before any chunk
     went_on = ex.upstream_end or "unknown"
     d.evidence.append(f"the upstream went on to {len(chunks)} chunks and ended: {went_on}")
     if silence >= TIMEOUT_SILENCE_S and silence > 3 * usual:
         d.cause = "client_timeout"
         d.summary = f"a client timeout of about {silence:.1f} s: the client left after {silence:.2f} s of silence"
-        d.evidence.append(f"the client left {silence:.3f} s after chunk {k - 1} arrived; the stream's usual gap "
+        d.evidence.append(f"the client left {silence:.3f} s after {since} arrived; the stream's usual gap "
                           f"is {usual * 1000:.0f} ms")
         if k < len(gaps):
-            d.evidence.append(f"the next chunk came {gaps[k]:.3f} s after chunk {k - 1}: longer than the client waited")
+            d.evidence.append(f"the next chunk came {gaps[k]:.3f} s after {since}: longer than the client waited")
         d.fix = f"raise the client's read timeout above the longest gap (here {max(gaps):.1f} s)"
     elif k > EARLY_CHUNKS and (deadline := _deadline_near(left_s)) is not None:
         total = (ex.duration_ns or 0) / 1e9
         d.cause = "client_deadline"
         d.summary = (f"a total time limit of about {deadline:g} s: the client left {left_s:.3f} s into a stream "
                      f"that needed {total:.2f} s, in the middle of steady chunks")
-        d.evidence.append(f"no silence before it left ({silence * 1000:.0f} ms after chunk {k - 1}), and it left "
+        d.evidence.append(f"no silence before it left ({silence * 1000:.0f} ms after {since}), and it left "
                           f"{left_s:.3f} s after the request: within {DEADLINE_TOLERANCE:.0%} of {deadline:g} s")
         d.fix = (f"raise the overall deadline (asyncio.wait_for, the request's total timeout) above the stream's "
                  f"length ({total:.1f} s), or bound silence with a read timeout instead")
@@ -218,7 +220,7 @@ def _client_left(d: Diagnosis, ex: Exchange, chunks: list[Chunk], gaps: list[flo
         d.cause = "consumer_stopped_reading"
         where = "right after the first chunk(s)" if k <= EARLY_CHUNKS else f"after {k} of {len(chunks)} chunks"
         d.summary = f"a consumer that stopped reading: the client closed the stream {where} while the upstream went on"
-        d.evidence.append(f"no silence before it left ({silence * 1000:.0f} ms after chunk {k - 1}): the app, "
+        d.evidence.append(f"no silence before it left ({silence * 1000:.0f} ms after {since}): the app, "
                           "not the network, ended it (a break, a cancelled task, a web handler that returned)")
         d.fix = "consume the stream to the end (or to finish_reason); await the task; keep the handler until it ends"
 

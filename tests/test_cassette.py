@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -112,3 +115,20 @@ def test_an_end_cause_from_a_newer_version_survives_import_and_export(tmp_path: 
     assert Store(tmp_path / "db.db").exchanges()[0].end_cause == "a_new_cause"
     export_tape(tmp_path / "db.db", tape, tmp_path / "again.jsonl")
     assert (tmp_path / "again.jsonl").read_text() == newer.read_text()
+
+
+def test_a_cassette_is_utf_8_whatever_the_locale_says(tmp_path: Path):
+    """A container with no locale (LC_ALL=C, UTF-8 mode off) makes Python's default encoding ASCII: export and
+    import still write and read the cassette as UTF-8, and a non-ASCII answer comes back byte for byte."""
+    db = tmp_path / "a.db"
+    tape, _ = import_cassette(RECORDINGS / "openai-happy-path.jsonl", db)
+    text = "café ✓ — ünïcode".encode()
+    Store(db).db.execute("UPDATE chunks SET data = ? WHERE idx = 1", [b'data: {"x": "' + text + b'"}\n\n'])
+    Store(db).db.conn.commit()
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    cassette, copy = tmp_path / "t.jsonl", tmp_path / "b.db"
+    for args in (["export", tape, "--db", str(db), "-o", str(cassette)], ["import", str(cassette), "--db", str(copy)]):
+        run = subprocess.run([sys.executable, "-m", "streamreplay.cli", *args], env=env, capture_output=True)
+        assert run.returncode == 0, run.stderr.decode(errors="replace")
+    assert text in cassette.read_bytes()  # the text itself, readable in a diff, not escaped
+    assert [c.data for c in Store(copy).chunks(1)] == [c.data for c in Store(db).chunks(1)]

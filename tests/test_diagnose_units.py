@@ -53,6 +53,17 @@ def test_a_client_timeout_is_a_long_silence_well_above_the_usual_gap():
     ]
 
 
+def test_a_client_timeout_before_the_first_chunk_counts_from_the_response_head():
+    d = diagnose_exchange(exchange(**LEFT, client_left_at_chunk=0, client_left_ns=900 * MS),
+                          at(1500, 1600, 1700), ALONE, "db")
+    assert (d.cause, d.chunk, d.gap_before_s) == ("client_timeout", 0, pytest.approx(0.85))
+    assert d.evidence[1:] == [
+        "the client left 0.850 s after the response head arrived; the stream's usual gap is 100 ms",
+        "the next chunk came 1.450 s after the response head: longer than the client waited",
+    ]
+    assert d.lines()[2] == "ended by   the client, at chunk 0 of 3, 0.900 s, 0.850 s after the response head"
+
+
 def test_a_silence_no_longer_than_the_stream_s_own_gaps_is_no_timeout():
     # 300 ms of silence, past TIMEOUT_SILENCE_S, but the stream's usual gap is 200 ms: not 3 times longer
     d = diagnose_exchange(exchange(**LEFT, client_left_at_chunk=2, client_left_ns=600 * MS),
@@ -120,8 +131,10 @@ def test_a_consumer_that_stops_reading_early_or_later_without_a_silence():
     first = diagnose_exchange(exchange(end_cause=EndCause.CLIENT_LEFT, client_left_ns=60 * MS), at(100, 200),
                               ALONE, "db")
     assert (first.cause, first.chunk, first.gap_before_s) == ("consumer_stopped_reading", 0, pytest.approx(0.01))
-    assert first.evidence[0] == "the upstream went on to 2 chunks and ended: unknown"
-    assert first.lines()[2:4] == ["ended by   the client, at chunk 0 of 2, 0.060 s, 0.010 s after the chunk before",
+    # no chunk came before it: the words name the response head, never a "chunk -1"
+    assert first.evidence == ["the upstream went on to 2 chunks and ended: unknown",
+                              STOPPED.format(ms=10, k=1).replace("chunk 1", "the response head")]
+    assert first.lines()[2:4] == ["ended by   the client, at chunk 0 of 2, 0.060 s, 0.010 s after the response head",
                                   "upstream   answer not complete: finish_reason stop, [DONE] seen"]
     later = diagnose_exchange(exchange(**LEFT, client_left_at_chunk=6, client_left_ns=610 * MS),
                               at(*range(100, 1600, 100)), ALONE, "db")

@@ -16,7 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, get_type_hints
 
-from streamreplay.dialects.base import openai_error_json
 from streamreplay.endcause import Ending
 from streamreplay.replay.schedule import Piece, Schedule
 
@@ -323,10 +322,6 @@ class DropFinish(Fault):
 
     def apply(self, schedule: Schedule) -> Schedule:
         return _splice(schedule, schedule.dialect.drop_stop, self.spec())
-
-
-def error_body(message: str, code: int | None = None) -> bytes:
-    return openai_error_json(message, code)
 
 
 @register
