@@ -25,13 +25,13 @@ say() { echo "mutation.sh: $*" >&2; }
 declare -A TESTS=(
     [streamreplay/requestkey.py]="tests/test_matching_units.py"
     [streamreplay/replay/matching.py]="tests/test_matching_units.py"
-    [streamreplay/replay/request.py]="tests/test_matching_units.py"
+    [streamreplay/replay/request.py]="tests/test_replay_units.py tests/test_matching_units.py"
     [streamreplay/replay/schedule.py]="tests/test_schedule_units.py tests/test_endcause.py"
     [streamreplay/replay/faults.py]="tests/test_fault_specs.py tests/test_schedule_units.py"
-    [streamreplay/replay/options.py]="tests/test_options.py"
-    [streamreplay/replay/onmiss.py]="tests/test_options.py tests/test_record_on_miss.py"
-    [streamreplay/replay/source.py]="tests/test_cassette.py tests/test_replay_memory.py"
-    [streamreplay/replay/replayed.py]="tests/test_replay.py"
+    [streamreplay/replay/options.py]="tests/test_replay_units.py tests/test_options.py"
+    [streamreplay/replay/onmiss.py]="tests/test_replay_units.py tests/test_options.py tests/test_record_on_miss.py"
+    [streamreplay/replay/source.py]="tests/test_replay_units.py tests/test_cassette.py tests/test_replay_memory.py"
+    [streamreplay/replay/replayed.py]="tests/test_replay_units.py tests/test_replay.py"
     [streamreplay/replay/server.py]="tests/test_replay.py tests/test_dialect_anthropic.py"
     [streamreplay/proxy/endings.py]="tests/test_endings_units.py tests/test_causes.py tests/test_record.py"
     [streamreplay/proxy/recorder.py]="tests/test_record.py tests/test_recorder_safety.py tests/test_dialect_anthropic.py tests/test_dialect_responses.py"
@@ -39,7 +39,7 @@ declare -A TESTS=(
     [streamreplay/sse.py]="tests/test_sse.py"
     [streamreplay/cassette.py]="tests/test_cassette_units.py tests/test_cassette.py"
     [streamreplay/diagnose.py]="tests/test_diagnose_units.py tests/test_diagnose.py"
-    [streamreplay/bisect.py]="tests/test_bisect.py"
+    [streamreplay/bisect.py]="tests/test_bisect_units.py tests/test_bisect.py"
 )
 
 if [[ ${1:-} == --list ]]; then

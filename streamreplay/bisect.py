@@ -121,8 +121,10 @@ class Bisector:
     def _server(self) -> ReplayServer:
         return ReplayServer(OneExchange(self.exchange, self.chunks), speed=self.speed, match="sequence")
 
-    def _replay(self, spec: str) -> str:
-        return f"streamreplay play --db {self.db_label} --tape {self.exchange.tape} --fault {spec}"
+    def _replay(self, spec: str, speed: float) -> str:
+        # at the speed the search ran: the printed command replays the very run that was judged bad
+        at_speed = "" if speed == 1.0 else f" --speed {speed:g}"
+        return f"streamreplay play --db {self.db_label} --tape {self.exchange.tape}{at_speed} --fault {spec}"
 
     async def by_chunk(self, kind: str = "cut") -> Result:
         """The smallest cut point at which the app is good: everything it needs is before it."""
@@ -154,7 +156,7 @@ class Bisector:
                     result.answer = (f"bad for {kind} at or before chunk {lo}, good from {hi}: the app needs chunk "
                                      f"{needed} ({what})")
                     result.boundary = {"bad": lo, "good": hi, "needed_chunk": needed, "chunk": what}
-                    result.replay = self._replay(spec(lo))
+                    result.replay = self._replay(spec(lo), self.speed)
         result.steps = self.steps
         return result
 
@@ -170,6 +172,8 @@ class Bisector:
                          spec: Callable[[float], str], unit: str) -> tuple[float, float] | str:
         """Binary search for the flip between `low` (expected good) and `high` (expected bad): the pair
         (last good, first bad), or why there is none. Real time, so it says how long is left."""
+        if not resolution > 0:  # 0 would divide by zero below, a negative one would never stop searching
+            raise ValueError(f"--resolution must be more than 0, not {resolution:g}")
         planned = math.ceil(math.log2(max((high - low) / resolution, 1))) + 2
         started = time.monotonic()
         if await self._try(server, low, spec(low)) != GOOD:
@@ -205,7 +209,7 @@ class Bisector:
             result.answer = (f"good at {lo:.2f} s, bad at {hi:.2f} s of silence before chunk {chunk}: "
                              f"the client gives up after about {hi:.1f} s of silence")
             result.boundary = {"good_s": lo, "bad_s": hi, "at_chunk": chunk}
-            result.replay = self._replay(spec(hi))
+            result.replay = self._replay(spec(hi), self.speed)
         result.steps = self.steps
         return result
 
@@ -227,6 +231,6 @@ class Bisector:
             result.answer = (f"good with gaps x{lo:.2f}, bad with gaps x{hi:.2f}: the app fails when the stream "
                              f"runs about {hi:.1f} times slower than recorded")
             result.boundary = {"good_factor": lo, "bad_factor": hi}
-            result.replay = self._replay(spec(hi))
+            result.replay = self._replay(spec(hi), 1.0)
         result.steps = self.steps
         return result

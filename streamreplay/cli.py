@@ -502,7 +502,8 @@ def diagnose_command(exchange_ref: str, db: str, as_json: bool) -> None:
               help="--by timing searches a stall's length, or (speed) how much slower the whole stream may run.")
 @click.option("--max", "maximum", default=60.0, show_default=True,
               help="Longest stall to try (s); with --over speed, the largest slowdown factor.")
-@click.option("--resolution", default=0.1, show_default=True, help="Stop when the threshold is this narrow (s).")
+@click.option("--resolution", default=0.1, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Stop when the threshold is this narrow (s).")
 @click.option("--speed", default=0.0, show_default=True, help="Replay speed during the search (0: no waits).")
 @click.option("--check-timeout", type=float, help="Kill a check that runs longer than this (s): bad.")
 def bisect_command(exchange_ref: str, db: str, axis: str, check: str | None, oracle: str, kind: str,
