@@ -51,6 +51,17 @@ def test_a_tape_or_tape_seq_names_the_same_exchange_whatever_the_import_order(tm
     assert "streamreplay repro consumer-break:0 --db" in run("diagnose", ref, "--db", one)
 
 
+def test_a_tape_alone_names_its_last_exchange_and_tape_seq_each_one(tmp_path: Path):
+    db = tmp_path / "multi.db"
+    run("import", RECORDINGS / "agent-multi-turn.jsonl", "--db", db)
+    store = Store(db)
+    by_seq = {ex.seq: ex.id for ex in store.exchanges(tape="agent-multi-turn")}
+    assert sorted(by_seq) == [0, 1, 2]
+    assert store.resolve("agent-multi-turn") == by_seq[2]
+    assert [store.resolve(f"agent-multi-turn:{seq}") for seq in (0, 1, 2)] == [by_seq[0], by_seq[1], by_seq[2]]
+    assert run("show", "agent-multi-turn", "--db", db).startswith("exchange agent-multi-turn:2 ")
+
+
 def test_every_command_that_reads_takes_a_cassette_file(tmp_path: Path):
     assert "consumer-break" in run("ls", "--db", BREAK)
     assert "consumer_stopped_reading" in run("diagnose", "consumer-break", "--db", BREAK)

@@ -107,6 +107,9 @@ def test_a_deadline_is_leaving_mid_flow_at_a_common_total_time_limit():
     (1029, "client_deadline"), (971, "client_deadline"),  # within 3% of 1 s
     (1031, "consumer_stopped_reading"), (969, "consumer_stopped_reading"),
     (30 * 1000 + 5, "client_deadline"),  # a deadline further down the list
+    # 3% of the deadline, not 3% of a second: 10 s takes 9.7-10.3 s
+    (10_250, "client_deadline"), (9_750, "client_deadline"),
+    (10_350, "consumer_stopped_reading"), (9_650, "consumer_stopped_reading"),
 ])
 def test_a_deadline_is_within_3_percent_of_it(left_ms: int, cause: str):
     chunks = at(*range(100, left_ms, 100))  # a chunk every 100 ms, all of them read, up to leaving

@@ -234,6 +234,9 @@ def test_find_terminal_reads_the_type_only_where_it_names_the_event():
     pydantic_order = b'data: {"response":{"status":"completed"},"sequence_number":9,"type":"response.completed"}\n'
     assert responses.find_terminal(pydantic_order)
     assert responses.find_terminal(b'\nevent: response.failed\n')
+    # an answer cut by max_output_tokens ends with response.incomplete: whole, not a cutoff
+    assert responses.find_terminal(b'\nevent: response.incomplete\n')
+    assert responses.find_terminal(b'data: {"response":{"status":"incomplete"},"type":"response.incomplete"}\n')
     nested = b'data: {"type":"response.created","response":{"metadata":{"type":"response.completed"}}}\n'
     inside = b'data: {"type":"response.output_text.delta","delta":"event: response.completed\\n"}\n'
     comment = b'\n: event: response.completed\n: data: {"type":"response.completed"\n'  # comments, not events

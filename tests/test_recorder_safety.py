@@ -331,6 +331,19 @@ async def test_two_recorders_on_one_tape_never_share_a_seq(tmp_path: Path):
     assert sorted(seqs) == list(range(40))
 
 
+def test_a_taken_default_tape_name_gets_the_next_free_suffix_and_a_named_tape_is_shared(tmp_path: Path):
+    """The default name is only unique to the second: a taken one becomes NAME-2, NAME-3 (as the README says);
+    a tape the user named is recorded into, whoever else records there."""
+    db = tmp_path / "names.db"
+    writers = [StoreWriter(db, "rec-x", unique_tape=True) for _ in range(3)] + [StoreWriter(db, "rec-x")]
+    for writer in writers:
+        writer.start()
+        writer.close()
+    assert [w.tape for w in writers] == ["rec-x", "rec-x-2", "rec-x-3", "rec-x"]
+    assert sorted(Store(db).db["tapes"].rows_where(select="name"), key=str) == [
+        {"name": "rec-x"}, {"name": "rec-x-2"}, {"name": "rec-x-3"}]
+
+
 def test_db_commands_say_one_line_on_a_corrupt_db(tmp_path: Path):
     bad = tmp_path / "corrupt.db"
     bad.write_bytes(b"SQLite format 3\x00" + os.urandom(4000))
