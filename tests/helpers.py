@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import gc
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -71,3 +73,17 @@ async def post(
 
 def recorded_body(db_path: Path, exchange_id: int) -> bytes:
     return b"".join(c.data for c in Store(db_path).chunks(exchange_id))
+
+
+def parse_python(source: str) -> ast.Module:
+    """ast.parse with the garbage collector held off. CPython 3.11 keeps the AST constructor's recursion count
+    in interpreter-wide state; a collection in the middle can run a finalizer, let another thread in, and end in
+    a spurious "SystemError: AST constructor recursion depth mismatch" (cpython gh-106905). Without a collection
+    the conversion is plain C that no other thread interleaves with."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return ast.parse(source)
+    finally:
+        if enabled:
+            gc.enable()

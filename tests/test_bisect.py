@@ -201,4 +201,6 @@ async def test_by_slowdown_finds_how_much_slower_the_stream_may_run(db_path: Pat
     result = await bisector.by_slowdown(maximum=4.0, resolution=0.25)
     assert 2.0 <= result.boundary["good_factor"] < result.boundary["bad_factor"] <= 3.0, result.answer
     assert result.runs <= math.ceil(math.log2((4.0 - 1.0) / 0.25)) + 2
-    assert result.replay.endswith(f"--fault gap-scale:factor={result.boundary['bad_factor']:g}")
+    # the command replays the very run judged bad (its spec is written to 3 decimals: 2.3125 runs as 2.312)
+    (bad_run,) = [step for step in result.steps if step.value == result.boundary["bad_factor"]]
+    assert bad_run.verdict == "bad" and result.replay.endswith(f"--fault {bad_run.spec}")

@@ -23,6 +23,7 @@ from streamreplay.proxy.recorder import RecordOptions
 from streamreplay.repro import Plan, render_script, write_repro
 from streamreplay.store import Exchange, Store
 from streamreplay.testing import Script, ScriptedUpstream
+from tests.helpers import parse_python
 
 SECRET = "sk-test-SECRET-repro-41c7"
 MESSAGES = [{"role": "user", "content": "Tell me a story."}]
@@ -138,7 +139,7 @@ def check_script(path: Path, client: str) -> None:
     source = path.read_text()
     assert len(source.splitlines()) < 80
     modules = set()
-    for node in ast.walk(ast.parse(source)):
+    for node in ast.walk(parse_python(source)):
         if isinstance(node, ast.Import):
             modules |= {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
@@ -238,7 +239,7 @@ def test_every_variant_is_short_and_parses(client: str, stream: bool, how: str):
                 deadline=1.0 if how == "deadline" else None, deadline_why="inferred from the recording: " * 5,
                 note="AG2 reads every stream to its end: " * 4 if how == "cannot" else "")
     source = render_script(ex, [], client, plan, "async" if "Async" in agent else "sync")
-    tree = ast.parse(source)
+    tree = parse_python(source)
     assert len(source.splitlines()) < 80 and max(len(line) for line in source.splitlines()) <= 120
     asynchronous = client in ("openai-async", "autogen-agentchat")  # a sync client has no deadline to give
     assert ("STOP_AFTER" in source) == (how == "stop" and stream)
