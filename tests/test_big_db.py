@@ -91,6 +91,25 @@ def test_ls_ends_with_what_it_showed_of_how_much_and_the_db_size(grown: Path):
     assert everything[1:7] == [line.rstrip() for line in everything[1:7]]
 
 
+def test_the_size_ls_gives_counts_the_write_ahead_log_a_recorder_has_not_checkpointed(grown: Path):
+    import sqlite3
+
+    writer = sqlite3.connect(grown)  # a recorder's connection: its writes sit in the -wal until a checkpoint
+    try:
+        writer.execute("pragma wal_autocheckpoint = 0")
+        with writer:
+            writer.executemany("insert into chunks (exchange_id, idx, t_ns, data) values (1, ?, 0, ?)",
+                               [(1000 + k, b"x" * 4000) for k in range(100)])
+        wal = Path(f"{grown}-wal")
+        assert wal.stat().st_size > 400_000 > grown.stat().st_size
+        size = Store(grown).size_bytes()
+        assert size == grown.stat().st_size + wal.stat().st_size
+        last = CliRunner().invoke(main, ["ls", "--db", str(grown)]).output.splitlines()[-1]
+        assert last == f"6 exchanges, 1 tape, DB {size / 1e3:.0f} KB"
+    finally:
+        writer.close()
+
+
 def test_the_ui_list_is_paged_newest_first(grown: Path):
     store = Store(grown)
     row = dict(next(store.db.query("select * from exchanges where id = 1")))

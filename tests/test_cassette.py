@@ -81,6 +81,9 @@ async def test_cli_export_and_import(db_path: Path, tmp_path: Path, recorded: li
     assert out.output.strip() == "exported 4 exchanges of tape mixed to recordings/mixed.jsonl"
     again = runner.invoke(main, ["import", "recordings/mixed.jsonl", "--db", "other.db", "--tape", "copy"])
     assert again.output.strip() == "imported 4 exchanges into other.db as tape copy"
+    copied = Store(tmp_path / "other.db")
+    assert [(ex.tape, ex.seq) for ex in copied.exchanges()] == [("copy", seq) for seq in range(4)]
+    assert [t["name"] for t in copied.db["tapes"].rows] == ["copy"]
     twice = runner.invoke(main, ["import", "recordings/mixed.jsonl", "--db", "other.db", "--tape", "copy"])
     assert twice.exit_code == 1 and "already exists" in twice.output
     missing = runner.invoke(main, ["export", "nope", "--db", str(db_path)])

@@ -143,6 +143,22 @@ def test_n_2_with_one_choice_unfinished_is_truncated():
     assert isinstance(error, TruncatedStream) and error.missing == "no finish_reason for choice 1"
 
 
+@pytest.mark.parametrize("as_objects", [False, True], ids=["dicts", "ChatCompletionChunk"])
+def test_a_plain_iterator_of_chat_chunks_is_judged_by_finish_reason_alone(as_objects: bool):
+    """An app's own iterator of chat chunks never carries [DONE] (the SDK keeps it): whole with a finish_reason
+    on every choice, truncated without one."""
+    from openai.types.chat import ChatCompletionChunk
+
+    def items(*chunks: dict[str, Any]) -> list[Any]:
+        return [ChatCompletionChunk.model_validate(c) for c in chunks] if as_objects else list(chunks)
+
+    whole = items(chunk([delta(0, "Hi")]), chunk([delta(0, None, "stop")]))
+    assert list(guard.guard(iter(whole))) == whole
+    with pytest.raises(TruncatedStream) as cut:
+        list(guard.guard(iter(whole[:1])))
+    assert cut.value.missing == "no finish_reason for choice 0"
+
+
 def test_expect_done_false_accepts_a_server_that_omits_it(chat_replay: ReplayServer):
     client = openai.OpenAI(base_url=url(chat_replay, "drop-done"), api_key="unused", max_retries=0)
     stream = client.chat.completions.create(model="smollm2", messages=MESSAGES, stream=True)
@@ -275,6 +291,20 @@ def test_naive(streamreplay):
 async def test_guarded(streamreplay):
     streamreplay.assert_notices_cutoffs(guarded_app)
 """
+
+
+def test_the_cutoffs_an_app_is_put_through_in_each_dialect():
+    from streamreplay.dialects import dialect_named
+    from streamreplay.guard.cutoffs import cutoffs
+
+    ends = ["cut:chunk=5", "close:chunk=5", "reset:chunk=5"]
+    # the stop field is dropped only where a whole stream must carry one
+    for name in ("chat", "azure", "anthropic"):
+        assert cutoffs(dialect_named(name), 10) == ["drop-done", "drop-finish", *ends], name
+    for name in ("responses", "ollama"):
+        assert cutoffs(dialect_named(name), 10) == ["drop-done", *ends], name
+    assert cutoffs(dialect_named("chat"), 1) == ["drop-done", "drop-finish", "cut:chunk=1", "close:chunk=1",
+                                                "reset:chunk=1"]
 
 
 def test_the_plugin_fails_an_app_that_takes_a_cutoff_as_whole_and_passes_a_guarded_one(pytester: pytest.Pytester):
