@@ -230,7 +230,7 @@ class RecordingProxy(AppServer):
         """Send the request to its upstream + `rel` (a raw path) and relay the answer while recording it."""
         route = route or self.routes[0]
         upstream = route.url
-        query = request.query_string
+        query = request.rel_url.raw_query_string  # as sent: the decoded one would put a %20 as a bare space
         target = URL(str(upstream) + rel + (f"?{query}" if query else ""), encoded=True)
         # a named upstream's recordings keep its name, so replay serves each from its own
         rel_path = (f"/{route.name}" if route.name else "") + (target.path[len(upstream.path.rstrip("/")):] or "/")
