@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import asyncio
+import contextlib
 import gc
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -87,3 +89,24 @@ def parse_python(source: str) -> ast.Module:
     finally:
         if enabled:
             gc.enable()
+
+
+async def serve_raw(handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+                    ) -> tuple[asyncio.AbstractServer, str]:
+    """A TCP upstream that answers with whatever bytes `handler` writes, HTTP or not; and its /v1 URL."""
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+
+
+async def bad_chunk_size(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A raw upstream whose chunked body breaks its framing after one good chunk (`zz` is no chunk size)."""
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 b"6\r\ndata: \r\n")
+    await writer.drain()
+    await asyncio.sleep(0.1)
+    writer.write(b"zz\r\nhello\r\n")
+    await writer.drain()
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.sleep(5)  # the connection stays open: only the framing says it is broken
+    writer.close()

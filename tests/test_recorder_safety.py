@@ -36,7 +36,7 @@ from streamreplay.replay import ReplayServer
 from streamreplay.store import Store, StoreWriter
 from streamreplay.store import writer as writer_module
 from streamreplay.testing import Script, ScriptedUpstream
-from tests.helpers import chat, chat_upstream, post, sha
+from tests.helpers import bad_chunk_size, chat, chat_upstream, post, serve_raw, sha
 
 # -- 1. any request is storable -------------------------------------------------------------------
 
@@ -255,24 +255,6 @@ def _recorder_pid(shell_pid: int) -> int:
 
 # -- 4. a malformed upstream body ends at once -------------------------------------------------------
 
-async def _serve_raw(handler) -> tuple[asyncio.AbstractServer, str]:
-    server = await asyncio.start_server(handler, "127.0.0.1", 0)
-    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
-
-
-async def _bad_chunk_size(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    await reader.readuntil(b"\r\n\r\n")
-    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
-                 b"6\r\ndata: \r\n")
-    await writer.drain()
-    await asyncio.sleep(0.1)
-    writer.write(b"zz\r\nhello\r\n")
-    await writer.drain()
-    with contextlib.suppress(asyncio.CancelledError):
-        await asyncio.sleep(5)  # the connection stays open: only the framing says it is broken
-    writer.close()
-
-
 async def _one_chunk_then_silence(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     await reader.readuntil(b"\r\n\r\n")
     writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -295,10 +277,10 @@ async def _client_outcome(url: str) -> tuple[str, float]:
     return "clean end", time.monotonic() - start
 
 
-@pytest.mark.parametrize(("handler", "cause"), [(_bad_chunk_size, "upstream_malformed"),
+@pytest.mark.parametrize(("handler", "cause"), [(bad_chunk_size, "upstream_malformed"),
                                                 (_one_chunk_then_silence, "upstream_timeout")])
 async def test_a_broken_upstream_body_ends_at_once_as_it_would_direct(tmp_path: Path, handler, cause: str):
-    server, url = await _serve_raw(handler)
+    server, url = await serve_raw(handler)
     db = tmp_path / "bad.db"
     async with server, RecordingProxy(RecordOptions(upstream=url, db=str(db), tape="bad",
                                                     upstream_timeout=0.5)) as proxy:

@@ -5,14 +5,13 @@ pins what the client got, what the upstream was sent, and every stored field the
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gzip
 import json
 import re
 import socket
 import time
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -29,7 +28,7 @@ from streamreplay.proxy.recorder import RecordOptions, format_exchange_line, red
 from streamreplay.replay import ReplayServer
 from streamreplay.store import Chunk, Store
 from streamreplay.testing import Script, ScriptedUpstream
-from tests.helpers import SECRET, chat, chat_upstream, post
+from tests.helpers import SECRET, bad_chunk_size, chat, chat_upstream, post, serve_raw
 
 EVENTS = 10  # the default script's stream: role, 7 content pieces, finish, [DONE]
 DONE = b"data: [DONE]\n\n"
@@ -359,20 +358,32 @@ async def test_abort_stops_reading_when_the_client_leaves(tmp_path: Path):
     assert b"".join(c.data for c in chunks) == sent_three
 
 
-async def test_a_client_that_hangs_up_after_done_had_the_whole_answer(tmp_path: Path):
+async def chat_events() -> list[bytes]:
+    """The scripted upstream's chat answer, one event per write, for a handler that sends it its own way."""
     async with ScriptedUpstream() as probe:
         await post(probe.base_url, chat())
-        events = probe.sent[0].writes
+        return probe.sent[0].writes
+
+
+def sse_handler(writes: list[bytes], before_eof: float = 0.0) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """An upstream route that sends `writes` 5 ms apart, then waits `before_eof` before the body's end."""
 
     async def handler(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
-        for data in events:
+        for data in writes:
             await resp.write(data)
             await asyncio.sleep(0.005)
-        await asyncio.sleep(0.3)  # the body's end comes late: the SDK closes on [DONE] before it
+        await asyncio.sleep(before_eof)
         await resp.write_eof()
         return resp
+
+    return handler
+
+
+async def test_a_client_that_hangs_up_after_done_had_the_whole_answer(tmp_path: Path):
+    events = await chat_events()
+    handler = sse_handler(events, before_eof=0.3)  # the body's end comes late: the SDK closes on [DONE] before it
 
     async with handled(tmp_path, handler) as r:
         got, _ = await read_until(r.proxy.base_url, chat(), DONE)
@@ -443,20 +454,7 @@ async def test_a_stop_before_the_upstream_answered_is_an_interruption(tmp_path: 
 
 
 async def test_a_body_whose_framing_breaks_ends_at_once_as_malformed(tmp_path: Path):
-    async def bad_chunk_size(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
-                     b"6\r\ndata: \r\n")
-        await writer.drain()
-        await asyncio.sleep(0.05)
-        writer.write(b"zz\r\nhello\r\n")
-        await writer.drain()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.sleep(3)  # the connection stays open: only the framing says it is broken
-        writer.close()
-
-    server = await asyncio.start_server(bad_chunk_size, "127.0.0.1", 0)
-    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+    server, url = await serve_raw(bad_chunk_size)
     db = tmp_path / "rec.db"
     async with server, RecordingProxy(RecordOptions(upstream=url, db=str(db), tape="t")) as proxy:
         started = time.monotonic()
@@ -497,18 +495,8 @@ async def test_a_stop_mid_stream_is_an_interruption(tmp_path: Path):
 
 
 async def test_done_split_across_reads_shorter_than_the_seam_is_seen(tmp_path: Path):
-    async with ScriptedUpstream() as probe:
-        await post(probe.base_url, chat())
-        events = probe.sent[0].writes
-
-    async def handler(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        for data in [*events[:-1], *(bytes([b]) for b in events[-1])]:
-            await resp.write(data)
-            await asyncio.sleep(0.005)
-        await resp.write_eof()
-        return resp
+    events = await chat_events()
+    handler = sse_handler([*events[:-1], *(bytes([b]) for b in events[-1])])
 
     async with handled(tmp_path, handler) as r:
         _, body, _ = await post(r.proxy.base_url, chat())
