@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import gc
 import hashlib
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -110,3 +111,21 @@ async def bad_chunk_size(reader: asyncio.StreamReader, writer: asyncio.StreamWri
     with contextlib.suppress(asyncio.CancelledError):
         await asyncio.sleep(5)  # the connection stays open: only the framing says it is broken
     writer.close()
+
+
+def gzip_sse(events: list[bytes]) -> tuple[list[bytes], Callable[[web.Request], Awaitable[web.StreamResponse]]]:
+    """A compressing upstream: `events` gzipped and flushed one by one, and a route that streams those writes
+    10 ms apart with Content-Encoding: gzip."""
+    packer = zlib.compressobj(wbits=16 + zlib.MAX_WBITS)
+    writes = [packer.compress(e) + packer.flush(zlib.Z_SYNC_FLUSH) for e in events] + [packer.flush()]
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Content-Encoding": "gzip"})
+        await resp.prepare(request)
+        for data in writes:
+            await resp.write(data)
+            await asyncio.sleep(0.01)
+        await resp.write_eof()
+        return resp
+
+    return writes, handler

@@ -19,12 +19,10 @@ import sqlite3
 import subprocess
 import sys
 import time
-import zlib
 from pathlib import Path
 
 import httpx
 import pytest
-from aiohttp import web
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -36,7 +34,7 @@ from streamreplay.replay import ReplayServer
 from streamreplay.store import Store, StoreWriter
 from streamreplay.store import writer as writer_module
 from streamreplay.testing import Script, ScriptedUpstream
-from tests.helpers import bad_chunk_size, chat, chat_upstream, post, serve_raw, sha
+from tests.helpers import bad_chunk_size, chat, chat_upstream, gzip_sse, post, serve_raw, sha
 
 # -- 1. any request is storable -------------------------------------------------------------------
 
@@ -402,26 +400,10 @@ async def test_a_stop_mid_exchange_is_said_as_a_stop(tmp_path: Path):
     assert ex.end_cause == "interrupted" and ex.text and ex.text.startswith("tick tick")
 
 
-def _gzip_stream(events: list[bytes]) -> list[bytes]:
-    """gzip, flushed after each event, as a compressing upstream streams it."""
-    packer = zlib.compressobj(wbits=16 + zlib.MAX_WBITS)
-    return [packer.compress(e) + packer.flush(zlib.Z_SYNC_FLUSH) for e in events] + [packer.flush()]
-
-
 async def test_a_gzip_upstream_is_forwarded_as_sent_and_read_decoded(tmp_path: Path):
     events = [b'data: {"choices":[{"index":0,"delta":{"content":"%s "}}]}\n\n' % w for w in (b"one", b"two")]
     events += [b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n', b"data: [DONE]\n\n"]
-    writes = _gzip_stream(events)
-
-    async def handler(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Content-Encoding": "gzip"})
-        await resp.prepare(request)
-        for data in writes:
-            await resp.write(data)
-            await asyncio.sleep(0.01)
-        await resp.write_eof()
-        return resp
-
+    writes, handler = gzip_sse(events)
     db = tmp_path / "gz.db"
     async with chat_upstream(handler) as url, \
             RecordingProxy(RecordOptions(upstream=url, db=str(db), tape="gz")) as proxy:

@@ -10,7 +10,6 @@ import json
 import re
 import socket
 import time
-import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from streamreplay.proxy.recorder import RecordOptions, format_exchange_line, red
 from streamreplay.replay import ReplayServer
 from streamreplay.store import Chunk, Store
 from streamreplay.testing import Script, ScriptedUpstream
-from tests.helpers import SECRET, bad_chunk_size, chat, chat_upstream, post, serve_raw
+from tests.helpers import SECRET, bad_chunk_size, chat, chat_upstream, gzip_sse, post, serve_raw
 
 EVENTS = 10  # the default script's stream: role, 7 content pieces, finish, [DONE]
 DONE = b"data: [DONE]\n\n"
@@ -507,18 +506,7 @@ async def test_done_split_across_reads_shorter_than_the_seam_is_seen(tmp_path: P
 
 async def test_a_gzip_stream_is_relayed_as_sent_and_its_done_read_decoded(tmp_path: Path):
     events = [b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n', DONE]
-    packer = zlib.compressobj(wbits=16 + zlib.MAX_WBITS)
-    writes = [packer.compress(e) + packer.flush(zlib.Z_SYNC_FLUSH) for e in events] + [packer.flush()]
-
-    async def handler(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Content-Encoding": "gzip"})
-        await resp.prepare(request)
-        for data in writes:
-            await resp.write(data)
-            await asyncio.sleep(0.01)
-        await resp.write_eof()
-        return resp
-
+    writes, handler = gzip_sse(events)
     async with handled(tmp_path, handler) as r:
         _, body, _ = await post(r.proxy.base_url, chat())
         ex, chunks = await r.stored()
