@@ -40,6 +40,19 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         release_real_upstream(os.getpid())
 
 
+#: the modules whose tests run longest (subprocesses, real time), in that order: xdist hands tests out in
+#: collection order, so starting with them keeps a 30 s test from starting last and running alone at the end
+LONGEST_FIRST = ("test_readme_blocks.py", "test_bisect.py", "test_plugin.py", "test_wrap.py", "test_repro.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: each module keeps its own order
+
+
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "rec.db"
