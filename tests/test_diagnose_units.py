@@ -220,6 +220,19 @@ def test_completed_answers_cut_by_the_token_limit_without_a_stop_reason_or_whole
     assert whole.lines()[2] == "ended      normally, at chunk 1 of 1, 0.700 s"
 
 
+@pytest.mark.parametrize(("path", "reason", "words", "other"), [
+    ("/v1/messages", "max_tokens", "stop_reason max_tokens", "length"),  # Anthropic's own word for it
+    ("/v1/responses", "max_output_tokens", "status max_output_tokens", "max_tokens"),
+    ("/v1/chat/completions", "length", "finish_reason length", "max_tokens"),
+])
+def test_the_token_limit_is_read_in_each_api_s_own_words(path: str, reason: str, words: str, other: str):
+    d = diagnose_exchange(exchange(path=path, finish_reason=reason), at(100), ALONE, "db")
+    assert (d.cause, d.summary) == ("max_tokens", f"the stream completed, but the answer was cut by the token limit "
+                                                  f"({words})")
+    # another API's word for it is no limit here
+    assert diagnose_exchange(exchange(path=path, finish_reason=other), at(100), ALONE, "db").cause != "max_tokens"
+
+
 @pytest.mark.parametrize(("tape", "cause"), [
     (TapeFacts(3, True, 7), "round_limit"),  # the last of several, all complete
     (TapeFacts(3, True, 8), "complete"),  # not the last

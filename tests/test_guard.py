@@ -165,6 +165,21 @@ def test_expect_done_false_accepts_a_server_that_omits_it(chat_replay: ReplaySer
     assert len(list(guard.guard(stream, expect_done=False))) == 17
 
 
+@pytest.mark.parametrize(("last", "missing"), [
+    ({"type": "response.completed"}, None),
+    ({"type": "response.incomplete", "response": {"incomplete_details": {"reason": "max_output_tokens"}}}, None),
+    ({"type": "response.output_text.done"}, "no response.completed"),
+])
+def test_a_responses_stream_cut_by_its_token_limit_is_whole(last: dict[str, Any], missing: str | None):
+    """response.incomplete is the API's own end of a whole answer cut by max_output_tokens, not a cutoff."""
+    from streamreplay.guard.check import check_for
+
+    check = check_for("responses")
+    for event in ({"type": "response.output_text.delta", "delta": "Hi"}, last):
+        check.item(event)
+    assert check.missing() == missing and check.ended == (missing is None)
+
+
 @pytest.mark.parametrize(("tape", "spec"), [("responses-happy-path", "cut:chunk=5"),
                                              ("anthropic-happy-path", "drop-done"),
                                              ("anthropic-happy-path", "cut:chunk=5"),

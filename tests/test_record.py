@@ -185,7 +185,8 @@ async def test_chunk_offsets_count_from_the_request_so_replay_keeps_the_time_to_
     """A chunk's t_ns counts from the moment the request went upstream, not from the first body byte: the
     first chunk sits at the time to first byte, after the head, and a head sent at once followed by 0.3 s
     of silence is stored, and replayed at speed 1, with the first byte 0.3 s or more after the request."""
-    upstream.queue(Script(), Script(pauses={0: 0.3}))  # the second: the head at once, then 0.3 s, then the body
+    # the first: a read per event, 20 ms apart; the second: the head at once, then 0.3 s, then the body
+    upstream.queue(Script(gap=0.02), Script(pauses={0: 0.3}))
     for content in ("quick", "slow"):
         await post(proxy.base_url, chat(content))
     await proxy.settle()
@@ -193,6 +194,9 @@ async def test_chunk_offsets_count_from_the_request_so_replay_keeps_the_time_to_
     for ex in (quick, slow):
         first = Store(db_path).chunks(ex.id)[0]
         assert first.t_ns == ex.ttfb_ns >= ex.headers_ns > 0, (ex.id, first.t_ns, ex.ttfb_ns, ex.headers_ns)
+    # the time to first byte is the first read's, not the last's
+    chunks = Store(db_path).chunks(quick.id)
+    assert len(chunks) > 5 and quick.ttfb_ns == chunks[0].t_ns < chunks[-1].t_ns - 0.05e9
     assert slow.headers_ns < 0.3e9 <= slow.ttfb_ns
     async with ReplayServer(db_path) as srv, httpx.AsyncClient(timeout=10) as client:
         sent = time.monotonic()

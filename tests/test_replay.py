@@ -12,6 +12,8 @@ import httpx
 import openai
 import pytest
 
+from streamreplay.proxy import RecordingProxy
+from streamreplay.proxy.recorder import RecordOptions
 from streamreplay.replay import FaultSpecError, ReplayServer, parse_faults
 from streamreplay.store import Store
 from streamreplay.testing import Script, ScriptedUpstream
@@ -133,6 +135,21 @@ async def test_recorded_endings_replay_as_recorded(db_path: Path, script: Script
     assert sha(body) == sha(sent)
     if live_status != 200:
         assert status == live_status
+
+
+async def test_an_upstream_that_went_silent_replays_as_the_close_the_client_got(db_path: Path):
+    """Recorded as upstream_timeout (the recorder gave up on the silence and closed on the client), replayed
+    as that close: the same bytes, then a body without its end, never a clean one."""
+    async with ScriptedUpstream(Script(gap=0.01, pauses={3: 1.0})) as upstream:
+        options = RecordOptions(upstream=upstream.base_url, db=str(db_path), tape="t", upstream_timeout=0.3)
+        async with RecordingProxy(options) as proxy:
+            _, live, live_error = await post(proxy.base_url, chat())
+            await proxy.settle()
+    (ex,) = Store(db_path).exchanges()
+    assert (ex.end_cause, live_error) == ("upstream_timeout", "RemoteProtocolError")
+    async with ReplayServer(db_path, speed=0) as srv:
+        _, body, error = await post(srv.base_url, chat())
+    assert (sha(body), error) == (sha(live), "RemoteProtocolError")
 
 
 @pytest.mark.parametrize(

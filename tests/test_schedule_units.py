@@ -272,6 +272,16 @@ def test_drop_finish_rewrites_the_stop_reason_in_place_and_keeps_every_chunk_bou
     assert out.body == b"".join(datas).replace(b'"stop"', b"null") and out.ending is Ending.RESET
 
 
+def test_drop_finish_nulls_every_choice_s_stop_reason_with_n_2():
+    two = [b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n',
+           b'data: {"choices":[{"index":1,"delta":{},"finish_reason":"length"}]}\n\n', E_DONE]
+    out = apply(timed(two), "drop-finish")
+    assert out.body == b"".join(two).replace(b'"stop"', b"null").replace(b'"length"', b"null")
+    # and two in one event
+    both = [b'data: {"choices":[{"index":0,"finish_reason":"stop"},{"index":1,"finish_reason":"stop"}]}\n\n']
+    assert apply(timed(both), "drop-finish").body == both[0].replace(b'"stop"', b"null")
+
+
 @pytest.mark.parametrize(("datas", "expected"), [
     ([E_TEXT, E_STOP, E_DONE], [E_TEXT, E_STOP]),
     ([E_TEXT, E_STOP + E_DONE[:5], E_DONE[5:]], [E_TEXT, E_STOP]),  # [DONE] split over two pieces
