@@ -180,6 +180,17 @@ def test_tapes_stay_apart_in_one_db(tmp_path: Path):
     assert str(caught.value) == f"no tape 'c' in {db} (tapes: a, b)"
 
 
+def test_a_cassette_imports_under_its_own_tape_beside_another(tmp_path: Path):
+    db = tmp_path / "db.db"
+    assert import_cassette(cassette(tmp_path, [exchange(0)]), db, "a") == ("a", 1)
+    path_b = tmp_path / "b.jsonl"
+    path_b.write_text("".join(line + "\n" for line in cassette_lines("b", [exchange(0), exchange(1)], chunks_of)))
+    assert import_cassette(path_b, db) == ("b", 2)  # no tape given: the cassette's own, though the DB has one
+    store = Store(db)
+    assert [t["name"] for t in store.tapes()] == ["a", "b"]
+    assert [(ex.tape, ex.seq) for ex in store.exchanges()] == [("a", 0), ("b", 0), ("b", 1)]
+
+
 def test_an_empty_cassette_imports_as_an_empty_tape_even_over_a_registered_one(tmp_path: Path):
     db = tmp_path / "db.db"
     store = Store(db)

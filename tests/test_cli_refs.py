@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from tests.helpers import chat, record
 RECORDINGS = Path(__file__).resolve().parent.parent / "streamreplay" / "tapes"
 BREAK = RECORDINGS / "consumer-break.jsonl"
 TIMEOUT = RECORDINGS / "client-timeout.jsonl"
+HAPPY = RECORDINGS / "openai-happy-path.jsonl"
 
 
 def run(*args: str) -> str:
@@ -70,6 +72,19 @@ def test_every_command_that_reads_takes_a_cassette_file(tmp_path: Path):
     out = tmp_path / "repro"
     assert "repro.py" in run("repro", "consumer-break", "--db", BREAK, "-o", out)
     assert (out / "cassette.jsonl").exists()
+
+
+def test_ls_cause_lists_only_the_exchanges_that_ended_that_way(tmp_path: Path):
+    db = tmp_path / "causes.db"
+    run("import", BREAK, "--db", db)
+    run("import", HAPPY, "--db", db)
+
+    def listed(cause: str) -> list[tuple[str, str]]:
+        out = run("ls", "--cause", cause, "--json", "--db", db)
+        return [(row["tape"], row["end_cause"]) for row in map(json.loads, out.splitlines())]
+
+    assert listed("client_left") == [("consumer-break", "client_left")]
+    assert listed("complete") == [("openai-happy-path", "complete")]
 
 
 def test_a_reference_that_names_nothing_says_what_there_is(tmp_path: Path):

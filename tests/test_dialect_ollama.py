@@ -27,7 +27,7 @@ from streamreplay.replay import ReplayServer
 from streamreplay.scripted import WIRES
 from streamreplay.store import Store
 from streamreplay.testing import Script, ScriptedUpstream, Sent
-from tests.helpers import post, recorded_body, sha
+from tests.helpers import post, recorded_body, serve_raw, sha
 
 TEXT = "Hello! How can I help you today?"
 MESSAGES = [{"role": "user", "content": "Say hello"}]
@@ -221,6 +221,38 @@ async def test_a_done_marker_split_across_two_reads_is_seen(db_path: Path):
     assert chunks[-2].data.endswith(b',"done"') and chunks[-1].data.startswith(b":true,")
     assert not any(OLLAMA.find_terminal(c.data) for c in chunks)  # only the seam between them holds it
     assert (ex.end_cause, ex.done, ex.text, ex.finish_reason) == ("complete", True, TEXT, "stop")
+
+
+GENERATE = [b'{"model":"smollm2","created_at":"2024-01-01T00:00:00Z","response":"Hello","done":false}\n',
+            b'{"model":"smollm2","created_at":"2024-01-01T00:00:01Z","response":"!","done":false}\n',
+            b'{"model":"smollm2","created_at":"2024-01-01T00:00:02Z","response":"","done":true,'
+            b'"done_reason":"stop"}\n']
+
+
+async def test_api_generate_is_ollama_and_its_done_line_ends_it_complete(db_path: Path):
+    assert (dialect_for("/api/generate").name, dialect_for("/api/chat").name) == ("ollama", "ollama")
+
+    async def generate(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        await reader.readexactly(length)
+        body = b"".join(GENERATE)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n"
+                     b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+        writer.close()
+
+    server, url = await serve_raw(generate)
+    async with server:
+        options = RecordOptions(upstream=url.removesuffix("/v1"), db=str(db_path), tape="t")
+        async with RecordingProxy(options) as proxy:
+            status, got, error = await post(proxy.origin, {"model": "smollm2", "prompt": "Say hello"},
+                                            path="/api/generate")
+            await proxy.settle()
+    assert (status, got, error) == (200, b"".join(GENERATE), None)
+    (ex,) = Store(db_path).exchanges()
+    assert (ex.path, ex.dialect.name, ex.end_cause, ex.done, ex.finish_reason, ex.text) == (
+        "/api/generate", "ollama", "complete", True, "stop", "Hello!")
 
 
 # -- faults, as each client sees them

@@ -135,6 +135,15 @@ def test_a_timing_within_tolerance_or_under_the_floor_is_not_drift(db_path: Path
     assert compare(shape, later, Tolerance(timing=200)) == []
 
 
+def test_fewer_chunks_drift_as_much_as_more():
+    shape = Shape("chat", 200, "text/event-stream", True, ["role", "content", "finish", "[DONE]"], ["id"], "stop",
+                  "complete", 26, {"p50": 200, "p90": 210, "max": 260}, 1.0, 1.0)
+    fewer = Shape(**{**shape.to_json(), "chunk_count": 6})
+    assert [(d.field, d.recorded, d.live, d.words) for d in compare(shape, fewer)] == [
+        ("chunk_count", 26, 6, "chunks: 26 -> 6 (4.3x; tolerance 2x and 4)")]
+    assert [d.words for d in compare(fewer, shape)] == ["chunks: 6 -> 26 (4.3x; tolerance 2x and 4)"]
+
+
 def test_other_text_in_the_same_shape_is_not_drift(db_path: Path, chat_upstream: ScriptedUpstream):
     other = "Rivers carve slow paths through old stone valleys."
     result = drift_against(db_path, chat_upstream, Script(gap=GAP, text=other))

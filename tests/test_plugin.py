@@ -43,15 +43,20 @@ INI = "[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = funct
 
 
 @pytest.fixture
-def upstream_url() -> str:
+def upstream() -> ScriptedUpstream:
     # 50 ms between events: one event per network read even on a loaded machine (at 10 ms, two events
     # were seen to arrive in one read under the full suite), so chunk numbers in the tests are stable
-    with ScriptedUpstream(Script(gap=0.05)) as upstream:
-        yield upstream.base_url
+    with ScriptedUpstream(Script(gap=0.05)) as server:
+        yield server
+
+
+@pytest.fixture
+def upstream_url(upstream: ScriptedUpstream) -> str:
+    return upstream.base_url
 
 
 def test_once_records_a_missing_cassette_then_none_replays_it(
-    pytester: pytest.Pytester, upstream_url: str, monkeypatch
+    pytester: pytest.Pytester, upstream: ScriptedUpstream, upstream_url: str, monkeypatch
 ):
     monkeypatch.delenv("CI", raising=False)
     pytester.makeini(INI)
@@ -61,6 +66,15 @@ def test_once_records_a_missing_cassette_then_none_replays_it(
     cassette = Path(pytester.path, "recordings", "greeting.jsonl")
     assert cassette.exists() and "Hello! " in cassette.read_text()
     result.stdout.fnmatch_lines(["*greeting: recorded into*greeting.jsonl*"])
+    assert len(upstream.sent) == 1
+
+    # once, with the cassette there: replayed, even with an upstream to record from
+    recorded = cassette.read_bytes()
+    result = pytester.runpytest_subprocess("--streamreplay-mode", "once", "--streamreplay-upstream", upstream_url)
+    result.assert_outcomes(passed=1)
+    assert len(upstream.sent) == 1
+    assert cassette.read_bytes() == recorded
+    assert [line for line in result.outlines if "recorded into" in line] == []
 
     monkeypatch.setenv("CI", "true")  # default mode none: no upstream needed any more
     pytester.makepyfile(test_async=ASYNC_TEST)

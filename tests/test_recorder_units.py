@@ -187,6 +187,18 @@ async def test_a_named_tape_takes_more_recordings_and_default_tapes_never_share_
             assert first.tape != second.tape
 
 
+async def test_a_tapes_exchanges_are_numbered_from_zero_in_the_order_they_came(tmp_path: Path):
+    async with rig(tmp_path) as r:
+        for content in ("first", "second"):
+            await post(r.proxy.base_url, chat(content))
+        await r.proxy.settle()
+    store = Store(r.db)
+    exchanges = store.exchanges(tape="t")
+    assert [(ex.seq, json.loads(ex.request_body)["messages"][0]["content"]) for ex in exchanges] == [
+        (0, "first"), (1, "second")]
+    assert (store.resolve("t:0"), store.resolve("t:1")) == (exchanges[0].id, exchanges[1].id)
+
+
 async def test_a_replay_miss_is_forwarded_to_the_first_upstream_and_recorded(tmp_path: Path):
     played = tmp_path / "played.db"
     Store(played).ensure_schema()
