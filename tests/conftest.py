@@ -31,6 +31,8 @@ def pytest_configure(config: pytest.Config) -> None:
     # holds it for this process (the workers inherit the variable; xdist starts them after configure).
     if _main_process(config):
         os.environ[HOLDER_ENV] = str(os.getpid())
+    if getattr(config.option, "maxschedchunk", 0) is None:  # xdist's scheduler, when not given on the command line
+        config.option.maxschedchunk = 1
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -40,8 +42,10 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         release_real_upstream(os.getpid())
 
 
-#: the modules whose tests run longest (subprocesses, real time), in that order: xdist hands tests out in
-#: collection order, so starting with them keeps a 30 s test from starting last and running alone at the end
+#: the modules whose tests run longest (subprocesses, real time), in that order. With xdist handing tests out
+#: one at a time in collection order (maxschedchunk 1, set below), starting with them is longest-first
+#: scheduling: no 30 s test starts last and runs alone at the end. (xdist's default first hands each worker a
+#: quarter of its share at once, which put all of these on one worker.)
 LONGEST_FIRST = ("test_readme_blocks.py", "test_bisect.py", "test_plugin.py", "test_wrap.py", "test_repro.py")
 
 

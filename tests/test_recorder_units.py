@@ -653,3 +653,27 @@ def test_redact_body_hides_secret_fields_and_the_named_ones_and_keeps_every_othe
     body = b'{"api_key": "k",  "a": {"user": "u"}, "n": 1}'
     assert redact_body(body, ("a.user",)) == b'{"api_key": "[redacted]",  "a": {"user": "[redacted]"}, "n": 1}'
     assert redact_body(b"not json", ()) == b"not json"
+
+
+@pytest.mark.parametrize(("ending", "cause", "done"), [("done", "complete", True),
+                                                       ("no_done", "eof_without_done", False)])
+async def test_the_path_s_dialect_decides_what_ends_a_stream(tmp_path: Path, ending: str, cause: str, done: bool):
+    """An Anthropic stream has no [DONE]: its own message_stop is what the recorder looks for on /messages."""
+    payload = {"model": "claude-sonnet-4-5", "max_tokens": 64, "stream": True,
+               "messages": [{"role": "user", "content": "Say hello"}]}
+    async with rig(tmp_path, Script(ending=ending)) as r:
+        status, _, error = await post(r.proxy.base_url, payload, path="/messages")
+        ex, _ = await r.stored()
+    assert (status, error, ex.path, ex.end_cause, ex.done) == (200, None, "/messages", cause, done)
+
+
+async def test_streams_go_upstream_side_by_side_not_one_after_another(tmp_path: Path):
+    """A slow stream holds no other request back: upstream connections are not pooled to a limit."""
+    async with rig(tmp_path, Script(gap=0.01, pauses={2: 1.0}), Script()) as r:
+        slow = asyncio.ensure_future(post(r.proxy.base_url, chat("slow")))
+        await until(lambda: r.upstream.sent)
+        started = time.monotonic()
+        status, _, error = await post(r.proxy.base_url, chat("quick"))
+        quick_s = time.monotonic() - started
+        assert (status, error) == (200, None) and not slow.done() and quick_s < 0.5, quick_s
+        await slow
