@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import gc
 import hashlib
+import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -129,3 +130,11 @@ def gzip_sse(events: list[bytes]) -> tuple[list[bytes], Callable[[web.Request], 
         return resp
 
     return writes, handler
+
+
+async def until(condition: Callable[[], object], timeout: float = 3.0) -> None:
+    """Wait, polling every 5 ms, until `condition()` is true; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "never got there"
+        await asyncio.sleep(0.005)

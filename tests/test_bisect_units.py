@@ -9,14 +9,13 @@ import json
 import shlex
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
 import streamreplay.bisect as bisect_module
 from streamreplay.bisect import Bisector, ClientOracle, CommandOracle, chunk_text
-from streamreplay.bundled import bundled_dir
+from streamreplay.bundled import bundled_dir, bundled_tape
 from streamreplay.cassette import import_cassette
 from streamreplay.dialects import DIALECTS
 from streamreplay.replay import ReplayServer
@@ -559,7 +558,7 @@ def test_the_cli_refuses_a_resolution_that_is_not_above_zero_as_a_usage_error():
 
     from streamreplay.cli import main
 
-    tape = Path(__file__).resolve().parent.parent / "streamreplay" / "tapes" / "openai-happy-path.jsonl"
+    tape = bundled_tape("openai-happy-path")
     out = CliRunner().invoke(main, ["bisect", "openai-happy-path", "--db", str(tape), "--by", "timing",
                                     "--check", "true", "--resolution", "0"])
     assert out.exit_code == 2 and "Invalid value for '--resolution': 0.0 is not in the range x>0." in out.output

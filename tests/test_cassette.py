@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from streamreplay.bundled import bundled_dir
 from streamreplay.cassette import CassetteError, export_tape, import_cassette
 from streamreplay.cli import main
 from streamreplay.replay import ReplayServer
@@ -97,7 +98,7 @@ def test_a_broken_cassette_names_its_line(tmp_path: Path):
         CassetteSource(path)
 
 
-RECORDINGS = Path(__file__).resolve().parent.parent / "streamreplay" / "tapes"
+RECORDINGS = bundled_dir()
 
 
 @pytest.mark.parametrize("cassette", sorted(RECORDINGS.glob("*.jsonl")), ids=lambda p: p.stem)

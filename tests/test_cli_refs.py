@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from streamreplay.bundled import bundled_dir
 from streamreplay.cli import main
 from streamreplay.clients import describe
 from streamreplay.store import Store
 from streamreplay.testing import Script
 from tests.helpers import chat, record
 
-RECORDINGS = Path(__file__).resolve().parent.parent / "streamreplay" / "tapes"
+RECORDINGS = bundled_dir()
 BREAK = RECORDINGS / "consumer-break.jsonl"
 TIMEOUT = RECORDINGS / "client-timeout.jsonl"
 HAPPY = RECORDINGS / "openai-happy-path.jsonl"

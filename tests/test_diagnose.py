@@ -12,6 +12,7 @@ import openai
 import pytest
 from click.testing import CliRunner
 
+from streamreplay.bundled import bundled_tape
 from streamreplay.cli import main
 from streamreplay.diagnose import diagnose
 from streamreplay.proxy import RecordingProxy
@@ -143,7 +144,7 @@ def test_a_deadline_on_a_bundled_real_recording(tmp_path: Path):
     from streamreplay.cassette import import_cassette
 
     db = tmp_path / "b.db"
-    import_cassette(Path(__file__).resolve().parent.parent / "streamreplay" / "tapes" / "client-timeout.jsonl", db)
+    import_cassette(bundled_tape("client-timeout"), db)
     found = diagnose(Store(db), 1)
     assert found.cause == "client_deadline" and "a total time limit of about 1 s" in found.summary
     assert found.chunk == 63 and found.upstream_complete

@@ -3,10 +3,9 @@ No proxy and no DB: `diagnose_exchange` reads an exchange, its chunks and the fa
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
+from streamreplay.bundled import bundled_dir
 from streamreplay.cassette import import_cassette
 from streamreplay.diagnose import TapeFacts, diagnose, diagnose_exchange
 from streamreplay.endcause import EndCause
@@ -289,7 +288,7 @@ def test_a_cause_this_version_does_not_know_reads_as_the_exchange_stands():
 
 
 def test_an_exchange_of_a_db_is_diagnosed_with_its_tape_s_facts_and_the_default_db_in_its_commands(tmp_path):
-    tapes = Path(__file__).resolve().parent.parent / "streamreplay" / "tapes"
+    tapes = bundled_dir()
     db = tmp_path / "db.db"
     import_cassette(tapes / "agent-multi-turn.jsonl", db)
     store = Store(db)

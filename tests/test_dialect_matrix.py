@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from streamreplay.bundled import bundled_dir
 from streamreplay.cassette import load_cassette
 from streamreplay.cli import main
 from streamreplay.clientid import recognise_client
@@ -19,7 +20,7 @@ from streamreplay.matrix import DEFAULT_TAPES, run_matrix
 from streamreplay.repro import write_repro
 from streamreplay.store import Store
 
-RECORDINGS = Path(__file__).resolve().parent.parent / "streamreplay" / "tapes"
+RECORDINGS = bundled_dir()
 WHOLE = "The capital of France is Paris. It lies on the Seine and is known for the Eiffel Tower."
 
 #: per dialect: what a clean cut mid-answer gives each client that does not take it silently

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from click.testing import CliRunner
 
+from streamreplay.bundled import bundled_tape
 from streamreplay.cli import main
 from streamreplay.matrix import run_matrix
 
-CASSETTE = Path(__file__).resolve().parent.parent / "streamreplay" / "tapes" / "openai-happy-path.jsonl"
+CASSETTE = bundled_tape("openai-happy-path")
 
 
 async def test_the_matrix_tells_silent_truncation_from_errors():

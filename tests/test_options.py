@@ -12,6 +12,7 @@ import click
 import pytest
 
 from streamreplay import cli, wire
+from streamreplay.bundled import bundled_tape
 from streamreplay.proxy import recorder
 from streamreplay.proxy.recorder import RecordOptions
 from streamreplay.replay import ReplayServer
@@ -19,7 +20,7 @@ from streamreplay.replay.onmiss import NotFound, OnMiss, RecordFromUpstream
 from streamreplay.replay.options import ReplayOptions
 
 ROOT = Path(__file__).resolve().parent.parent
-CASSETTE = ROOT / "streamreplay" / "tapes" / "openai-happy-path.jsonl"
+CASSETTE = bundled_tape("openai-happy-path")
 #: the command's parameters that are not fields of its options type
 NOT_FIELDS = {"db", "host", "port", "command"}
 

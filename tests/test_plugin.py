@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from streamreplay.bundled import bundled_tape
 from streamreplay.testing import Script, ScriptedUpstream
 
 pytest_plugins = ["pytester"]
@@ -283,7 +284,7 @@ ASYNCIO_WARNING = 'asyncio_default_fixture_loop_scope" is unset'
 def test_a_plain_project_gets_no_asyncio_warning_from_the_plugin(pytester: pytest.Pytester, monkeypatch):
     monkeypatch.setenv("CI", "1")
     (pytester.path / "recordings").mkdir()
-    bundled = Path(__file__).resolve().parent.parent / "streamreplay" / "tapes" / "openai-happy-path.jsonl"
+    bundled = bundled_tape("openai-happy-path")
     (pytester.path / "recordings" / "openai-happy-path.jsonl").write_bytes(bundled.read_bytes())
     pytester.makepyfile(test_plain=PLAIN)  # no ini, no asyncio settings, no conftest
     # a user project without pytest-asyncio installed

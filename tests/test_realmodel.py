@@ -13,6 +13,7 @@ import httpx
 import openai
 import pytest
 
+from streamreplay.bundled import bundled_dir
 from streamreplay.clients import MODEL_INFO
 from streamreplay.proxy import RecordingProxy
 from streamreplay.proxy.recorder import RecordOptions
@@ -23,7 +24,7 @@ from tests.realmodel_server import real_upstream_url
 
 pytestmark = pytest.mark.realmodel
 
-RECORDINGS = Path(__file__).resolve().parent.parent / "streamreplay" / "tapes"
+RECORDINGS = bundled_dir()
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from streamreplay.bundled import bundled_tape
 from streamreplay.replay import ReplayServer
 from streamreplay.store import Store
 from streamreplay.testing import Script, ScriptedUpstream
@@ -91,7 +92,7 @@ def test_record_on_miss_needs_an_upstream_and_a_db(tape: Path, tmp_path: Path):
         ReplayServer(tape, on_miss="record")
     with pytest.raises(ValueError, match="only used to record misses"):
         ReplayServer(tape, on_miss="404", upstream="http://127.0.0.1:9/v1")
-    cassette = Path(__file__).resolve().parent.parent / "streamreplay" / "tapes" / "openai-happy-path.jsonl"
+    cassette = bundled_tape("openai-happy-path")
     with pytest.raises(ValueError, match="needs a DB"):
         ReplayServer(cassette, upstream="http://127.0.0.1:9/v1")
 

@@ -27,6 +27,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from streamreplay.bundled import bundled_tape
 from streamreplay.cli import main
 from streamreplay.proxy import RecordingProxy
 from streamreplay.proxy.recorder import RecordOptions
@@ -329,7 +330,7 @@ def test_db_commands_say_one_line_on_a_corrupt_db(tmp_path: Path):
     bad.write_bytes(b"SQLite format 3\x00" + os.urandom(4000))
     cassette = tmp_path / "c.jsonl"
     CliRunner().invoke(main, ["export", "openai-happy-path", "--db", str(bad), "-o", str(cassette)])
-    ok = Path(__file__).parent.parent / "streamreplay" / "tapes" / "openai-happy-path.jsonl"
+    ok = bundled_tape("openai-happy-path")
     for args in (["ls", "--db", str(bad)], ["show", "1", "--db", str(bad)], ["diagnose", "1", "--db", str(bad)],
                  ["export", "t", "--db", str(bad), "-o", str(cassette)], ["import", str(ok), "--db", str(bad)]):
         result = CliRunner().invoke(main, args)
@@ -344,7 +345,7 @@ def test_a_db_in_a_read_only_directory_can_be_listed(tmp_path: Path):
     folder = tmp_path / "ro"
     folder.mkdir()
     db = folder / "r.db"
-    bundled = Path(__file__).parent.parent / "streamreplay" / "tapes" / "openai-happy-path.jsonl"
+    bundled = bundled_tape("openai-happy-path")
     subprocess.run([sys.executable, "-m", "streamreplay.cli", "import", str(bundled), "--db", str(db)], check=True,
                    capture_output=True)
     # a recorded DB as it is left: WAL mode, its -wal and -shm gone with the last connection, which a reader

@@ -27,7 +27,7 @@ from streamreplay.proxy.recorder import RecordOptions, format_exchange_line, red
 from streamreplay.replay import ReplayServer
 from streamreplay.store import Chunk, Store
 from streamreplay.testing import Script, ScriptedUpstream
-from tests.helpers import SECRET, bad_chunk_size, chat, chat_upstream, gzip_sse, post, serve_raw
+from tests.helpers import SECRET, bad_chunk_size, chat, chat_upstream, gzip_sse, post, serve_raw, until
 
 EVENTS = 10  # the default script's stream: role, 7 content pieces, finish, [DONE]
 DONE = b"data: [DONE]\n\n"
@@ -84,13 +84,6 @@ async def read_until(url: str, payload: dict, enough: bytes | int, **headers: st
 
 def seconds(line: str) -> float:
     return float(re.search(r" (\d+\.\d\d)s ", line).group(1))
-
-
-async def until(condition, timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "never got there"
-        await asyncio.sleep(0.005)
 
 
 # -- a whole exchange ----------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from streamreplay.replay.source import open_source
 from streamreplay.replay.storeindex import StoreIndex
 from streamreplay.store import Chunk, Store
 from streamreplay.testing import Script, ScriptedUpstream
-from tests.helpers import chat, post, record
+from tests.helpers import chat, post, record, until
 
 GAP = 0.02  # between the recorded events: wide enough that every event is a read of its own
 SAY_HELLO = chat("Say hello")
@@ -75,13 +75,6 @@ async def serving(source: Path, **options) -> AsyncIterator[tuple[ReplayServer, 
     lines: list[str] = []
     async with ReplayServer(source, log=lines.append, **{"speed": 0, **options}) as srv:
         yield srv, lines
-
-
-async def until(condition, timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "the server never got there"
-        await asyncio.sleep(0.005)
 
 
 def error_of(body: bytes) -> dict:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from streamreplay.bundled import bundled_dir
 from streamreplay.cassette import import_cassette
 from streamreplay.endcause import EndCause
 from streamreplay.replay import ReplayServer
@@ -44,7 +45,7 @@ from streamreplay.store import Chunk, Exchange, Store
 from streamreplay.testing import Script, ScriptedUpstream
 from tests.helpers import chat, post, sha
 
-TAPES = Path(__file__).resolve().parent.parent / "streamreplay" / "tapes"
+TAPES = bundled_dir()
 OPENAI_TAPE = TAPES / "openai-happy-path.jsonl"  # one exchange, 18 chunks
 AGENT_TAPE = TAPES / "agent-multi-turn.jsonl"  # three exchanges
 UPSTREAM = "http://127.0.0.1:9/v1"  # never connected to: the policies under test only keep it

@@ -20,6 +20,7 @@ import openai
 import pytest
 from click.testing import CliRunner
 
+from streamreplay.bundled import bundled_tape
 from streamreplay.cli import main
 from streamreplay.settings import DB_COMMANDS, Settings, click_default_map, load_settings
 from streamreplay.store import DEFAULT_DB, Store
@@ -28,7 +29,7 @@ from tests.helpers import SECRET
 
 pytest_plugins = ["pytester"]
 
-CASSETTE = Path(__file__).resolve().parent.parent / "streamreplay" / "tapes" / "openai-happy-path.jsonl"
+CASSETTE = bundled_tape("openai-happy-path")
 HELLO = "Hello! How can I help you today?"
 
 

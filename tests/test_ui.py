@@ -19,6 +19,7 @@ import httpx
 import openai
 import pytest
 
+from streamreplay.bundled import bundled_tape
 from streamreplay.proxy import RecordingProxy
 from streamreplay.proxy.recorder import RecordOptions
 from streamreplay.replay import ReplayServer
@@ -290,7 +291,7 @@ def test_show_html_and_ui_commands(tmp_path: Path):
     from streamreplay.cli import main
 
     db = tmp_path / "ui.db"
-    import_cassette(Path(__file__).resolve().parent.parent / "streamreplay" / "tapes" / "consumer-break.jsonl", db)
+    import_cassette(bundled_tape("consumer-break"), db)
     page = tmp_path / "page.html"
     out = CliRunner().invoke(main, ["show", "1", "--db", str(db), "--html", str(page)])
     assert out.exit_code == 0 and "client left at" in page.read_text()
