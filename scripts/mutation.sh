@@ -40,6 +40,18 @@ declare -A TESTS=(
     [streamreplay/cassette.py]="tests/test_cassette_units.py tests/test_cassette.py"
     [streamreplay/diagnose.py]="tests/test_diagnose_units.py tests/test_diagnose.py"
     [streamreplay/bisect.py]="tests/test_bisect_units.py tests/test_bisect.py"
+    [streamreplay/dialects/base.py]="tests/test_dialect_units.py"
+    [streamreplay/dialects/chat.py]="tests/test_dialect_units.py"
+    [streamreplay/dialects/anthropic.py]="tests/test_dialect_units.py"
+    [streamreplay/dialects/responses.py]="tests/test_dialect_units.py"
+    [streamreplay/dialects/ollama.py]="tests/test_dialect_units.py"
+    [streamreplay/dialects/azure.py]="tests/test_dialect_units.py"
+    [streamreplay/guard/check.py]="tests/test_guard_units.py"
+    [streamreplay/guard/cutoffs.py]="tests/test_guard_units.py"
+    [streamreplay/drift.py]="tests/test_drift_units.py"
+    [streamreplay/prune.py]="tests/test_prune_units.py"
+    [streamreplay/settings.py]="tests/test_settings_units.py"
+    [streamreplay/redact.py]="tests/test_redact_units.py"
 )
 
 if [[ ${1:-} == --list ]]; then

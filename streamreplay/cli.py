@@ -325,7 +325,7 @@ class _DirectLog:
 @main.command("ls")
 @db_option
 @click.option("--tape", help="Only this tape.")
-@click.option("--cause", help="Only this end cause, e.g. client_left.")
+@click.option("--cause", help="Only this end cause, e.g. client_left; open: no end stored yet.")
 @click.option("--limit", type=int, help="At most this many exchanges.")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table.")
 def ls_command(db: str, tape: str | None, cause: str | None, limit: int | None, as_json: bool) -> None:

@@ -73,16 +73,9 @@ def _end(ex: Exchange) -> str:
 
 def _page_of(store: Store, tape: str | None, cause: str | None, page: int) -> list[Exchange]:
     """One page of the list, newest first, read from the DB: a page costs the same in a DB of any size."""
-    where, params = [], []
-    if tape:
-        where.append("tape = ?")
-        params.append(tape)
-    if cause:
-        where.append("end_cause is null" if cause == "open" else "end_cause = ?")
-        params += [] if cause == "open" else [cause]
-    sql = "select * from exchanges" + (" where " + " and ".join(where) if where else "")
-    return list(store.query_exchanges(f"{sql} order by id desc limit {LIST_LIMIT} offset {page * LIST_LIMIT}",
-                                      params))
+    where, params = store.filter_sql(tape, cause)
+    return list(store.query_exchanges(
+        f"select * from exchanges{where} order by id desc limit {LIST_LIMIT} offset {page * LIST_LIMIT}", params))
 
 
 def index_html(store: Store, *, cause: str | None = None, tape: str | None = None, label: str = "",

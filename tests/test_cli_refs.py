@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -86,6 +87,15 @@ def test_ls_cause_lists_only_the_exchanges_that_ended_that_way(tmp_path: Path):
 
     assert listed("client_left") == [("consumer-break", "client_left")]
     assert listed("complete") == [("openai-happy-path", "complete")]
+    # an exchange whose end is not stored yet (its recorder still streaming, or killed) is what ls prints
+    # as `open`, and what `--cause open` lists
+    run("import", BREAK, "--db", db, "--tape", "in-flight")
+    with sqlite3.connect(db) as conn:
+        conn.execute("update exchanges set end_cause = null where tape = 'in-flight'")
+    assert listed("open") == [("in-flight", None)]
+    header, row = run("ls", "--tape", "in-flight", "--db", db).splitlines()[:2]
+    assert row.split()[header.split().index("end")] == "open"
+    assert listed("client_left") == [("consumer-break", "client_left")]
 
 
 def test_a_reference_that_names_nothing_says_what_there_is(tmp_path: Path):

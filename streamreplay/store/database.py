@@ -121,20 +121,27 @@ class Store:
         self, tape: str | None = None, cause: str | None = None, limit: int | None = None
     ) -> Iterator[Exchange]:
         """The exchanges in recorded order, read a row at a time: a month of recordings is never in memory."""
+        where, params = self.filter_sql(tape, cause)
+        sql = f"select * from exchanges{where} order by id"
+        if limit:
+            sql += f" limit {int(limit)}"
+        return self.query_exchanges(sql, params)
+
+    @staticmethod
+    def filter_sql(tape: str | None = None, cause: str | None = None) -> tuple[str, list[Any]]:
+        """The `where` clause (empty, or starting with a space) and its parameters that keep the exchanges
+        of `tape` that ended with `cause`. Cause `open` is an exchange with no end stored yet, as `ls` and
+        the ui print it."""
         where, params = [], []
         if tape:
             where.append("tape = ?")
             params.append(tape)
-        if cause:
+        if cause == "open":
+            where.append("end_cause is null")
+        elif cause:
             where.append("end_cause = ?")
             params.append(cause)
-        sql = "select * from exchanges"
-        if where:
-            sql += " where " + " and ".join(where)
-        sql += " order by id"
-        if limit:
-            sql += f" limit {int(limit)}"
-        return self.query_exchanges(sql, params)
+        return (" where " + " and ".join(where) if where else ""), params
 
     def query_exchanges(self, sql: str, params: list[Any] | tuple[Any, ...] = ()) -> Iterator[Exchange]:
         """`sql` (a `select * from exchanges ...`), its rows as Exchanges, one at a time."""
