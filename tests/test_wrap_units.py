@@ -1,0 +1,156 @@
+"""`record -- CMD` and `play -- CMD` in-process: which provider a route stands for, what a replay puts in
+the app's environment, the command's exit status as a shell gives it, and the summaries said at the end.
+
+Real `ReplayServer`s and real child processes (`sh -c`); tests/test_wrap.py runs the CLI around real apps."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import httpx
+import pytest
+
+from streamreplay.bundled import bundled_tape
+from streamreplay.cassette import import_cassette
+from streamreplay.replay import ReplayServer
+from streamreplay.store import Store
+from streamreplay.wrap import (
+    OFFLINE_KEYS,
+    CommandNotRun,
+    play_summary,
+    provider_of,
+    record_summary,
+    run_command,
+    server_environment,
+)
+from tests.helpers import until
+
+HAPPY = bundled_tape("openai-happy-path")
+
+
+@pytest.mark.parametrize(("name", "upstream", "provider"), [
+    # a route's name says the provider, in any case, by its own name or a nickname
+    ("anthropic", "http://127.0.0.1:9", "anthropic"), ("Claude", "http://127.0.0.1:9", "anthropic"),
+    ("gpt", "http://127.0.0.1:9", "openai"), ("local", "http://127.0.0.1:9", "ollama"),
+    ("azure", "http://127.0.0.1:9", "azure"), ("OLLAMA", "http://127.0.0.1:9", "ollama"),
+    # else the upstream's host (or Ollama's port) does
+    ("x", "https://api.anthropic.com", "anthropic"), ("x", "https://mine.openai.azure.com/openai", "azure"),
+    ("x", "http://azure-proxy.internal", "azure"), ("x", "http://gpu-box:11434", "ollama"),
+    ("x", "http://ollama.internal:8080", "ollama"), ("x", "http://gpu-box:11435", "openai"),
+    ("x", "https://api.openai.com/v1", "openai"),
+])
+def test_a_route_stands_for_the_provider_its_name_or_its_upstream_says(name: str, upstream: str, provider: str):
+    assert provider_of(name, upstream) == provider
+
+
+def test_a_replay_points_every_client_at_itself_and_fills_only_the_keys_the_app_lacks(
+        monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-the-apps-own")
+    for key in OFFLINE_KEYS[1:]:
+        monkeypatch.delenv(key, raising=False)
+    with ReplayServer(HAPPY, speed=0, prefix="/v1") as server:
+        env = server_environment(server)
+        origin = server.origin
+    assert env["OPENAI_BASE_URL"] == f"{origin}/v1"
+    assert env["ANTHROPIC_BASE_URL"] == env["AZURE_OPENAI_ENDPOINT"] == env["OLLAMA_HOST"] == origin
+    assert "OPENAI_API_KEY" not in env  # the app's own key is left as it is
+    assert env["ANTHROPIC_API_KEY"] == env["AZURE_OPENAI_API_KEY"] == "streamreplay-offline"
+
+
+async def _run(command: list[str]) -> int:
+    server = ReplayServer(HAPPY, speed=0)
+    return await run_command(server, command)
+
+
+@pytest.mark.parametrize(("script", "status"), [("exit 0", 0), ("exit 3", 3), ("kill -TERM $$", 143),
+                                                ("kill -KILL $$", 137)])
+async def test_the_status_is_the_command_s_and_a_signal_is_128_plus_its_number(script: str, status: int):
+    assert await _run(["sh", "-c", script]) == status
+
+
+async def test_the_command_sees_the_server_running_and_it_stops_after(tmp_path: Path):
+    seen = tmp_path / "seen"
+    server = ReplayServer(HAPPY, speed=0)
+    # the app reaches the replay at the URL it was given, while the command runs
+    code = await run_command(server, ["sh", "-c", f'echo "$OPENAI_BASE_URL" > {seen}'])
+    assert code == 0
+    url = seen.read_text().strip()
+    assert url.startswith("http://127.0.0.1:")
+    async with httpx.AsyncClient() as client:
+        with pytest.raises(httpx.ConnectError):  # and no daemon is left once it has exited
+            await client.get(url)
+
+
+async def test_a_command_that_cannot_start_says_so_and_stops_the_server():
+    server = ReplayServer(HAPPY, speed=0)
+    with pytest.raises(CommandNotRun, match="cannot run 'no-such-command-here'"):
+        await run_command(server, ["no-such-command-here"])
+    origin = server.origin
+    async with httpx.AsyncClient() as client:
+        with pytest.raises(httpx.ConnectError):
+            await client.get(origin)
+
+
+def test_the_play_summary_counts_each_ending_and_gives_the_first_miss_in_full():
+    lines: list[str] = []
+    exchange = ReplayServer(HAPPY).source.exchanges()[0]
+    with ReplayServer(HAPPY, speed=0) as server:
+        for body in (exchange.request_body, b'{"model": "other", "stream": true}', exchange.request_body):
+            httpx.post(f"{server.base_url}/chat/completions", content=body,
+                       headers={"content-type": "application/json"})
+        play_summary(server, "my.jsonl", lines.append)
+        first_miss = [r for r in server.requests if r.miss][0]
+    assert lines[0] == "streamreplay: served 3 requests from my.jsonl (clean 2, miss 1)"
+    assert lines[1] == f"  first miss: POST /chat/completions: {first_miss.miss}"
+    assert len(lines) == 2
+
+    lines.clear()
+    with ReplayServer(HAPPY, speed=0) as server:
+        play_summary(server, "my.jsonl", lines.append)
+    assert lines == ["streamreplay: served 0 requests from my.jsonl"]
+
+
+def test_a_client_that_left_counts_as_the_app_leaving_not_as_the_recorded_ending():
+    lines: list[str] = []
+    exchange = ReplayServer(HAPPY).source.exchanges()[0]
+
+    async def leave_after_the_head(base_url: str) -> None:
+        async with httpx.AsyncClient() as client, \
+                client.stream("POST", f"{base_url}/chat/completions", content=exchange.request_body) as r:
+            async for _ in r.aiter_raw():
+                break
+
+    with ReplayServer(HAPPY, speed=1) as server:
+        server.call(leave_after_the_head(server.base_url))
+        # once the server has noticed the client has gone (at its next write)
+        server.call(until(lambda: server.counts.unfinished == 1, timeout=10))
+        play_summary(server, "t", lines.append)
+    assert lines == ["streamreplay: served 1 request from t (client left 1)"]
+
+
+def test_the_record_summary_lists_each_exchange_that_did_not_end_complete_with_how_to_look_closer(tmp_path: Path):
+    db = tmp_path / "r.db"
+    import_cassette(bundled_tape("consumer-break"), db, "mixed")
+    lines: list[str] = []
+    record_summary(str(db), "mixed", lines.append)
+    ex = Store(db).exchanges(tape="mixed")[0]
+    assert lines[0] == f"streamreplay: recorded 1 exchange into {db}, tape mixed: 1 did not end complete"
+    assert lines[1].startswith(f"  mixed:0 POST {ex.path} client_left: ")
+    assert lines[2] == f"    streamreplay diagnose mixed:0 --db {db}"
+    assert lines[3] == f"    streamreplay repro mixed:0 --db {db} -o repro_mixed-0/"
+    assert len(lines) == 4
+
+    whole = tmp_path / "whole.db"
+    import_cassette(HAPPY, whole, "fine")
+    import_cassette(bundled_tape("ollama-happy-path"), whole, "fine-2")
+    lines.clear()
+    record_summary(str(whole), "fine", lines.append)
+    assert lines == [f"streamreplay: recorded 1 exchange into {whole}, tape fine: all complete"]
+    # any end but complete is listed, not only a client that left
+    with sqlite3.connect(whole) as conn:
+        conn.execute("update exchanges set end_cause = 'eof_without_done' where tape = 'fine'")
+    lines.clear()
+    record_summary(str(whole), "fine", lines.append)
+    assert lines[0] == f"streamreplay: recorded 1 exchange into {whole}, tape fine: 1 did not end complete"
+    assert lines[1].startswith("  fine:0 POST /chat/completions eof_without_done: ")
