@@ -101,3 +101,45 @@ def test_stored_end_causes_are_compared_with_members_not_literals():
             if about_end and literals:
                 found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {literals[0]!r}")
     assert not found, "compare with EndCause members:\n" + "\n".join(found)
+
+
+#: docs/DESIGN.md's "End causes" table: who ended each exchange, and the wire ending replay gives it
+WHO_AND_WIRE = {
+    EndCause.COMPLETE: ("nobody", Ending.CLEAN),
+    EndCause.EOF_WITHOUT_DONE: ("upstream", Ending.CLEAN),
+    EndCause.UPSTREAM_CLOSED: ("upstream", Ending.CLOSE),
+    EndCause.UPSTREAM_RESET: ("upstream", Ending.RESET),
+    EndCause.UPSTREAM_MALFORMED: ("upstream", Ending.CLOSE),
+    EndCause.UPSTREAM_TIMEOUT: ("upstream", Ending.CLOSE),
+    EndCause.UPSTREAM_UNREACHABLE: ("upstream", Ending.CLEAN),  # the proxy's own 502, whole
+    EndCause.HTTP_ERROR: ("upstream", Ending.CLEAN),  # the recorded error status, whole
+    EndCause.CLIENT_LEFT: ("client", Ending.CLOSE),  # unless upstream_end says how the upstream ended
+    EndCause.INTERRUPTED: ("daemon", Ending.CLOSE),
+}
+
+
+def test_each_cause_is_ended_by_whom_the_design_table_says_and_replays_its_wire_ending():
+    assert {cause: (info.ended_by, info.wire) for cause, info in CAUSES.items()} == WHO_AND_WIRE
+    assert {cause: cause.info for cause in EndCause} == CAUSES
+
+
+def test_only_an_upstream_that_cut_the_body_counts_as_broken():
+    broken = {cause for cause in EndCause if cause.info.upstream_broke}
+    assert broken == {EndCause.UPSTREAM_CLOSED, EndCause.UPSTREAM_RESET, EndCause.UPSTREAM_MALFORMED,
+                      EndCause.UPSTREAM_TIMEOUT}
+
+
+def test_the_badge_tone_says_how_bad_the_ending_looks():
+    tones = {cause: info.tone for cause, info in CAUSES.items()}
+    assert tones == {EndCause.COMPLETE: "ok", EndCause.EOF_WITHOUT_DONE: "warning", EndCause.CLIENT_LEFT: "client",
+                     EndCause.INTERRUPTED: "neutral",
+                     **{c: "failed" for c in EndCause if c.value.startswith(("upstream_", "http_"))}}
+
+
+def test_every_cause_and_ending_prints_as_its_stored_string():
+    assert [str(c) for c in EndCause] == ["complete", "eof_without_done", "upstream_closed", "upstream_reset",
+                                          "upstream_malformed", "upstream_timeout", "upstream_unreachable",
+                                          "http_error", "client_left", "interrupted"]
+    assert [e.value for e in Ending] == ["clean", "close", "reset"]
+    assert all(known_cause(c.value) is c for c in EndCause)
+    assert known_cause("") is None and known_cause("COMPLETE") is None

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import sqlite3
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -17,10 +19,26 @@ from streamreplay.endcause import EndCause
 from streamreplay.exchange import (
     BOOKKEEPING,
     EXCHANGE_COLUMNS,
+    PLAIN,
     Chunk,
+    Column,
     Exchange,
+    _columns,
+    _decoder,
+    _encoder,
+    body_for_db,
     cassette_fields,
+    column,
+    default,
+    end_cause,
     exchange_row,
+    field_type,
+    json_text,
+    now_iso,
+    optional,
+    readable,
+    spec,
+    storable,
 )
 from streamreplay.store import SCHEMA_VERSION, Store
 
@@ -203,3 +221,184 @@ def test_migration_adds_the_columns_an_older_db_lacks(tmp_path: Path):
     ex = store.exchange(1)
     assert (ex.end_cause, ex.done, ex.upstream_end, ex.store_error, ex.request_key) == (
         EndCause.COMPLETE, True, None, None, "")
+
+
+# -- the derivations, made again at test time: the module builds its tables once, at import ------------------
+
+FIELDS = {f.name: f for f in dataclasses.fields(Exchange)}
+
+#: full_exchange() as the exchanges table stores it: JSON as text, bools as ints, causes as their strings, a body
+#: that is not UTF-8 as bytes (a blob)
+FULL_ROW = {
+    "id": 7, "tape": "t", "seq": 3, "method": "POST", "path": "/chat/completions", "query": "a=1",
+    "request_headers": '[["User-Agent", "ua/1"], ["X-Odd", "\\u00e9"]]', "request_body": b"\xff\xfe not UTF-8",
+    "request_key": "POST /chat/completions abc", "stream": 1, "model": "m", "client": "ua/1", "upstream": "http://u",
+    "started_at": "2026-01-01T00:00:00.000+00:00", "status": 200,
+    "response_headers": '[["Content-Type", "text/plain"]]',
+    "headers_ns": 1, "ttfb_ns": 2, "duration_ns": 3, "chunk_count": 4, "byte_count": 5, "end_cause": "client_left",
+    "end_detail": "left", "upstream_end": "complete", "client_left_at_chunk": 2, "client_left_ns": 6, "done": 1,
+    "finish_reason": "stop", "text": "hi", "tool_calls": '[{"id": "c1", "function": {"name": "f"}}]',
+    "usage": '{"total_tokens": 9}', "problems": '["odd"]', "store_error": "not stored whole: x",
+}
+
+
+def typed(row: dict[str, object]) -> list[tuple[str, object, type]]:
+    """A row with each value's type: True == 1 in Python, but the column must get the int."""
+    return [(k, v, type(v)) for k, v in row.items()]
+
+
+def test_each_field_is_encoded_as_its_column_stores_it():
+    ex = full_exchange()
+    assert typed({name: _encoder(f)(getattr(ex, name)) for name, f in FIELDS.items()}) == typed(FULL_ROW)
+    assert typed(ex.to_row()) == typed(FULL_ROW)
+    assert _encoder(FIELDS["request_body"])(b'{"a": "\xc3\xa9"}') == '{"a": "\u00e9"}'  # UTF-8: stored as text
+
+
+def test_an_unset_value_is_stored_null_and_an_unknown_cause_as_its_string():
+    for name in ("request_headers", "usage", "stream", "done", "request_body", "end_cause", "upstream_end", "model"):
+        assert _encoder(FIELDS[name])(None) is None, name
+    assert _encoder(FIELDS["end_cause"])("from_the_future") == "from_the_future"
+    assert typed({"done": _encoder(FIELDS["done"])(False)}) == [("done", 0, int)]
+
+
+def decoded(name: str, value: object) -> object:
+    decode = _decoder(FIELDS[name])
+    return value if decode is None else decode(value)
+
+
+@pytest.mark.parametrize(("name", "stored", "value"), [
+    # a field that may be None keeps what the column holds, empty or not
+    ("model", None, None), ("model", "", ""), ("status", 0, 0), ("text", "hi", "hi"), ("usage", None, None),
+    # a field that cannot be None reads an empty column (NULL, 0, '') as its default
+    ("id", None, 0), ("seq", None, 0), ("seq", 5, 5), ("method", None, ""), ("query", None, ""),
+    ("chunk_count", None, 0), ("request_key", "", ""),
+    ("stream", 1, True), ("stream", None, False), ("done", 0, False),
+    ("request_body", "\u00e9", b"\xc3\xa9"), ("request_body", b"\xff", b"\xff"), ("request_body", None, b""),
+    ("request_headers", '[["a", "b"]]', [["a", "b"]]), ("request_headers", None, []), ("request_headers", "", []),
+    ("usage", '{"a": 1}', {"a": 1}), ("usage", "", None), ("problems", '["x"]', ["x"]), ("tool_calls", None, []),
+    ("end_cause", "complete", EndCause.COMPLETE), ("end_cause", None, None),
+    ("upstream_end", "from_the_future", "from_the_future"),
+])
+def test_each_column_is_decoded_to_its_fields_value(name: str, stored: object, value: object):
+    got = decoded(name, stored)
+    assert (got, type(got)) == (value, type(value))
+
+
+def test_a_column_that_may_hold_the_fields_value_as_is_has_no_decoder():
+    """`_decoder` says "the same" with None, so `from_row` leaves those columns alone."""
+    assert [name for name, f in FIELDS.items() if _decoder(f) is None] == [
+        "model", "client", "upstream", "started_at", "status", "headers_ns", "ttfb_ns", "duration_ns", "end_detail",
+        "client_left_at_chunk", "client_left_ns", "finish_reason", "text", "store_error"]
+
+
+def test_a_default_list_is_a_new_list_each_time():
+    decode = _decoder(FIELDS["problems"])
+    assert decode is not None
+    first, second = decode(None), decode(None)
+    assert first == second == [] and first is not second
+    assert default(FIELDS["problems"]) == [] and default(FIELDS["problems"]) is not default(FIELDS["problems"])
+
+
+def test_a_row_without_a_required_column_is_refused():
+    row = full_exchange().to_row()
+    del row["method"]
+    with pytest.raises(KeyError, match="method"):
+        Exchange.from_row(row)
+
+
+def test_the_columns_are_made_from_the_fields_in_the_order_dbs_were_created_with():
+    assert [(name, {int: "INTEGER", str: "TEXT"}[kind]) for name, kind in _columns().items()] == SCHEMA_2
+    assert _columns() == EXCHANGE_COLUMNS
+
+
+def test_a_fields_type_is_its_class_without_none_or_parameters():
+    types = {name: field_type(f) for name, f in FIELDS.items()}
+    assert (types["request_headers"], types["usage"], types["model"], types["status"], types["end_cause"],
+            types["request_body"], types["done"], types["seq"]) == (list, dict, str, int, EndCause, bytes, bool, int)
+    assert [name for name, f in FIELDS.items() if optional(f)] == [
+        "model", "client", "upstream", "started_at", "status", "headers_ns", "ttfb_ns", "duration_ns", "end_cause",
+        "end_detail", "upstream_end", "client_left_at_chunk", "client_left_ns", "finish_reason", "text", "usage",
+        "store_error"]
+    assert [default(FIELDS[n]) for n in ("id", "tape", "query", "stream", "status", "usage")] == [0, "", "", False,
+                                                                                                  None, None]
+
+
+def test_a_columns_spec_is_the_fields_metadata_else_a_plain_column():
+    assert spec(FIELDS["end_cause"]) == Column(cassette="end", key="cause", required=True)
+    assert spec(FIELDS["request_headers"]) == Column(json=True, cassette="request", key="headers")
+    assert spec(FIELDS["started_at"]) == Column(after="seq", cassette="request", when_set=True)
+    assert spec(FIELDS["stream"]) is PLAIN and Column() == PLAIN
+    made = column("x", cassette="request", key="k")
+    assert (made.default, made.default_factory, made.metadata["column"]) == \
+        ("x", dataclasses.MISSING, Column(cassette="request", key="k"))
+    listed = column(default_factory=list, json=True)
+    assert (listed.default, listed.default_factory, listed.metadata["column"]) == \
+        (dataclasses.MISSING, list, Column(json=True))
+
+
+def test_exchange_row_leaves_bytes_for_the_writer_and_names_every_unknown_column():
+    row = exchange_row(request_body=b'{"a": 1}', done=False, end_detail="x")
+    assert typed(row) == [("request_body", b'{"a": 1}', bytes), ("done", 0, int), ("end_detail", "x", str)]
+    with pytest.raises(TypeError, match=r"^not a column of exchanges: end_reason, upstream_cause$"):
+        exchange_row(upstream_cause="x", end_reason="y", done=True)
+
+
+def test_end_cause_keeps_a_cause_this_version_does_not_know():
+    assert end_cause("client_left") is EndCause.CLIENT_LEFT
+    assert end_cause(None) is None and end_cause("from_the_future") == "from_the_future"
+
+
+@pytest.mark.parametrize(("body", "stored"), [
+    (b'{"a": "\xc3\xa9"}', '{"a": "\u00e9"}'), (b"", ""), (b"\xff\xfe", b"\xff\xfe"),
+    (b"\xed\xa0\x80", b"\xed\xa0\x80"),  # a lone surrogate's bytes are not UTF-8: a blob, byte for byte
+])
+def test_a_body_is_stored_as_text_when_it_is_utf8_else_as_a_blob(body: bytes, stored: str | bytes):
+    got = body_for_db(body)
+    assert (got, type(got)) == (stored, type(stored))
+
+
+@pytest.mark.parametrize(("text", "shown"), [
+    ("plain \u00e9", "plain \u00e9"),
+    ("a\udcffb", "a\\xffb"),  # a byte that was not UTF-8 (surrogateescape)
+    ("a\ud800b", "a\\ud800b"),  # another lone surrogate
+    ("\udcff\ud800", "\\udcff\\ud800"),
+])
+def test_readable_text_is_valid_utf8_showing_what_was_not(text: str, shown: str):
+    assert readable(text) == shown
+    assert readable(text).encode("utf-8")
+
+
+def test_storable_makes_every_text_readable_and_leaves_the_rest():
+    row = {"text": "x\udcff", "status": 200, "request_body": b"\xff", "model": None}
+    assert storable(row) == {"text": "x\\xff", "status": 200, "request_body": b"\xff", "model": None}
+
+
+def test_json_text_is_utf8_and_escapes_only_when_it_holds_a_lone_surrogate():
+    assert json_text({"a": "\u00e9"}) == '{"a": "\u00e9"}'
+    assert json_text({"a": ["\u00e9"]}, indent=1) == '{\n "a": [\n  "\u00e9"\n ]\n}'
+    assert json_text({"a": "\udcff\u00e9"}) == '{"a": "\\udcff\\u00e9"}'
+    assert json_text({"b": "\udcff"}, sort_keys=True, indent=1) == '{\n "b": "\\udcff"\n}'
+    assert json.loads(json_text({"a": "\udcff"})) == {"a": "\udcff"}
+
+
+def test_now_iso_is_the_utc_time_to_the_millisecond():
+    before = datetime.now(timezone.utc)
+    stamp = now_iso()
+    after = datetime.now(timezone.utc)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", stamp)
+    assert before.replace(microsecond=before.microsecond // 1000 * 1000) <= datetime.fromisoformat(stamp) <= after
+
+
+@pytest.mark.parametrize(("body", "parsed"), [
+    (b'{"model": "m"}', {"model": "m"}), (b"[1]", [1]), (b"", None), (b"not json", None),
+    (b"[" * 100_000, None),  # nested past Python's recursion limit
+])
+def test_request_json_is_the_body_parsed_or_none(body: bytes, parsed: object):
+    assert Exchange(id=1, tape="t", seq=0, method="POST", path="/", request_body=body).request_json() == parsed
+
+
+def test_a_response_header_is_found_whatever_its_case_the_first_one_winning():
+    ex = Exchange(id=1, tape="t", seq=0, method="POST", path="/",
+                  response_headers=[["Content-Type", "text/event-stream"], ["content-type", "text/plain"]])
+    assert ex.response_header("CONTENT-type") == "text/event-stream"
+    assert ex.response_header("x-missing") is None
