@@ -93,7 +93,7 @@ class Summarizer:
             problems.append(f"summary built from the first {SUMMARY_LIMIT} bytes only")
         if self.decoder.failed:
             problems.append("the body's Content-Encoding could not be decoded")
-        if self.fed == 0:
+        if self.fed == 0 and not self.decoder.failed:  # an empty body; one that could not be decoded says so
             problems = []
         # nothing to say is NULL, not an empty list
         return exchange_row(text=result.text, finish_reason=result.finish_reason, tool_calls=result.tool_calls or None,
