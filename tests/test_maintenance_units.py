@@ -1,0 +1,86 @@
+"""What a dead recorder leaves open becomes `interrupted`, with what it had received counted and summed up;
+what a live one is still recording is left alone (streamreplay.store.maintenance)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from streamreplay.store import Store
+from streamreplay.store.maintenance import mark_interrupted, recording_elsewhere, summarize
+
+EVENTS = [b'data: {"choices": [{"index": 0, "delta": {"content": "Half "}, "finish_reason": null}]}\n\n',
+          b'data: {"choices": [{"index": 0, "delta": {"content": "an answer"}, "finish_reason": null}]}\n\n']
+
+
+def _open_exchange(store: Store, pid: int | None, chunks: list[bytes], headers: list[list[str]] | None = None,
+                   path: str = "/chat/completions") -> int:
+    with store.db.conn:
+        store.db["tapes"].insert({"name": "t", "created_at": "", "source": ""}, replace=True)
+        eid = store.db["exchanges"].insert({
+            "tape": "t", "seq": store.count("t"), "method": "POST", "path": path, "request_headers": "[]",
+            "request_body": "{}", "request_key": "k", "stream": 1, "status": 200, "recorder_pid": pid,
+            "response_headers": json.dumps(headers or [["Content-Type", "text/event-stream"]])}).last_pk
+        store.db.conn.executemany("insert into chunks (exchange_id, idx, t_ns, data) values (?, ?, ?, ?)",
+                                  [(eid, i, (i + 1) * 7_000_000, data) for i, data in enumerate(chunks)])
+    return eid
+
+
+@pytest.fixture
+def dead_pid() -> int:
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(child.stdout)
+
+
+def test_an_exchange_a_dead_recorder_left_open_is_interrupted_counted_and_summed_up(tmp_path: Path, dead_pid: int):
+    store = Store(tmp_path / "r.db")
+    eid = _open_exchange(store, dead_pid, EVENTS)
+    assert store.mark_interrupted() == [eid]
+    ex = store.exchange(eid)
+    assert (ex.end_cause, ex.end_detail) == ("interrupted", "the recording daemon stopped mid-exchange")
+    assert (ex.chunk_count, ex.byte_count, ex.duration_ns) == (2, sum(map(len, EVENTS)), 14_000_000)
+    assert ex.text == "Half an answer"
+    assert store.mark_interrupted() == []  # once
+
+
+def test_what_a_live_recorder_is_recording_is_left_open(tmp_path: Path):
+    store = Store(tmp_path / "r.db")
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"]) as live:
+        try:
+            eid = _open_exchange(store, live.pid, EVENTS)
+            assert recording_elsewhere(live.pid)
+            assert mark_interrupted(store.db.conn) == []
+            assert store.exchange(eid).end_cause is None
+        finally:
+            live.kill()
+    live.wait()
+    assert mark_interrupted(store.db.conn) == [eid]
+
+
+def test_this_process_s_own_open_rows_and_rows_without_a_pid_are_not_in_flight(tmp_path: Path):
+    store = Store(tmp_path / "r.db")
+    own = _open_exchange(store, os.getpid(), EVENTS)
+    unknown = _open_exchange(store, None, [])
+    assert not recording_elsewhere(os.getpid()) and not recording_elsewhere(None) and not recording_elsewhere(0)
+    assert sorted(mark_interrupted(store.db.conn)) == [own, unknown]
+    nothing = store.exchange(unknown)
+    assert (nothing.chunk_count, nothing.byte_count, nothing.duration_ns) == (0, 0, None)
+
+
+def test_a_summary_reads_the_body_decoded_in_the_dialect_of_its_path(tmp_path: Path, dead_pid: int):
+    store = Store(tmp_path / "r.db")
+    packed = gzip.compress(b"".join(EVENTS))
+    eid = _open_exchange(store, dead_pid, [packed[:9], packed[9:]],
+                         headers=[["content-type", "text/event-stream"], ["Content-Encoding", "GZIP"]])
+    ollama = _open_exchange(store, dead_pid, [b'{"message": {"content": "Hi"}, "done": false}\n'],
+                            headers=[["Content-Type", "application/x-ndjson"]], path="/api/chat")
+    mark_interrupted(store.db.conn)
+    assert store.exchange(eid).text == "Half an answer"
+    assert store.exchange(ollama).text == "Hi"
+    summarize(store.db.conn, 12345)  # an exchange pruned before its summary: nothing to do, no error
