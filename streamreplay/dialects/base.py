@@ -58,11 +58,12 @@ class LineParser:
         self.bytes_seen += len(data)
         start = len(self._buf)
         self._buf += data
-        out = []
+        origin = self.bytes_seen - len(self._buf)  # where the buffer starts in the stream
+        out: list[Event] = []
         pos = 0
         nl = self._buf.find(b"\n", start)
         while nl != -1:
-            self._line(bytes(self._buf[pos:nl]), out)
+            self._line(bytes(self._buf[pos:nl]), origin + pos, out)
             pos = nl + 1
             nl = self._buf.find(b"\n", pos)
         del self._buf[:pos]
@@ -72,18 +73,20 @@ class LineParser:
         out: list[Event] = []
         if self._buf.strip():
             self.problems.append(f"trailing unterminated line at end of stream (byte {self.bytes_seen})")
-            self._line(bytes(self._buf), out)
+            self._line(bytes(self._buf), self.bytes_seen - len(self._buf), out)
         self._buf.clear()
         return out
 
-    def _line(self, raw: bytes, out: list[Event]) -> None:
+    def _line(self, raw: bytes, at: int, out: list[Event]) -> None:
+        """One line, `at` its offset in the stream."""
         raw = raw.rstrip(b"\r")
         if not raw.strip():
             return
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            self.problems.append(f"undecodable UTF-8 in line at byte {self.bytes_seen - len(raw)}: {e.reason}")
+            # the bad byte's own offset, as SSEParser gives it (not the end of the read, less the line)
+            self.problems.append(f"undecodable UTF-8 in line at byte {at + e.start}: {e.reason}")
             text = raw.decode("utf-8", errors="replace")
         out.append(Event(text))
 

@@ -13,7 +13,8 @@ from streamreplay.dialects.base import Assembler, Dialect, openai_error_json
 from streamreplay.sse import Assembler as OpenAIAssembler
 from streamreplay.sse import Event, assemble_stream, find_done, synthesize_chat_stream
 
-_DONE_EVENT = re.compile(rb"(?m)^data: ?\[DONE\][ \t]*(\r\n|\r|\n)(\r\n|\r|\n)?")
+# At the body's start or after any line end: SSE lets a line end with CR alone, and find_done sees [DONE] there
+_DONE_EVENT = re.compile(rb"(?:\A|(?<=[\r\n]))data: ?\[DONE\][ \t]*(\r\n|\r|\n)(\r\n|\r|\n)?")
 _FINISH = re.compile(rb'("finish_reason"\s*:\s*)"[^"]*"')
 
 

@@ -151,7 +151,9 @@ class ResponsesCheck(StreamCheck):
         elif kind in self.WHOLE:
             self.ended_by = kind
         elif kind in ("error", "response.failed"):
-            self.error = str(field(item, "message") or field(field(item, "response"), "error") or kind)
+            # a failed response carries its error object: say its message, as the other dialects do
+            error = field(field(item, "response"), "error")
+            self.error = str(field(item, "message") or field(error, "message") or error or kind)
 
     @property
     def ended(self) -> bool:
