@@ -319,7 +319,8 @@ async def test_each_ending_live_and_replayed(db_path: Path, script: Script, caus
 @pytest.mark.parametrize("client", [SYNC, AUTOGEN])
 async def test_replay_is_byte_exact_with_the_recorded_chunk_boundaries(client: Client, db_path: Path):
     async with (
-        ScriptedUpstream(Script(gap=0.01, split_events=True)) as upstream,
+        # 15 ms between writes: at 5 ms a loaded machine joined two writes into one read now and then
+        ScriptedUpstream(Script(gap=0.03, split_events=True)) as upstream,
         RecordingProxy(RecordOptions(upstream=upstream.origin, db=str(db_path), tape="t")) as proxy,
     ):
         await read_tapped(client, proxy.base_url)
@@ -334,7 +335,7 @@ async def test_replay_is_byte_exact_with_the_recorded_chunk_boundaries(client: C
     assert rec.path == PATH and rec.exchange_id == ex.id
     assert rec.delivered == rec.total == len(chunks) == len(upstream.sent[0].writes) > 20
     errors = [abs(got - c.t_ns) / 1e6 for got, c in zip(rec.offsets_ns, chunks, strict=True)]
-    assert max(errors) < 15, errors  # each chunk its own write at its recorded offset (gaps are 5-10 ms)
+    assert max(errors) < 15, errors  # each chunk its own write at its recorded offset (gaps are 15-30 ms)
 
 
 FAULTS = [
