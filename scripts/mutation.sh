@@ -52,6 +52,19 @@ declare -A TESTS=(
     [streamreplay/prune.py]="tests/test_prune_units.py"
     [streamreplay/settings.py]="tests/test_settings_units.py"
     [streamreplay/redact.py]="tests/test_redact_units.py"
+    [streamreplay/endcause.py]="tests/test_endcause.py"
+    [streamreplay/exchange.py]="tests/test_exchange_model.py"
+    [streamreplay/replay/storeindex.py]="tests/test_storeindex_units.py"
+    [streamreplay/report.py]="tests/test_report_units.py"
+    [streamreplay/pytest_plugin.py]="tests/test_plugin_units.py"
+    [streamreplay/guard/transport.py]="tests/test_guard_transport_units.py"
+    [streamreplay/guard/wrap.py]="tests/test_guard_transport_units.py tests/test_guard.py"
+    [streamreplay/wrap.py]="tests/test_wrap_units.py"
+    [streamreplay/repro_plan.py]="tests/test_repro_plan_units.py"
+    [streamreplay/summary.py]="tests/test_summary_units.py"
+    [streamreplay/clientcheck.py]="tests/test_clientcheck_units.py"
+    [streamreplay/ui.py]="tests/test_ui_units.py"
+    [streamreplay/store/maintenance.py]="tests/test_maintenance_units.py"
 )
 
 if [[ ${1:-} == --list ]]; then

@@ -452,8 +452,11 @@ async def fetch_live(session: aiohttp.ClientSession, exchange: Exchange, request
 
 def _safe_url(url: str) -> str:
     """A URL to show: no user info, no query (either may carry a key)."""
-    parsed = URL(url)
-    return str(parsed.with_user(None).with_query(None))
+    parsed = URL(url).with_query(None)
+    if parsed.absolute:
+        return str(parsed.with_user(None))
+    # no host (`127.0.0.1:8080`, `http:///v1`): yarl keeps no user info apart, so drop whatever is before an @
+    return str(parsed).rpartition("@")[2]
 
 
 async def drift(source: str | Path | TapeSource, tape: str | None, upstream: str,

@@ -248,7 +248,7 @@ def _find_spans(text: str, i: int, rule: FieldRule, spans: list[tuple[int, int]]
                 try:
                     end = _scalar(text, i)[1]
                     flat = text.find("{", i, end) < 0  # no object in it, so no field (a list of numbers, say)
-                except RecursionError:
+                except (ValueError, RecursionError):  # too deep, or broken further on: read up to the fault
                     flat = False
                 if flat:
                     i = end
@@ -294,11 +294,43 @@ def _member(text: str, i: int, container: tuple[str, ...], schema_names: bool, r
     i = _skip_ws(text, i + 1)
     path = (*container, key)
     if rule.hit(path, schema_names):
-        parsed, end = _scalar(text, i)
+        try:
+            parsed, end = _secret_value(text, i)
+        except (ValueError, IndexError):
+            # its value is cut short or broken: where it ends is unknown, so everything from it on is hidden
+            if i < len(text) and text[i] not in ",}]":
+                spans.append((i, len(text)))
+            raise
         if replaceable(parsed):
             spans.append((i, end))
         return end, path, False, False
     return i, path, key == "properties" and text[i] == "{", True
+
+
+def _secret_value(text: str, i: int) -> tuple[Any, int]:
+    """The JSON value at `i` and where it ends; a list or object deeper than Python recurses is read as a
+    list (it is replaced whatever it holds)."""
+    try:
+        return _scalar(text, i)
+    except RecursionError:
+        return [], _container_end(text, i)
+
+
+def _container_end(text: str, i: int) -> int:
+    """Just past the list or object at `i`, found by counting brackets outside strings (no recursion)."""
+    depth = 0
+    while True:
+        c = text[i]
+        if c == '"':
+            i = _scanstring(text, i + 1)[1]
+            continue
+        i += 1
+        if c in "[{":
+            depth += 1
+        elif c in "]}":
+            depth -= 1
+            if not depth:
+                return i
 
 
 # -- matching a request against redacted recordings ---------------------------------------------------------

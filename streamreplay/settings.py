@@ -132,7 +132,7 @@ class Setting:
         if value is None:
             return f"- ({DEFAULT_MEANS[self.name]})" if self.name in DEFAULT_MEANS else "-"
         if isinstance(value, tuple):
-            return ", ".join(_hidden_secrets(v) if self.name == "upstream" else v for v in value) or "-"
+            return ", ".join(_hidden_route(v) if self.name == "upstream" else v for v in value) or "-"
         if isinstance(value, float):
             return f"{value:g}"
         if self.source == "pyproject" and _KEYS[self.name].kind == "path":
@@ -191,7 +191,7 @@ class Settings:
         for s in self.in_force(environ):
             value = s.value
             if s.name == "upstream" and value is not None:
-                value = [_hidden_secrets(v) for v in value] if isinstance(value, tuple) else _hidden_secrets(value)
+                value = [_hidden_route(v) for v in value] if isinstance(value, tuple) else _hidden_secrets(value)
             settings[s.name] = {"value": list(value) if isinstance(value, tuple) else value, "source": s.source,
                                 "origin": s.origin, "used_by": s.used_by}
         return {"file": str(self.file) if self.file else None, "settings": settings}
@@ -335,6 +335,12 @@ def _hidden_secrets(url: str) -> str:
         netloc = f"{REDACTED}@{netloc.rpartition('@')[2]}"
     query = unquote(redact_query(parse_qsl(parts.query, keep_blank_values=True))) if parts.query else ""
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _hidden_route(route: str) -> str:
+    """A `NAME=URL` of a table of upstreams with the URL's secrets hidden (the name is no URL part)."""
+    name, _, url = route.partition("=")
+    return f"{name}={_hidden_secrets(url)}"
 
 
 def _toml_type(value: Any) -> str:
