@@ -182,7 +182,12 @@ def redact_body(body: bytes, fields: Iterable[str] = ()) -> bytes:
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
-        return _redact_reencoded(body, rule)
+        # JSON in UTF-16 or UTF-32 (json.loads reads those too): read in its own encoding, by the same
+        # loop as UTF-8 (however deep, and up to a fault), and written back as UTF-8 when redacted
+        try:
+            text = body.decode(json.detect_encoding(body))
+        except (UnicodeDecodeError, LookupError):
+            return body
     start = 1 if text.startswith("\ufeff") else 0
     spans: list[tuple[int, int]] = []
     # not JSON, or not all of it: what was found before the fault is still redacted
@@ -196,16 +201,6 @@ def redact_body(body: bytes, fields: Iterable[str] = ()) -> bytes:
         last = end
     pieces.append(text[last:])
     return "".join(pieces).encode("utf-8")
-
-
-def _redact_reencoded(body: bytes, rule: FieldRule) -> bytes:
-    """A JSON body in UTF-16 or UTF-32 (json.loads reads those too): redacted, written back as UTF-8."""
-    try:
-        value = json.loads(body)
-    except (ValueError, RecursionError):
-        return body
-    redacted = rule.apply(value)
-    return body if redacted is value else json.dumps(redacted, ensure_ascii=False).encode("utf-8")
 
 
 _WS = re.compile(r"[ \t\n\r]*")

@@ -312,6 +312,16 @@ def test_a_utf16_body_with_a_secret_is_stored_redacted_as_utf8():
     assert redact_body('{"user": "u"}'.encode("utf-32"), ["user"]) == b'{"user": "[redacted]"}'
 
 
+def test_a_utf16_body_deeper_than_the_recursion_limit_or_broken_is_still_redacted():
+    deep = '{"api_key": "s1", "x": ' + "[" * 5000 + "]" * 5000 + "}"
+    assert redact_body(deep.encode("utf-16")) == deep.replace('"s1"', '"[redacted]"').encode()
+    nested = '{"x": ' + '{"y": ' * 3000 + '{"api_key": "s2"}' + "}" * 3000 + "}"
+    assert b"s2" not in redact_body(nested.encode("utf-16-le"))
+    # cut short: what came before the fault is redacted all the same
+    cut = '[{"api_key": "s3"}, {"m": "caf'
+    assert redact_body(cut.encode("utf-32")) == cut.replace('"s3"', '"[redacted]"').encode()
+
+
 # -- matching against redacted recordings -------------------------------------------------------------------
 
 
