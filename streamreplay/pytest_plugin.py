@@ -278,7 +278,11 @@ def _recording(request: pytest.FixtureRequest, tape: str, cassette: Path, mode: 
         server.call(server.settle())  # every exchange committed (and, replaying, every recorded miss indexed)
         if not fixture.recording:
             _report(request, fixture)
-    if Store(db).exchanges(tape=tape, limit=1):
+    if isinstance(server, ReplayServer):
+        server.close()  # a test suite makes a server per test: its DB's descriptors go back now
+    with Store(db) as store:
+        recorded = bool(store.exchanges(tape=tape, limit=1))
+    if recorded:
         export_tape(db, tape, cassette)
         shown = os.path.relpath(cassette, request.config.rootpath)  # the path as the project names it
         request.node.user_properties.append(("streamreplay", f"{tape}: recorded into {shown}"))

@@ -5,7 +5,9 @@ HTTP client. Each test pins the exact status, bytes, record fields, counts and l
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import os
 import socket
 import sqlite3
 import time
@@ -16,6 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from streamreplay.bundled import bundled_tape
+from streamreplay.cassette import import_cassette
 from streamreplay.proxy import RecordingProxy
 from streamreplay.proxy.recorder import RecordOptions
 from streamreplay.replay import FaultSpecError, ReplayServer
@@ -24,7 +28,7 @@ from streamreplay.replay.matching import Index
 from streamreplay.replay.options import ReplayOptions
 from streamreplay.replay.replayed import Replayed
 from streamreplay.replay.server import ReplayCounts, RetryMemory
-from streamreplay.replay.source import open_source
+from streamreplay.replay.source import StoreSource, open_source
 from streamreplay.replay.storeindex import StoreIndex
 from streamreplay.store import Chunk, Store
 from streamreplay.testing import Script, ScriptedUpstream
@@ -484,3 +488,28 @@ def test_retry_memory_forgets_the_oldest_broken_key_past_its_bound():
         memory.arrived(key, broken)
         memory.ended(key, broken)
     assert [memory.arrived(key, rec(9, False)) for key in "abc"] == [None, 2, 3]
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in Linux's /proc")
+def test_a_server_closes_the_db_it_opened_and_leaves_a_source_passed_in_open(tmp_path: Path):
+    db = tmp_path / "many.db"
+    import_cassette(bundled_tape("openai-happy-path"), db, "t")
+    gc.collect()
+    before = _open_descriptors()
+    gc.disable()  # the collector would close what close() forgot: only close() may give them back here
+    try:
+        for _ in range(20):
+            server = ReplayServer(db, speed=0)
+            assert server.unused()  # the DB is open and read
+            server.close()
+        assert _open_descriptors() <= before
+        source = StoreSource(db)
+        ReplayServer(source).close()
+        assert source.exchanges()  # the caller's source is still open
+        source.close()
+    finally:
+        gc.enable()

@@ -104,7 +104,9 @@ class ReplayServer(AppServer):
             raise ValueError("keep_requests and cache_bytes must be 0 or more")
         self.options = options
         src = options.source
-        self.source = open_source(src, options.tape, options.cache_bytes) if isinstance(src, (str, Path)) else src
+        #: a DB or cassette given by its path is opened here, and `close()` closes it again
+        self._owns_source = isinstance(src, (str, Path))
+        self.source = open_source(src, options.tape, options.cache_bytes) if self._owns_source else src
         self.speed = options.speed
         self.faults: list[Fault] = []
         for fault in options.faults:
@@ -159,6 +161,13 @@ class ReplayServer(AppServer):
     def unused(self) -> list[Any]:
         """Recorded exchanges no request has used."""
         return self.index.unused()
+
+    def close(self) -> None:
+        """Close the DB it opened from a path (a source passed in stays its caller's): once stopped and done
+        with (`unused()` reads the DB), so that a process that makes many servers keeps no descriptors."""
+        close = getattr(self.source, "close", None)
+        if self._owns_source and close is not None:
+            close()
 
     def since(self, count: int) -> list[Replayed]:
         """The kept records of the requests after the first `count` (a `counts.requests` read earlier)."""

@@ -76,6 +76,9 @@ class StoreSource:
     def exchanges(self) -> list[Exchange]:
         return self.store.exchanges(tape=self.tape)
 
+    def close(self) -> None:
+        self.store.close()
+
     def chunks(self, exchange: Exchange) -> list[Chunk]:
         # cached: a recording replayed 200 times at once is read from disk once
         chunks = self.cache.get(exchange.id)

@@ -64,6 +64,17 @@ class Store:
         self.db.conn.execute("PRAGMA busy_timeout = 5000")
         self.ensure_schema()
 
+    def close(self) -> None:
+        """Close the DB connection (and with it the file and its -wal): a process that opens many stores,
+        a test suite's, does not wait for the garbage collector to give the descriptors back."""
+        self.db.conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # -- schema ------------------------------------------------------------------------------
 
     def ensure_schema(self) -> None:
