@@ -239,3 +239,20 @@ def test_a_cassette_read_as_a_store_in_memory(tmp_path: Path):
     assert str(store.path) == ":memory:" and [t["name"] for t in store.tapes()] == ["t"]
     assert [(ex.seq, ex.text) for ex in store.exchanges(tape="t")] == [(0, "Hello"), (1, "Hello")]
     assert [c.data for c in store.chunks(store.exchanges()[0].id)] == EVENTS
+
+
+def test_a_cassette_numbers_a_tape_s_exchanges_from_0_as_the_db_does(tmp_path: Path):
+    lines = [json.loads(line) for line in cassette_lines("t", [exchange(0), exchange(1), exchange(2)], chunks_of)]
+    assert sorted({line["seq"] for line in lines[1:]}) == [0, 1, 2]
+    assert [line["seq"] for line in lines[1:] if line["type"] == "request"] == [0, 1, 2]
+    db = tmp_path / "db.db"
+    import_cassette(cassette(tmp_path, [exchange(0), exchange(1, b"a=1"), exchange(2, b"")]), db)
+    store = Store(db)
+    assert [ex.seq for ex in store.exchanges(tape="t")] == [0, 1, 2]
+    # what `ls`, `diagnose` and the miss messages print names the same exchange after a round trip
+    first, last = store.exchanges(tape="t")[0], store.exchanges(tape="t")[-1]
+    assert store.resolve("t:0") == first.id and store.resolve("t:2") == last.id and store.resolve("t") == last.id
+    out = tmp_path / "again.jsonl"
+    export_tape(db, "t", out)
+    exported = [json.loads(line) for line in out.read_text().splitlines()[1:]]
+    assert [line["seq"] for line in exported if line["type"] == "end"] == [0, 1, 2]

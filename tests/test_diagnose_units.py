@@ -297,3 +297,24 @@ def test_an_exchange_of_a_db_is_diagnosed_with_its_tape_s_facts_and_the_default_
     assert d.cause == "round_limit" and f"after exactly {len(store.exchanges())} complete" in d.summary
     assert d.replay == "streamreplay play --db recordings/streamreplay.db --tape agent-multi-turn"
     assert diagnose(store, store.exchanges()[0].id).cause == "complete"  # not the last one
+
+
+def test_tape_facts_read_from_the_db_are_those_of_the_exchanges_themselves(tmp_path):
+    # one tape of four exchanges in a DB that holds another tape too: what comes right after each is the next
+    # seq of its own tape, whatever the ids and however many come later
+    store = Store(tmp_path / "facts.db")
+    rows = [("other", 0, "k0", "complete"), ("t", 0, "k1", "upstream_reset"), ("other", 1, "k1", "complete"),
+            ("t", 1, "k1", "complete"), ("t", 2, "k9", "complete"), ("t", 3, "k1", "client_left")]
+    with store.db.conn:
+        for tape, seq, key, cause in rows:
+            store.db["exchanges"].insert({"tape": tape, "seq": seq, "method": "POST", "path": "/chat/completions",
+                                          "request_key": key, "end_cause": cause})
+    tape = store.exchanges(tape="t")
+    for ex in tape:
+        assert TapeFacts.in_store(store, ex) == TapeFacts.of(ex, tape), ex.seq
+    first = tape[0]
+    assert TapeFacts.in_store(store, first) == TapeFacts(4, False, tape[-1].id, tape[1].id, "k1")
+    # and the diagnosis from the DB names the retry that came right after
+    retry = f"the same request came again right after (exchange {tape[1].id}): the client retried"
+    assert retry in diagnose(store, first.id, "db").evidence
+    assert not any("came again" in line for line in diagnose(store, tape[2].id, "db").evidence)

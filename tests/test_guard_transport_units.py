@@ -81,6 +81,20 @@ def test_expect_done_false_accepts_a_server_that_omits_it_but_not_a_missing_fini
             _read(client, upstream.base_url)
 
 
+async def test_the_guarded_clients_want_done_by_default_and_take_expect_done_false():
+    # chat is whole only with [DONE]: a stream that ends cleanly without it raises, sync and async alike
+    with ScriptedUpstream(Script(ending="no_done")) as upstream:
+        with guarded_client() as client, pytest.raises(TruncatedStream, match=r"\[DONE\]"):
+            _read(client, upstream.base_url)
+        async with guarded_async_client() as aclient:
+            with pytest.raises(TruncatedStream, match=r"\[DONE\]"):
+                await _aread(aclient, upstream.base_url)
+        with guarded_client(expect_done=False) as client:
+            assert _read(client, upstream.base_url) == upstream.sent[2].body
+        async with guarded_async_client(expect_done=False) as aclient:
+            assert await _aread(aclient, upstream.base_url) == upstream.sent[3].body
+
+
 def test_an_answer_that_is_not_a_stream_in_its_dialect_s_terms_is_left_alone():
     # the same cut-off events, but labelled JSON: not a stream, so not judged
     got, sent = _read_through(GuardedTransport(), Script(raw=WHOLE[:1], content_type="application/json"))

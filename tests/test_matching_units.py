@@ -163,6 +163,20 @@ def test_json_object_is_the_body_only_when_it_is_a_json_object():
     assert repr(NOT_JSON) == "NOT_JSON"
 
 
+@pytest.mark.parametrize("ignore", [(), ("user",)])
+def test_the_index_matches_whatever_the_delivery_fields_say_with_or_without_more_ignored(ignore: tuple[str, ...]):
+    # stream and stream_options are always left out, --ignore-field adds to them and replaces none
+    index = Index([exchange(1, body(stream=True, stream_options={"include_usage": True}, user="a"))], ignore)
+    asked = body(stream=False, user="a") if not ignore else body(stream=False, user="b")
+    assert index.lookup(index.request("POST", "/chat/completions", asked)).id == 1
+    assert index.lookup(index.request("POST", "/chat/completions", body(user="a"))).id == 1
+    if ignore:
+        assert index.lookup(index.request("POST", "/chat/completions", body(stream=True))).id == 1
+    else:
+        miss = index.lookup(index.request("POST", "/chat/completions", body(user="b")))
+        assert isinstance(miss, Miss) and "user: 'b' != 'a'" in miss.reason
+
+
 def test_a_list_without_body_matches_whatever_the_body():
     index = Index([exchange(1, body())], match_on=("method", "path"))
     assert index.lookup(index.request("POST", "/chat/completions", body("anything else"))).id == 1

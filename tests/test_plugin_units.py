@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from streamreplay.bundled import bundled_tape
+from streamreplay.bundled import bundled_dir, bundled_tape
 from streamreplay.pytest_plugin import CONFIG_KEYS, StreamReplay, _cassette, _normal_mode, _settings, _test_name
 from streamreplay.replay import ReplayServer
 from streamreplay.settings import default_mode
@@ -180,3 +180,18 @@ def test_assert_all_used_names_each_recording_never_asked_for():
         assert _ask(server.base_url, recorded) == 200
         fixture.assert_all_used()
         assert fixture.unused() == []
+
+
+# -- the fixture itself, on a bundled cassette ---------------------------------------------------------------
+
+@pytest.mark.streamreplay("openai-happy-path", cassette_dir=str(bundled_dir()))
+def test_the_fixture_replays_with_no_waits_unless_told(streamreplay: StreamReplay):
+    assert streamreplay.server.speed == 0  # CI: the recorded timing is not waited for
+    assert streamreplay.server.faults == []
+    assert _ask(streamreplay.base_url, streamreplay.server.source.exchanges()[0]) == 200
+
+
+@pytest.mark.streamreplay("openai-happy-path", cassette_dir=str(bundled_dir()), speed=1, fault="cut:chunk=2")
+def test_the_marker_s_speed_and_fault_reach_the_server(streamreplay: StreamReplay):
+    assert streamreplay.server.speed == 1
+    assert [f.spec() for f in streamreplay.server.faults] == ["cut:chunk=2"]

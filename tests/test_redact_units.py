@@ -113,6 +113,12 @@ def test_query_parameters_from_a_mapping_or_pairs_are_url_encoded_with_secrets_h
     assert redact_query([("Tenant", "t")]) == "Tenant=t"
 
 
+@pytest.mark.parametrize("name", ["key", "apikey", "access_token", "sig", "signature", "token", "api-key"])
+def test_every_secret_query_parameter_the_readme_names_is_stored_redacted(name: str):
+    # the README's list: ?key=, ?apikey=, ?access_token=, ?sig= (a signed URL's signature)
+    assert redact_query([(name, "s3cr3t"), ("q", "1")]) == f"{name}=%5Bredacted%5D&q=1"
+
+
 # -- parsed bodies ----------------------------------------------------------------------------------------
 
 
