@@ -260,7 +260,8 @@ async def test_each_client_records_byte_exact_and_the_key_never_reaches_disk(cli
 
 def test_ls_and_show_read_azures_chunks(db_path: Path):
     with (
-        ScriptedUpstream(Script(gap=0.003)) as upstream,
+        # 15 ms apart: one event per read, as the rows below count them, even on a loaded machine
+        ScriptedUpstream(Script(gap=0.015)) as upstream,
         RecordingProxy(RecordOptions(upstream=upstream.origin, db=str(db_path), tape="az")) as proxy,
     ):
         assert seen(_read_sync(proxy.base_url, SyncTap(), stream_options={"include_usage": True})) == (
