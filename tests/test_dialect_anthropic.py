@@ -241,7 +241,7 @@ FAULT_OUTCOMES: dict[str, tuple[dict[Client, tuple[str, str | None, str | None]]
 def tape(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Sent]:
     """One answer recorded with the anthropic SDK, an event a read (chunk N is event N)."""
     db_path = tmp_path_factory.mktemp("anthropic") / "rec.db"
-    (sent,), _ = asyncio.run(record(db_path, Script(gap=0.005)))
+    (sent,), _ = asyncio.run(record(db_path, Script(gap=0.015)))
     return db_path, sent
 
 

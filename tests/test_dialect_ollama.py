@@ -282,7 +282,7 @@ def alike(spec: str, outcome: tuple[str, str | None, str | None]) -> tuple[str, 
 )
 async def test_each_fault_as_each_ollama_client_sees_it(db_path: Path, spec: str, ollama_lib: tuple,
                                                         autogen: tuple):
-    await record(db_path, [Script(gap=0.003)], [True])
+    await record(db_path, [Script(gap=0.015)], [True])
     async with ReplayServer(db_path, speed=0, faults=[spec]) as srv:
         got = {}
         timeout = 0.3 if spec.startswith("stall") else 2.0  # only the stall is meant to outlast it
@@ -294,7 +294,7 @@ async def test_each_fault_as_each_ollama_client_sees_it(db_path: Path, spec: str
 
 
 async def test_faults_rewrite_ollama_lines_and_keep_the_rest(db_path: Path):
-    (sent,) = await record(db_path, [Script(gap=0.003)], [chat()])
+    (sent,) = await record(db_path, [Script(gap=0.015)], [chat()])
     lines = sent.writes
     assert len(lines) == 8 and all(line.endswith(b"\n") for line in lines)
 

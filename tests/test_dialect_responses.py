@@ -276,7 +276,7 @@ def test_malformed_upstream_bytes_are_read_without_raising():
 
 
 async def test_replay_is_byte_exact_with_the_recorded_chunks(db_path: Path):
-    _, upstream, (ex,) = await record(db_path, [Script(gap=0.003)], lambda base: drive(Client.OPENAI_RESPONSES, base))
+    _, upstream, (ex,) = await record(db_path, [Script(gap=0.015)], lambda base: drive(Client.OPENAI_RESPONSES, base))
     chunks = Store(db_path).chunks(ex.id)
     async with ReplayServer(db_path, speed=0) as srv:
         outcome, (received,) = await drive(Client.OPENAI_RESPONSES_STREAM, srv.base_url)
@@ -322,7 +322,7 @@ def tape(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for client in DRIVERS:
             await drive(client, base)
 
-    asyncio.run(record(db_path, [Script(gap=0.003) for _ in DRIVERS], behaviour))
+    asyncio.run(record(db_path, [Script(gap=0.015) for _ in DRIVERS], behaviour))
     return db_path
 
 
@@ -339,7 +339,7 @@ async def test_each_fault_as_each_client_sees_it(tape: Path, spec: str):
 
 
 async def test_event_rewriting_faults_change_only_their_events(db_path: Path):
-    (_, sent, _), _, _ = await record(db_path, [Script(gap=0.003)], lambda base: post(
+    (_, sent, _), _, _ = await record(db_path, [Script(gap=0.015)], lambda base: post(
         base, {"model": "m", "input": "hi", "stream": True}, path="/responses"))
     terminal = sent[sent.index(b"event: response.completed\n"):]
     payload = {"model": "m", "input": "hi", "stream": True}

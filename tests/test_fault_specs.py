@@ -179,7 +179,7 @@ def test_a_new_fault_declared_with_param_has_its_default_its_range_and_its_name(
 def recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One streamed answer, recorded through the proxy."""
     db: Path = tmp_path_factory.mktemp("faults") / "rec.db"
-    asyncio.run(record(db, [Script(gap=0.003)], [chat()]))
+    asyncio.run(record(db, [Script(gap=0.015)], [chat()]))
     return db
 
 

@@ -19,6 +19,10 @@ from streamreplay.store import Store
 from streamreplay.testing import Script, ScriptedUpstream
 from tests.helpers import SECRET, chat, post, record, recorded_body, sha
 
+#: between the scripted upstream's events when chunk N must be event N (the faults count chunks): at 3 ms a
+#: loaded machine sometimes joined two events into one read
+GAP = 0.015
+
 TEXT = "Hello! How can I help you today?"
 
 
@@ -170,14 +174,14 @@ async def test_an_upstream_that_went_silent_replays_as_the_close_the_client_got(
     ],
 )
 async def test_each_fault_as_the_openai_sdk_sees_it(db_path: Path, spec: str, expected: tuple):
-    await record(db_path, [Script(gap=0.003)], [chat()])
+    await record(db_path, [Script(gap=GAP)], [chat()])
     async with ReplayServer(db_path, speed=0, faults=[spec]) as srv:
         assert await sdk_outcome(sdk(srv)) == expected
     assert srv.requests[0].applied == [f.spec() for f in parse_faults(spec)]
 
 
 async def test_stall_and_delay_first_meet_a_client_timeout(db_path: Path):
-    await record(db_path, [Script(gap=0.003)], [chat()])
+    await record(db_path, [Script(gap=GAP)], [chat()])
     async with ReplayServer(db_path, speed=0) as srv:
         client = sdk(srv, base_url=srv.fault_url("stall:chunk=3,seconds=1"), timeout=0.3)
         assert await sdk_outcome(client) == ("Hello! How ", None, "ReadTimeout")
@@ -190,7 +194,7 @@ async def test_stall_and_delay_first_meet_a_client_timeout(db_path: Path):
 
 
 async def test_byte_preserving_faults_keep_the_bytes(db_path: Path):
-    (sent,) = await record(db_path, [Script(gap=0.003)], [chat()])
+    (sent,) = await record(db_path, [Script(gap=GAP)], [chat()])
     async with ReplayServer(db_path, speed=0, faults=["rechunk:size=5"]) as srv:
         _, body, _ = await post(srv.base_url, chat())
     assert sha(body) == sha(sent)
@@ -204,7 +208,7 @@ async def test_byte_preserving_faults_keep_the_bytes(db_path: Path):
 
 
 async def test_fault_from_header_and_url_prefix_combine(db_path: Path):
-    await record(db_path, [Script(gap=0.003)], [chat()])
+    await record(db_path, [Script(gap=GAP)], [chat()])
     async with ReplayServer(db_path, speed=0) as srv:
         client = sdk(srv, base_url=srv.fault_url("cut:chunk=6"), default_headers={"X-Streamreplay-Fault": "drop-done"})
         text, _, error = await sdk_outcome(client)
@@ -213,7 +217,7 @@ async def test_fault_from_header_and_url_prefix_combine(db_path: Path):
 
 
 async def test_bad_fault_spec_is_a_400_naming_the_problem(db_path: Path):
-    await record(db_path, [Script(gap=0.003)], [chat()])
+    await record(db_path, [Script(gap=GAP)], [chat()])
     async with ReplayServer(db_path, speed=0) as srv:
         status, body, _ = await post(srv.base_url, chat(), headers={"X-Streamreplay-Fault": "cut:chnk=3"})
         url_status, url_body, _ = await post(f"{srv.origin}/fault/explode/v1", chat())
@@ -346,7 +350,7 @@ async def test_autogen_streams_through_a_fault_in_the_base_url(db_path: Path):
         pieces = [p async for p in client.create_stream([UserMessage(content="Say hello", source="user")])]
         return "".join(p for p in pieces if isinstance(p, str))
 
-    async with ScriptedUpstream(Script(gap=0.003)) as upstream:
+    async with ScriptedUpstream(Script(gap=GAP)) as upstream:
         from streamreplay.proxy import RecordingProxy
         from streamreplay.proxy.recorder import RecordOptions
 
