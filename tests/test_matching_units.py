@@ -234,6 +234,17 @@ def test_the_closest_recording_is_the_one_fewest_fields_away():
     assert Index([]).lookup(req(body())).reason == "no recording matches POST /chat/completions: the tape is empty"
 
 
+def test_a_list_of_another_length_counts_each_item_missing_or_extra_as_a_difference():
+    m1, m2, m3 = ({"role": "user", "content": c} for c in ("one", "two", "three"))
+    short = json.dumps({"model": "smollm2", "messages": [m1]}).encode()  # 2 items short of the request
+    long = json.dumps({"model": "smollm2", "messages": [m1, m2, m3], "temperature": 1}).encode()  # 1 field off
+    index = Index([exchange(1, short), exchange(2, long)])
+    asked = json.dumps({"model": "smollm2", "messages": [m1, m2, m3]}).encode()
+    miss = index.lookup(index.request("POST", "/chat/completions", asked))
+    assert isinstance(miss, Miss) and miss.closest.id == 2
+    assert difference_count(json.loads(short), json.loads(asked)) == 2
+
+
 def test_a_miss_among_several_recordings_names_the_nearest_and_its_field():
     """Several recordings one to four fields away, the nearest neither first nor last: the miss names
     that one (one field off) and that field, not the one two fields off, nor the farthest."""

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
 
 from streamreplay.bundled import bundled_tape
 from streamreplay.cassette import import_cassette
-from streamreplay.replay import ReplayServer
+from streamreplay.replay import Replayed, ReplayServer
 from streamreplay.store import Store
 from streamreplay.wrap import (
     OFFLINE_KEYS,
@@ -154,3 +155,17 @@ def test_the_record_summary_lists_each_exchange_that_did_not_end_complete_with_h
     record_summary(str(whole), "fine", lines.append)
     assert lines[0] == f"streamreplay: recorded 1 exchange into {whole}, tape fine: 1 did not end complete"
     assert lines[1].startswith("  fine:0 POST /chat/completions eof_without_done: ")
+
+
+def test_a_client_that_closed_after_the_terminal_event_read_the_answer_to_its_end():
+    # the openai SDK closes as soon as it reads [DONE], before the body's terminator: that is the answer
+    # read whole, counted under its ending; only leaving before the terminal event is the app leaving
+    def record(n: int, left_at: int | None, done: bool, ending: str = "clean") -> Replayed:
+        return Replayed(n, "POST", "/chat/completions", ending=ending, total=12, delivered=12 if done else 3,
+                        client_left_at_chunk=left_at, done_delivered=done)
+
+    lines: list[str] = []
+    served = SimpleNamespace(requests=[record(1, 12, True), record(2, None, True), record(3, 3, False),
+                                       record(4, 12, True, "close")])
+    play_summary(served, "t", lines.append)
+    assert lines == ["streamreplay: served 4 requests from t (clean 2, client left 1, close 1)"]
