@@ -9,7 +9,7 @@ import gc
 import hashlib
 import time
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -138,3 +138,20 @@ async def until(condition: Callable[[], object], timeout: float = 3.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "never got there"
         await asyncio.sleep(0.005)
+
+
+def write_exchange(store: Store, chunks: Iterable[tuple[int, bytes]] = (), **columns: Any) -> int:
+    """An exchange written straight into a Store's DB, no proxy (a shape recording cannot give quickly: 50 MB,
+    1001 chunks, a row a dead recorder left open): a streamed chat answer's row with `columns` over it, its
+    tape's row, and `chunks` as (t_ns, data) in order; returns its id."""
+    row = {"tape": "t", "method": "POST", "path": "/chat/completions", "request_headers": "[]", "request_body": "{}",
+           "request_key": "k", "stream": 1, "status": 200,
+           "response_headers": '[["Content-Type", "text/event-stream"]]', **columns}
+    row.setdefault("seq", store.count(row["tape"]))
+    with store.db.conn:
+        store.db["tapes"].insert({"name": row["tape"], "created_at": "2025-01-01T00:00:00.000+00:00",
+                                  "source": "test"}, replace=True)
+        eid = store.db["exchanges"].insert(row).last_pk
+        store.db.conn.executemany("insert into chunks (exchange_id, idx, t_ns, data) values (?, ?, ?, ?)",
+                                  ((eid, i, t_ns, data) for i, (t_ns, data) in enumerate(chunks)))
+    return eid

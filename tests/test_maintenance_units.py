@@ -14,6 +14,7 @@ import pytest
 
 from streamreplay.store import Store
 from streamreplay.store.maintenance import mark_interrupted, recording_elsewhere, summarize
+from tests.helpers import write_exchange
 
 EVENTS = [b'data: {"choices": [{"index": 0, "delta": {"content": "Half "}, "finish_reason": null}]}\n\n',
           b'data: {"choices": [{"index": 0, "delta": {"content": "an answer"}, "finish_reason": null}]}\n\n']
@@ -21,15 +22,9 @@ EVENTS = [b'data: {"choices": [{"index": 0, "delta": {"content": "Half "}, "fini
 
 def _open_exchange(store: Store, pid: int | None, chunks: list[bytes], headers: list[list[str]] | None = None,
                    path: str = "/chat/completions") -> int:
-    with store.db.conn:
-        store.db["tapes"].insert({"name": "t", "created_at": "", "source": ""}, replace=True)
-        eid = store.db["exchanges"].insert({
-            "tape": "t", "seq": store.count("t"), "method": "POST", "path": path, "request_headers": "[]",
-            "request_body": "{}", "request_key": "k", "stream": 1, "status": 200, "recorder_pid": pid,
-            "response_headers": json.dumps(headers or [["Content-Type", "text/event-stream"]])}).last_pk
-        store.db.conn.executemany("insert into chunks (exchange_id, idx, t_ns, data) values (?, ?, ?, ?)",
-                                  [(eid, i, (i + 1) * 7_000_000, data) for i, data in enumerate(chunks)])
-    return eid
+    return write_exchange(store, [((i + 1) * 7_000_000, data) for i, data in enumerate(chunks)], path=path,
+                          recorder_pid=pid,
+                          response_headers=json.dumps(headers or [["Content-Type", "text/event-stream"]]))
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from streamreplay.store import Store
 from streamreplay.testing import Script, ScriptedUpstream
 from streamreplay.timeline import exchange_page, replay_series, timeline_svg
 from streamreplay.ui import UIServer
-from tests.helpers import chat, post
+from tests.helpers import chat, post, write_exchange
 
 STORY = "Once upon a time a small robot learned to read streams to the very end."
 INJECTION = '<script>alert("x")</script><img src=x onerror=alert(1)> & more'
@@ -359,21 +359,15 @@ def write_big_exchange(db: Path) -> tuple[int, int, str]:
     for _, _, data in big_chunks():
         digest.update(data)
         total, count = total + len(data), count + 1
-    with store.db.conn:
-        store.db["tapes"].insert({"name": "big", "created_at": "2025-01-01T00:00:00.000+00:00", "source": "test"},
-                                 replace=True)
-        eid = store.db["exchanges"].insert({
-            "tape": "big", "seq": 1, "started_at": "2025-01-01T00:00:00.000+00:00", "method": "POST",
-            "path": "/chat/completions", "query": "", "request_headers": "[]",
-            "request_body": json.dumps(chat("big")), "request_key": "big", "stream": 1, "model": "gpt-4o-mini",
-            "status": 200, "response_headers": json.dumps([["Content-Type", "text/event-stream"]]),
-            "headers_ns": 500_000, "ttfb_ns": 1_000_000, "duration_ns": 1_000_000 + (BIG_EVENTS + 3) * 100_000
-            + 2_000_000_000, "chunk_count": count, "byte_count": total, "end_cause": "complete", "done": 1,
-            "finish_reason": "stop", "text": "lorem ipsum " * 90_000,  # ~1 MB, as the summary holds at most
-        }).last_pk
-        store.db.conn.executemany("insert into chunks (exchange_id, idx, t_ns, data) values (?, ?, ?, ?)",
-                                  ((eid, i, t, data) for i, t, data in big_chunks()))
-    store.db.close()
+    eid = write_exchange(
+        store, ((t, data) for _, t, data in big_chunks()),
+        tape="big", seq=1, started_at="2025-01-01T00:00:00.000+00:00", query="",
+        request_body=json.dumps(chat("big")), request_key="big", model="gpt-4o-mini",
+        headers_ns=500_000, ttfb_ns=1_000_000, duration_ns=1_000_000 + (BIG_EVENTS + 3) * 100_000 + 2_000_000_000,
+        chunk_count=count, byte_count=total, end_cause="complete", done=1, finish_reason="stop",
+        text="lorem ipsum " * 90_000,  # ~1 MB, as the summary holds at most
+    )
+    store.close()
     return eid, total, digest.hexdigest()
 
 

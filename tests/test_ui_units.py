@@ -21,23 +21,14 @@ from streamreplay.ui import (
     is_big,
     render_exchange,
 )
+from tests.helpers import write_exchange
 
 
 def _exchange(store: Store, sizes: list[int]) -> int:
     """An exchange whose chunks have these sizes, 1 ms apart, written straight into the DB."""
-    with store.db.conn:
-        store.db["tapes"].insert({"name": "t", "created_at": "2025-01-01T00:00:00.000+00:00", "source": "test"},
-                                 replace=True)
-        eid = store.db["exchanges"].insert({
-            "tape": "t", "seq": store.count("t"), "method": "POST", "path": "/chat/completions",
-            "request_headers": "[]", "request_body": "{}", "request_key": "k", "stream": 1, "status": 200,
-            "response_headers": '[["Content-Type", "text/event-stream"]]', "headers_ns": 1, "ttfb_ns": 1_000_000,
-            "duration_ns": (len(sizes) + 1) * 1_000_000, "chunk_count": len(sizes), "byte_count": sum(sizes),
-            "end_cause": "complete"}).last_pk
-        store.db.conn.executemany("insert into chunks (exchange_id, idx, t_ns, data) values (?, ?, ?, ?)",
-                                  [(eid, i, (i + 1) * 1_000_000, bytes([65 + i % 26]) * n)
-                                   for i, n in enumerate(sizes)])
-    return eid
+    return write_exchange(store, [((i + 1) * 1_000_000, bytes([65 + i % 26]) * n) for i, n in enumerate(sizes)],
+                          headers_ns=1, ttfb_ns=1_000_000, duration_ns=(len(sizes) + 1) * 1_000_000,
+                          chunk_count=len(sizes), byte_count=sum(sizes), end_cause="complete")
 
 
 @pytest.fixture
