@@ -82,8 +82,8 @@ def index_html(store: Store, *, cause: str | None = None, tape: str | None = Non
                page: int = 0) -> str:
     """Tapes, end-cause filters and the exchanges (newest first, LIST_LIMIT a page), each linking to its
     timeline."""
-    counted = store.db.execute("select coalesce(end_cause, 'open'), count(*) from exchanges"
-                               + (" where tape = ?" if tape else "") + " group by 1", [tape] if tape else [])
+    where, params = store.filter_sql(tape)
+    counted = store.db.execute(f"select coalesce(end_cause, 'open'), count(*) from exchanges{where} group by 1", params)
     counts = Counter(dict(counted.fetchall()))
     shown = _page_of(store, tape, cause, page)
     total = counts[cause] if cause else sum(counts.values())
