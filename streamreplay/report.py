@@ -111,7 +111,7 @@ def chunk_deltas(chunks: Sequence[Chunk], dialect: Dialect = CHAT) -> list[str]:
 def show_lines(ex: Exchange, chunks: list[Chunk]) -> list[str]:
     req = ex.request_json()
     lines = [
-        f"exchange {ex.tape}:{ex.seq}  (id {ex.id})  {ex.started_at or ''}",
+        f"exchange {ex.tape}:{ex.seq}  (id {ex.id})" + (f"  {ex.started_at}" if ex.started_at else ""),
         f"request   {ex.method} {ex.path}{'?' + ex.query if ex.query else ''}  {ex.dialect.name}  "
         f"model {ex.model or '-'}  stream {'yes' if ex.stream else 'no'}  client {ex.client or '-'}",
     ]
@@ -129,8 +129,11 @@ def show_lines(ex: Exchange, chunks: list[Chunk]) -> list[str]:
         left = ""
         if ex.client_left_at_chunk is not None and chunk.index == ex.client_left_at_chunk:
             left = f"   <- client had left at {ex.client_left_ns / 1e6:.1f} ms"  # type: ignore[operator]
-        lines.append(f"{chunk.index:>5} {chunk.t_ns / 1e6:>9.1f} {(chunk.t_ns - prev) / 1e6:>8.1f} "
-                     f"{len(chunk.data):>6}  {json.dumps(delta, ensure_ascii=False)[1:-1]}{left}")
+        row = f"{chunk.index:>5} {chunk.t_ns / 1e6:>9.1f} {(chunk.t_ns - prev) / 1e6:>8.1f} {len(chunk.data):>6}"
+        # a chunk that added no text ends at its byte count: no trailing blanks to trip a diff
+        if delta or left:
+            row += f"  {json.dumps(delta, ensure_ascii=False)[1:-1]}{left}"
+        lines.append(row)
         prev = chunk.t_ns
     lines.append("")
     lines.append(f"end       {ex.end_cause or 'open'}" + (f"  ({ex.end_detail})" if ex.end_detail else ""))

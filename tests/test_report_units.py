@@ -279,7 +279,7 @@ def test_show_of_an_open_exchange_with_nothing_known_says_so():
                   headers_ns=None, ttfb_ns=None, duration_ns=None, end_cause=None, done=False, finish_reason=None,
                   text=None, request_body=b"", chunk_count=0, byte_count=0)
     assert show_lines(ex, []) == [
-        "exchange t:2  (id 7)  ",
+        "exchange t:2  (id 7)",
         "request   POST /chat/completions  chat  model -  stream no  client -",
         "response  -    headers - ms  first byte - ms",
         "",
@@ -316,14 +316,14 @@ def test_the_gap_is_from_the_chunk_before_and_the_client_left_mark_is_on_its_chu
     chunks = [Chunk(0, 2_000_000, b"a"), Chunk(1, 2_500_000, b"bc"), Chunk(2, 10_000_000, b"")]
     body = show_lines(ex, chunks)[6:9]
     assert body == ["    0       2.0      2.0      1     <- client had left at 1.0 ms",
-                    "    1       2.5      0.5      2  ",
-                    "    2      10.0      7.5      0  "]
+                    "    1       2.5      0.5      2",
+                    "    2      10.0      7.5      0"]
 
 
 def test_show_times_are_milliseconds_to_a_tenth_from_the_request_sent():
     ex = exchange(client_left_at_chunk=1, client_left_ns=1_000_050_001)
     chunks = [Chunk(0, 1_350_000, b"a"), Chunk(1, 1_001_400_001, b"b")]
-    assert show_lines(ex, chunks)[6:8] == ["    0       1.4      1.4      1  ",
+    assert show_lines(ex, chunks)[6:8] == ["    0       1.4      1.4      1",
                                            "    1    1001.4   1000.1      1     <- client had left at 1000.1 ms"]
 
 
