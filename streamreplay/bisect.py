@@ -93,6 +93,11 @@ def _kill_group(proc: asyncio.subprocess.Process) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
+def _skipped_end(spec: str) -> str:
+    # a skip (exit 125) says nothing about the app: calling it good or bad would send the search astray
+    return f"the check skipped {spec}, an end of the range: nothing to search between"
+
+
 def chunk_text(chunks: list[Chunk], index: int, dialect: Dialect = CHAT) -> str:
     """What chunk `index` carries, in words: its delta text, finish_reason or [DONE]."""
     events = chunk_events(chunks[: index + 1], dialect)[index]
@@ -137,9 +142,14 @@ class Bisector:
             def spec(k: int) -> str:
                 return f"{kind}:chunk={k}"
 
-            if await self._try(server, n, spec(n)) != GOOD:
+            self.steps = []  # a reused Bisector counts each search's runs on their own
+            top = await self._try(server, n, spec(n))
+            bottom = await self._try(server, 0, spec(0)) if top == GOOD else None
+            if SKIP in (top, bottom):
+                result.answer = _skipped_end(spec(n) if top == SKIP else spec(0))
+            elif top != GOOD:
                 result.answer = f"bad even with all {n} chunks delivered ({spec(n)}): the cut is not what breaks it"
-            elif await self._try(server, 0, spec(0)) != BAD:
+            elif bottom != BAD:
                 result.answer = f"good even with no chunk delivered ({spec(0)}): the app does not depend on this stream"
             else:
                 lo, hi = 0, n  # lo bad, hi good
@@ -176,10 +186,15 @@ class Bisector:
             raise ValueError(f"--resolution must be more than 0, not {resolution:g}")
         planned = math.ceil(math.log2(max((high - low) / resolution, 1))) + 2
         started = time.monotonic()
-        if await self._try(server, low, spec(low)) != GOOD:
-            return f"bad even at {low:g}{unit} ({spec(low)}): something else breaks it"
-        if await self._try(server, high, spec(high)) != BAD:
-            return f"good even at {high:g}{unit} ({spec(high)}): raise --max to find a limit"
+        self.steps = []  # a reused Bisector counts each search's runs on their own
+        verdict = await self._try(server, low, spec(low))
+        if verdict != GOOD:
+            return _skipped_end(spec(low)) if verdict == SKIP else \
+                f"bad even at {low:g}{unit} ({spec(low)}): something else breaks it"
+        verdict = await self._try(server, high, spec(high))
+        if verdict != BAD:
+            return _skipped_end(spec(high)) if verdict == SKIP else \
+                f"good even at {high:g}{unit} ({spec(high)}): raise --max to find a limit"
         lo, hi = low, high
         while hi - lo > resolution:
             mid = (lo + hi) / 2

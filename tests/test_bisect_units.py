@@ -236,6 +236,23 @@ async def test_by_chunk_stops_at_a_skipped_run_and_names_the_range_left(story):
     assert (result.boundary, result.replay) == ({}, "")
 
 
+@pytest.mark.parametrize(("skip_at", "specs"), [(18, ["cut:chunk=18"]), (0, ["cut:chunk=18", "cut:chunk=0"])])
+async def test_by_chunk_says_a_skip_at_an_end_as_a_skip_not_as_good_or_bad(story, skip_at, specs):
+    result = await Bisector(story, 1, ScriptedOracle(good_from_chunk(7, skip_at=skip_at))).by_chunk()
+    assert result.answer == f"the check skipped cut:chunk={skip_at}, an end of the range: nothing to search between"
+    assert [s.spec for s in result.steps] == specs
+    assert (result.boundary, result.replay) == ({}, "")
+
+
+async def test_a_bisector_used_twice_counts_each_search_s_runs_on_their_own(story):
+    bisector = Bisector(story, 1, ScriptedOracle(good_from_chunk(7)))
+    first = await bisector.by_chunk()
+    second = await bisector.by_chunk()
+    assert [s.spec for s in second.steps] == [s.spec for s in first.steps] and second.runs == first.runs == 6
+    timing = await bisector.by_timing(maximum=2.0)
+    assert [s.spec for s in timing.steps] == ["stall:chunk=5,seconds=0"]  # bad at once: one run, its own
+
+
 async def test_by_chunk_refuses_a_kind_that_is_not_a_cut(story):
     oracle = ScriptedOracle(always(GOOD))
     with pytest.raises(ValueError) as refused:
@@ -401,6 +418,17 @@ async def test_by_slowdown_stops_at_a_skipped_run(story):
         maximum=4.0, resolution=0.25)
     assert result.answer == "the check skipped gap-scale:factor=2.5: cannot tell between 1.000 and 4.000x"
     assert (result.runs, result.boundary, result.replay) == (3, {}, "")
+
+
+@pytest.mark.parametrize(("search", "skip_at", "spec"), [
+    ("by_timing", 0.0, "stall:chunk=5,seconds=0"), ("by_timing", 2.0, "stall:chunk=5,seconds=2"),
+    ("by_slowdown", 1.0, "gap-scale:factor=1"), ("by_slowdown", 2.0, "gap-scale:factor=2")])
+async def test_a_threshold_search_says_a_skip_at_an_end_as_a_skip_not_as_good_or_bad(story, search, skip_at, spec):
+    key = "seconds" if search == "by_timing" else "factor"
+    oracle = ScriptedOracle(good_below(key, 1.5, skip_at=skip_at))
+    result = await getattr(Bisector(story, 1, oracle), search)(maximum=2.0)
+    assert result.answer == f"the check skipped {spec}, an end of the range: nothing to search between"
+    assert result.steps[-1].spec == spec and (result.boundary, result.replay) == ({}, "")
 
 
 async def test_by_slowdown_serves_the_exchange_to_whatever_the_app_asks(story):
