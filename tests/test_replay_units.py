@@ -371,12 +371,20 @@ def test_one_exchange_is_served_whatever_is_asked():
 
 
 def test_open_source_tells_a_cassette_from_a_db(two_tapes: Path):
-    cassette = open_source(str(OPENAI_TAPE), "ignored", 10)
+    cassette = open_source(str(OPENAI_TAPE), None, 10)
     assert type(cassette) is CassetteSource and cassette.tape == "openai-happy-path"
+    assert open_source(str(OPENAI_TAPE), "openai-happy-path").tape == "openai-happy-path"
     db = open_source(two_tapes, "agent-multi-turn", 1234)
     assert type(db) is StoreSource
     assert (db.path, db.tape, db.cache.max_bytes, len(db.exchanges())) == (two_tapes, "agent-multi-turn", 1234, 3)
     assert open_source(two_tapes).cache.max_bytes == DEFAULT_CACHE_BYTES
+
+
+def test_a_cassette_asked_for_a_tape_it_does_not_hold_says_so_instead_of_serving_its_own():
+    """A cassette holds one tape: `play --db it.jsonl --tape other` must not replay what was not asked for."""
+    with pytest.raises(LookupError) as refused:
+        open_source(str(OPENAI_TAPE), "agent-multi-turn")
+    assert str(refused.value) == f"no tape 'agent-multi-turn' in {OPENAI_TAPE} (tapes: openai-happy-path)"
 
 
 # -- the miss policies -----------------------------------------------------------------------------------

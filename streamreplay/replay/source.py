@@ -121,5 +121,9 @@ def open_source(path: str | Path, tape: str | None = None, cache_bytes: int = DE
     """A DB file, or a `.jsonl` cassette (`cache_bytes` bounds a DB's chunk cache; a cassette is held
     whole, as it has no DB to read again from)."""
     if is_cassette(path):
-        return CassetteSource(path)
+        cassette = CassetteSource(path)
+        # a cassette holds one tape: serving it for another name would replay what was not asked for
+        if tape is not None and tape != cassette.tape:
+            raise LookupError(f"no tape {tape!r} in {path} (tapes: {cassette.tape})")
+        return cassette
     return StoreSource(path, tape, cache_bytes)
