@@ -442,6 +442,16 @@ async def test_not_found_answers_a_body_that_is_not_json_with_a_400(index: Index
     assert reports == [rec]
 
 
+@pytest.mark.parametrize(("body", "quoted"), [(b"model=m", "b'model=m'"), (b"x" * 40, repr(b"x" * 40)),
+                                              (b"x" * 41, repr(b"x" * 40) + "...")])
+async def test_the_400_s_quote_of_a_body_that_is_not_json_ends_in_dots_only_when_it_was_cut(
+        index: Index, body: bytes, quoted: str):
+    policy = NotFound()
+    policy.bind(index, OneExchange(index.exchanges[0], []), lambda rec: None)
+    response = await policy.answer(miss_request(index, body), Miss("closest is 1"), Replayed(2, "POST", "/x"))
+    assert json.loads(response.body)["error"]["message"] == f"request body is not JSON ({quoted}); closest is 1"
+
+
 def test_a_recording_policy_keeps_what_it_was_given_and_needs_a_server():
     errors: list[str] = []
     policy = RecordFromUpstream(UPSTREAM, "r.db", "t", errors.append, 77)

@@ -78,7 +78,8 @@ class NotFound(OnMiss):
 
     async def answer(self, request: IncomingRequest, miss: Miss, rec: Replayed) -> web.StreamResponse:
         if request.body and not request.is_json:
-            message = f"request body is not JSON ({request.body[:40]!r}...); {miss.reason}"
+            cut = "..." if len(request.body) > 40 else ""  # say it was cut only when it was
+            message = f"request body is not JSON ({request.body[:40]!r}{cut}); {miss.reason}"
             response = openai_error(400, message, code="body_not_json")
             rec.status, rec.ending, rec.miss = 400, "refused", message
         else:
