@@ -53,6 +53,10 @@ def test_a_client_timeout_keeps_the_recorded_timeout_only_within_a_quarter_of_th
     plan = plan_for(_with_timeout_header(ex, header), chunks, d, Client.OPENAI_SYNC, None)
     assert plan.timeout == timeout
     assert ("and the recording agrees" in plan.timeout_why) is agrees
+    if agrees:
+        assert plan.timeout_why == ("the client's timeout, from the recorded x-stainless-read-timeout header, and the "
+                                    f"recording agrees: the client left at chunk 2 of 63, 0.374 s in, after "
+                                    f"{silence:.2f} s of silence")
     assert plan.timeout_why.startswith("inferred from the recording") is not agrees
     assert plan.behaviour == f"uses a {timeout:g} s timeout (the recorded silence)"
     assert plan.stop_after is None and plan.deadline is None
@@ -70,6 +74,18 @@ def test_a_consumer_that_stopped_is_stopped_after_as_many_units_as_its_client_co
     agent = plan_for(ex, chunks, d, Client.AUTOGEN_AGENTCHAT, None)
     assert agent.stop_after == 1
     assert agent.behaviour == "stops after 1 content deltas (inferred from the recording)"
+    later = replace(ex, client_left_at_chunk=6)
+    assert plan_for(later, chunks, d, Client.OPENAI_SYNC, None).stop_after == 6
+    assert plan_for(later, chunks, d, Client.AUTOGEN_AGENTCHAT, None).stop_after == 5
+    # an event that is not JSON is no chunk the client counts; the count goes on after it, in the same read too
+    odd = [*chunks[:2], Chunk(2, chunks[2].t_ns, b"data: not json\n\n" + chunks[2].data), *chunks[3:]]
+    assert plan_for(replace(ex, client_left_at_chunk=3), odd, d, Client.OPENAI_SYNC, None).stop_after == 3
+    # the silence before leaving, in ms, as the diagnosis measured it (none measured: 0)
+    for gap, said in ((1.5, "1500 ms"), (None, "0 ms")):
+        plan = plan_for(ex, chunks, replace(d, gap_before_s=gap), Client.OPENAI_SYNC, None)
+        assert plan.stop_why == (f"inferred from the recording: the client left at chunk 2 of 63, 0.374 s in, {said} "
+                                 "after the chunk before: the app stopped reading (a break, a cancelled task, a "
+                                 "returned handler) after 2 chunks")
     # AG2 reads every stream to its end: the script says so instead of pretending
     ag2 = plan_for(ex, chunks, d, Client.AG2, None)
     assert ag2.stop_after is None and ag2.behaviour == "reads to the end (AG2 cannot stop early)"
@@ -90,6 +106,12 @@ def test_a_deadline_is_the_nearest_common_one_for_an_async_client_and_a_stop_for
     assert plan.deadline == 1 and plan.stop_after is None
     assert plan.left_s == ex.client_left_ns / 1e9 and plan.head_s == ex.headers_ns / 1e9
     assert plan.behaviour == "gives up after 1 s (inferred deadline)"
+    assert plan.deadline_why == ("inferred from the recording: the client left at chunk 63 of 203, "
+                                 f"{ex.client_left_ns / 1e9:.3f} s in, mid-flow and without a silence before: a total "
+                                 "deadline of about 1 s (asyncio.wait_for or the like)")
+    # a client that may be either gives up as the recorded SDK client was
+    assert plan_for(ex, chunks, d, Client.LANGCHAIN, "async").deadline == 1
+    assert plan_for(ex, chunks, d, Client.LANGCHAIN, "sync").stop_after == 63
     later = plan_for(replace(ex, client_left_ns=2_900_000_000), chunks, d, Client.OPENAI_ASYNC, None)
     assert later.deadline == 3
     sync = plan_for(ex, chunks, d, Client.OPENAI_SYNC, None)

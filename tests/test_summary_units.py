@@ -47,12 +47,25 @@ def test_a_stream_split_anywhere_sums_to_the_same_message():
     assert _summary([STREAM[:7], STREAM[7:]]) == whole
 
 
+def test_a_stream_of_tool_calls_sums_to_the_calls_whole():
+    call = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": ""}}
+    body = (_event({"role": "assistant", "tool_calls": [call]})
+            + _event({"tool_calls": [{"index": 0, "function": {"arguments": '{"city": "Paris"}'}}]})
+            + _event({}, "tool_calls") + b"data: [DONE]\n\n")
+    columns = _summary([body[:100], body[100:]])
+    assert (columns["text"], columns["finish_reason"], columns["problems"]) == ("", "tool_calls", None)
+    assert json.loads(columns["tool_calls"]) == [{**call, "function": {"name": "get_weather",
+                                                                      "arguments": '{"city": "Paris"}'}}]
+
+
 def test_the_content_type_says_whether_it_is_a_stream_else_the_first_bytes_do():
     answer = json.dumps({"id": "c", "object": "chat.completion", "choices": [
         {"index": 0, "message": {"role": "assistant", "content": "Whole"}, "finish_reason": "length"}]}).encode()
     # a stream was asked for, but the answer is a JSON body: it is read as one
     assert (_summary([answer], "application/json")["text"], _summary([answer], None)["finish_reason"]) == \
         ("Whole", "length")
+    # a JSON body split across reads is read whole
+    assert _summary([answer[:10], answer[10:40], answer[40:]], "application/json")["text"] == "Whole"
     # no content type: the first bytes read as a stream (leading blank lines too)
     assert _summary([b"\n" + STREAM], None)["text"] == "Hello"
     # JSON by its label is not parsed as a stream, whatever it holds
@@ -69,6 +82,9 @@ def test_a_gzipped_body_is_read_decoded_and_one_that_cannot_be_is_said():
     assert _summary([gzip.compress(STREAM)], encoding=" X-GZIP ")["text"] == "Hello"
     broken = _summary([b"this is not gzip at all"], encoding="gzip")
     assert "the body's Content-Encoding could not be decoded" in _problems(broken)
+    # a zlib stream is not gzip, whichever name says gzip: as a client's gzip decoder, it cannot undo it
+    for name in ("gzip", "x-gzip"):
+        assert _problems(_summary([deflated], encoding=name)) == ["the body's Content-Encoding could not be decoded"]
     # an encoding it does not know passes through unread, as the bytes came
     assert _summary([STREAM], encoding="br")["text"] == "Hello"
 
@@ -81,12 +97,23 @@ def test_the_decoder_stays_failed_and_says_nothing_more_after_bad_bytes():
     assert not plain.active and plain.feed(b"as is") == b"as is"
 
 
+def test_one_compressed_read_inflates_to_at_most_the_limit_at_once():
+    bomb = gzip.compress(bytes(8 * SUMMARY_LIMIT))  # 8 MiB of zeros in about 8 KB
+    assert len(Decoder("gzip").feed(bomb)) == SUMMARY_LIMIT
+
+
 def test_past_the_limit_it_stops_reading_and_says_so():
     head = _event({"role": "assistant", "content": "A"})
     filler = b": " + b"x" * (SUMMARY_LIMIT - len(head) - 4) + b"\n"  # an SSE comment up to exactly the limit
     assert len(head + filler) == SUMMARY_LIMIT - 1
     at_limit = _summary([head, filler, b"\n"])
     assert at_limit["problems"] is None  # exactly the limit: nothing was left out
+    # the limit's last byte is read: here the blank line that ends the last event
+    last = _event({"content": "B"}, "stop")
+    short = b": " + b"x" * (SUMMARY_LIMIT - len(head) - len(last) - 3) + b"\n"
+    assert len(head + short + last) == SUMMARY_LIMIT
+    whole = _summary([head + short + last[:-1], last[-1:]])
+    assert (whole["text"], whole["finish_reason"], whole["problems"]) == ("AB", "stop", None)
     over = _summary([head, filler, b"\n" + _event({"content": "B"}, "stop")])  # one read across the limit
     assert over["text"] == "A"  # what came past the limit is not read
     assert _problems(over) == [f"summary built from the first {SUMMARY_LIMIT} bytes only"]
@@ -127,3 +154,16 @@ def test_another_dialect_s_stream_is_summed_in_its_own_words():
     summarizer.feed(body)
     columns = summarizer.columns()
     assert (columns["text"], columns["finish_reason"]) == ("Hi there", "max_tokens")
+
+
+def test_an_ollama_stream_s_last_line_without_its_newline_is_read_and_noted():
+    # a JSON line is whole without its newline (unlike an SSE event without its blank line): read, and noted
+    lines = [{"model": "m", "message": {"role": "assistant", "content": "Hi"}, "done": False},
+             {"model": "m", "message": {"role": "assistant", "content": " there"}, "done": False},
+             {"model": "m", "message": {"role": "assistant", "content": ""}, "done": True, "done_reason": "stop"}]
+    body = b"\n".join(json.dumps(line).encode() for line in lines)
+    summarizer = Summarizer(True, dialect=dialect_for("/api/chat"), content_type="application/x-ndjson")
+    summarizer.feed(body)
+    columns = summarizer.columns()
+    assert (columns["text"], columns["finish_reason"]) == ("Hi there", "stop")
+    assert _problems(columns) == [f"trailing unterminated line at end of stream (byte {len(body)})"]
