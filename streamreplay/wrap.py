@@ -109,15 +109,16 @@ async def run_command(server: Any, command: Sequence[str], settle: Callable[[], 
     env = server_environment(server)
     loop = asyncio.get_running_loop()
     proc: asyncio.subprocess.Process | None = None
-    caught: list[int] = []
+    early: list[int] = []  # signals due while CMD was still being started: passed on once it runs
 
     def forward(sig: int) -> None:
-        if proc is not None and proc.returncode is None:
+        if proc is None:
+            early.append(sig)
+        elif proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(sig)
 
     def on_signal(sig: int) -> None:
-        caught.append(sig)
         # Ctrl-C in a terminal reaches CMD by itself: pass SIGINT on only if CMD has not ended a second later
         loop.call_later(1.0 if sig == signal.SIGINT else 0.0, forward, sig)
 
@@ -129,6 +130,8 @@ async def run_command(server: Any, command: Sequence[str], settle: Callable[[], 
             proc = await asyncio.create_subprocess_exec(*command, env={**os.environ, **env})
         except OSError as exc:
             raise CommandNotRun(f"cannot run {command[0]!r}: {exc.strerror or exc}") from exc
+        for sig in early:
+            forward(sig)
         code = await proc.wait()
     finally:
         for sig in handled:

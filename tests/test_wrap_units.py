@@ -5,15 +5,22 @@ Real `ReplayServer`s and real child processes (`sh -c`); tests/test_wrap.py runs
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 import sqlite3
+import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import httpx
 import pytest
 
 from streamreplay.bundled import bundled_tape
 from streamreplay.cassette import import_cassette
+from streamreplay.proxy import RecordingProxy
+from streamreplay.proxy.recorder import RecordOptions
 from streamreplay.replay import Replayed, ReplayServer
 from streamreplay.store import Store
 from streamreplay.wrap import (
@@ -25,7 +32,7 @@ from streamreplay.wrap import (
     run_command,
     server_environment,
 )
-from tests.helpers import until
+from tests.helpers import until, write_exchange
 
 HAPPY = bundled_tape("openai-happy-path")
 
@@ -59,6 +66,35 @@ def test_a_replay_points_every_client_at_itself_and_fills_only_the_keys_the_app_
     assert env["ANTHROPIC_API_KEY"] == env["AZURE_OPENAI_API_KEY"] == "streamreplay-offline"
 
 
+ROUTES = ("gpt=http://gateway.internal:8080", "claude=https://api.anthropic.com", "box=http://gpu-box:11434")
+
+
+async def test_each_provider_s_clients_are_pointed_at_their_own_route_recording_and_replaying(tmp_path: Path):
+    db = tmp_path / "r.db"
+    # a recorder of named upstreams: each provider's variable at its route; an OpenAI-style upstream given without
+    # a path serves under /v1; no placeholder keys (the real API needs the app's own)
+    async with RecordingProxy(RecordOptions(upstream=ROUTES, db=str(db), tape="t")) as proxy:
+        recording = server_environment(proxy)
+        origin = proxy.origin
+    assert recording == {"OPENAI_BASE_URL": f"{origin}/gpt/v1", "ANTHROPIC_BASE_URL": f"{origin}/claude",
+                         "OLLAMA_HOST": f"{origin}/box"}
+    # one unnamed upstream: every variable, the openai SDK's with /v1 unless the upstream has a path of its own
+    for upstream, openai_base in (("http://127.0.0.1:9", "/v1"), ("http://127.0.0.1:9/v1", "/v1"),
+                                  ("http://127.0.0.1:9/X", "/X")):
+        async with RecordingProxy(RecordOptions(upstream=upstream, db=str(db), tape="t")) as proxy:
+            env, origin = server_environment(proxy), proxy.origin
+        assert env == {"OPENAI_BASE_URL": f"{origin}{openai_base}", "ANTHROPIC_BASE_URL": origin,
+                       "AZURE_OPENAI_ENDPOINT": origin, "OLLAMA_HOST": origin}
+    # a replay of named upstreams serves each under its name, as the recorder did, and fills the keys
+    store = Store(db)
+    for route in ROUTES:
+        write_exchange(store, upstream=route, path=f"/{route.split('=')[0]}/chat/completions")
+    async with ReplayServer(db, speed=0) as server:
+        replaying, origin = server_environment(server), server.origin
+    assert {k: v for k, v in replaying.items() if k not in OFFLINE_KEYS} == {
+        "OPENAI_BASE_URL": f"{origin}/gpt/v1", "ANTHROPIC_BASE_URL": f"{origin}/claude", "OLLAMA_HOST": f"{origin}/box"}
+
+
 async def _run(command: list[str]) -> int:
     server = ReplayServer(HAPPY, speed=0)
     return await run_command(server, command)
@@ -85,12 +121,55 @@ async def test_the_command_sees_the_server_running_and_it_stops_after(tmp_path: 
 
 async def test_a_command_that_cannot_start_says_so_and_stops_the_server():
     server = ReplayServer(HAPPY, speed=0)
-    with pytest.raises(CommandNotRun, match="cannot run 'no-such-command-here'"):
+    with pytest.raises(CommandNotRun, match="^cannot run 'no-such-command-here': No such file or directory$"):
         await run_command(server, ["no-such-command-here"])
     origin = server.origin
     async with httpx.AsyncClient() as client:
         with pytest.raises(httpx.ConnectError):
             await client.get(origin)
+
+
+async def _signalled(tmp_path: Path, sig: int, script_waits: float) -> tuple[int, bool, float]:
+    """Run a command that notes `sig` and exits 7 on it (else 0 after `script_waits` s), send `sig` to this process
+    (streamreplay alone, as `kill` does) once it runs: its status, whether it got the signal, and how long after."""
+    ready, got = tmp_path / "ready", tmp_path / "got"
+    steps = int(script_waits / 0.02)
+    script = (f'trap "echo got > {got}; exit 7" {signal.Signals(sig).name[3:]}; touch {ready}; '
+              f'i=0; while [ $i -lt {steps} ]; do sleep 0.02; i=$((i+1)); done')
+    task = asyncio.create_task(run_command(ReplayServer(HAPPY, speed=0), ["sh", "-c", script]))
+    await until(ready.exists)
+    sent = time.monotonic()
+    os.kill(os.getpid(), sig)
+    code = await task
+    return code, got.exists(), time.monotonic() - sent
+
+
+async def test_a_sigterm_to_streamreplay_reaches_the_command_at_once(tmp_path: Path):
+    code, got, took = await _signalled(tmp_path, signal.SIGTERM, script_waits=2.0)
+    assert (code, got) == (7, True)
+    assert took < 0.5  # passed on at once, not after the command would have ended by itself
+
+
+async def test_a_sigterm_while_the_command_is_being_started_reaches_it_once_it_runs(
+        monkeypatch: pytest.MonkeyPatch):
+    real_exec = asyncio.create_subprocess_exec
+
+    async def signalled_while_starting(*args: Any, **kwargs: Any) -> asyncio.subprocess.Process:
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.sleep(0.05)  # the handler and its forward run before the command exists
+        return await real_exec(*args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", signalled_while_starting)
+    started = time.monotonic()
+    code = await run_command(ReplayServer(HAPPY, speed=0), ["sleep", "5"])
+    assert code == 128 + signal.SIGTERM and time.monotonic() - started < 2  # not dropped: sleep was ended by it
+
+
+async def test_a_sigint_to_streamreplay_is_not_passed_on_at_once(tmp_path: Path):
+    # Ctrl-C in a terminal reaches the command by itself; streamreplay passes SIGINT on only a second later
+    code, got, took = await _signalled(tmp_path, signal.SIGINT, script_waits=0.3)
+    assert (code, got) == (0, False)
+    assert took < 0.9
 
 
 def test_the_play_summary_counts_each_ending_and_gives_the_first_miss_in_full():
@@ -155,6 +234,10 @@ def test_the_record_summary_lists_each_exchange_that_did_not_end_complete_with_h
     record_summary(str(whole), "fine", lines.append)
     assert lines[0] == f"streamreplay: recorded 1 exchange into {whole}, tape fine: 1 did not end complete"
     assert lines[1].startswith("  fine:0 POST /chat/completions eof_without_done: ")
+    # an app that made no request: none recorded, in the plural
+    lines.clear()
+    record_summary(str(whole), "unused", lines.append)
+    assert lines == [f"streamreplay: recorded 0 exchanges into {whole}, tape unused: all complete"]
 
 
 def test_a_client_that_closed_after_the_terminal_event_read_the_answer_to_its_end():
