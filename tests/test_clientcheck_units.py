@@ -266,3 +266,23 @@ def test_the_verdict_blames_a_stream_that_fails_even_a_consumer_reading_to_the_e
             ("reads to the end", "AG2", "read 2/2", "yes", cut)]
     assert lines == ["recorded: openai-python 2.54.0, AsyncOpenAI, upstream_closed, 2 chunks", *_rows(rows),
                      "verdict: even a consumer that reads to the end fails on this stream: the stream is at fault"]
+
+
+def test_the_verdict_on_a_whole_stream_is_that_reference_consumers_read_it_to_its_end(tmp_path: Path):
+    store = Store(tmp_path / "c.db")
+    chunks = [(10_000_000, _chunk({"role": "assistant", "content": "Hel"})),
+              (20_000_000, _chunk({"content": "lo"}, "stop") + b"data: [DONE]\n\n")]
+    eid = write_exchange(store, chunks, request_body=LEFT.request_body, client=LEFT.client, end_cause="complete",
+                         chunk_count=2, headers_ns=5_000_000)
+    lines: list[str] = []
+    main(store, eid, lines.append)
+    whole = "5 chars, finish_reason stop"
+    rows = [("reads to the end", "openai async", "read 2/2", "yes", whole),
+            ("slow reader (0.05 s a chunk)", "openai async", "read 2/2", "yes", whole),
+            ("streaming off", "openai async", "read 1/1", "yes", whole),
+            ("reads to the end", "openai sync", "read 2/2", "yes", whole),
+            ("reads to the end", "autogen-agentchat", "read 2/2", "yes", whole),
+            ("reads to the end", "AG2", "read 2/2", "yes", "5 chars, finish_reason None")]
+    assert lines == ["recorded: openai-python 2.54.0, AsyncOpenAI, complete, 2 chunks", *_rows(rows),
+                     "verdict: reference consumers read this stream to its end; what they got is what the stream "
+                     "holds"]
