@@ -19,6 +19,7 @@ from streamreplay.guard import TruncatedStream, install, uninstall
 from streamreplay.guard.transport import (
     AsyncGuardedTransport,
     GuardedTransport,
+    guard_response,
     guarded_async_client,
     guarded_client,
 )
@@ -61,6 +62,13 @@ def test_a_clean_early_end_raises_at_the_end_of_the_body(script: Script):
     with pytest.raises(TruncatedStream) as raised:
         _read_through(GuardedTransport(), script)
     assert raised.value.dialect == "chat"
+
+
+def test_a_data_line_that_is_not_json_is_the_client_s_business_and_the_events_after_it_still_count():
+    # one network read: a junk line, then the finish_reason and [DONE] the stream is whole by
+    one_read = WHOLE[0] + b"data: keep-alive\n\n" + WHOLE[1] + WHOLE[2]
+    got, sent = _read_through(GuardedTransport(), Script(raw=[one_read]))
+    assert got == sent
 
 
 def test_the_done_marker_split_over_two_reads_still_counts():
@@ -156,6 +164,30 @@ async def test_the_async_transport_judges_a_gzipped_stream_by_what_it_says():
             await _aread(client, url)
     async with chat_upstream(cut) as url, guarded_async_client(expect_done=False) as client:
         await _aread(client, url)
+    async with chat_upstream(cut) as url, httpx.AsyncClient(transport=AsyncGuardedTransport()) as client:
+        with pytest.raises(TruncatedStream, match=r"\[DONE\]"):  # the transport too wants it by default
+            await _aread(client, url)
+
+
+def test_guard_response_wants_done_by_default_as_the_transports_do():
+    with ScriptedUpstream(Script(ending="no_done")) as upstream, httpx.HTTPTransport() as transport:
+        request = httpx.Request("POST", f"{upstream.base_url}/chat/completions", json=BODY)
+        with pytest.raises(TruncatedStream, match=r"\[DONE\]"):
+            guard_response(request, transport.handle_request(request)).read()
+        request = httpx.Request("POST", f"{upstream.base_url}/chat/completions", json=BODY)
+        assert guard_response(request, transport.handle_request(request), expect_done=False).read() == \
+            upstream.sent[1].body
+
+
+async def test_the_guarded_clients_take_httpx_s_own_arguments():
+    with ScriptedUpstream(Script()) as upstream:
+        with guarded_client(base_url=upstream.base_url, headers={"x-app": "mine"}) as client, \
+                client.stream("POST", "/chat/completions", json=BODY) as response:
+            assert b"".join(response.iter_raw()) == upstream.sent[0].body
+        async with guarded_async_client(base_url=upstream.base_url, headers={"x-app": "mine"}) as aclient, \
+                aclient.stream("POST", "/chat/completions", json=BODY) as response:
+            assert b"".join([data async for data in response.aiter_raw()]) == upstream.sent[1].body
+        assert [sent.headers["x-app"] for sent in upstream.sent] == ["mine", "mine"]
 
 
 async def test_install_guards_every_client_of_the_process_until_uninstall():

@@ -79,3 +79,54 @@ def test_a_summary_reads_the_body_decoded_in_the_dialect_of_its_path(tmp_path: P
     assert store.exchange(eid).text == "Half an answer"
     assert store.exchange(ollama).text == "Hi"
     summarize(store.db.conn, 12345)  # an exchange pruned before its summary: nothing to do, no error
+
+
+def test_a_stream_is_read_as_one_by_its_content_type_though_its_first_read_is_too_short_to_tell(
+        tmp_path: Path, dead_pid: int):
+    store = Store(tmp_path / "r.db")
+    body = b"".join(EVENTS)
+    split = _open_exchange(store, dead_pid, [body[:2], body[2:]])
+    mark_interrupted(store.db.conn)
+    assert store.exchange(split).text == "Half an answer"
+
+
+def test_an_exchange_over_the_summary_limit_is_summed_up_from_its_first_mib(tmp_path: Path, dead_pid: int):
+    store = Store(tmp_path / "r.db")
+    padding = b": " + b"x" * 700_000 + b"\n\n"  # an SSE comment: no text of its own
+    big = _open_exchange(store, dead_pid, [EVENTS[0] + padding, EVENTS[1] + padding,
+                                           b'data: {"choices": [{"index": 0, "delta": {"content": "!"}}]}\n\n'])
+    assert mark_interrupted(store.db.conn) == [big]
+    ex = store.exchange(big)
+    assert ex.text == "Half an answer"
+    assert ex.problems == [f"trailing unterminated line at end of stream (byte {1024 * 1024})",
+                           f"summary built from the first {1024 * 1024} bytes only"]
+
+
+def test_asking_whether_a_recorder_is_alive_leaves_it_running(tmp_path: Path):
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"]) as live:
+        try:
+            assert recording_elsewhere(live.pid)
+            with pytest.raises(subprocess.TimeoutExpired):
+                live.wait(timeout=0.2)  # no signal reached it
+        finally:
+            live.kill()
+
+
+def test_a_recorder_this_user_may_not_signal_is_taken_as_running():
+    # pid 1 belongs to root: as any other user, asking about it is refused (EPERM), and it is alive.
+    # Asked from a forked child that gives up root first, when the tests run as root.
+    assert recording_elsewhere(1)  # whoever asks here
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the child)
+        try:
+            if os.getuid() == 0:
+                os.setuid(65534)  # nobody
+            os.write(write, b"1" if recording_elsewhere(1) else b"0")
+        finally:
+            os._exit(0)
+    os.close(write)
+    answer = os.read(read, 1)
+    os.close(read)
+    os.waitpid(child, 0)
+    assert answer == b"1"

@@ -7,16 +7,33 @@ in pytester subprocesses."""
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import httpx
 import pytest
 
 from streamreplay.bundled import bundled_dir, bundled_tape
-from streamreplay.pytest_plugin import CONFIG_KEYS, StreamReplay, _cassette, _normal_mode, _settings, _test_name
+from streamreplay.pytest_plugin import (
+    _ACTIVE,
+    _PROJECT,
+    CONFIG_KEYS,
+    SessionReport,
+    StreamReplay,
+    _cassette,
+    _normal_mode,
+    _project,
+    _recording,
+    _settings,
+    _test_name,
+)
 from streamreplay.replay import ReplayServer
-from streamreplay.settings import default_mode
+from streamreplay.settings import default_mode, load_settings
 from streamreplay.store import Exchange
+from streamreplay.testing import Script, ScriptedUpstream
+
+pytest_plugins = ["pytester"]
 
 HAPPY = bundled_tape("openai-happy-path")
 
@@ -38,6 +55,7 @@ def test_vcr_s_mode_names_are_the_plugin_s_own_and_nothing_else_is_a_mode():
         _normal_mode("sometimes")
     assert str(failed.value) == \
         "streamreplay: mode 'sometimes' is not one of none, once, new, all, new_episodes, rewrite"
+    assert failed.value.pytrace is False  # the one line, without a traceback
 
 
 def test_ci_replays_only_and_a_laptop_records_what_is_missing():
@@ -53,11 +71,14 @@ def test_an_unnamed_cassette_is_named_after_the_test(request: pytest.FixtureRequ
     assert _test_name(request.node) == "test_an_unnamed_cassette_is_named_after_the_test"
 
 
-@pytest.mark.parametrize("case", ["a b/c", "x"])
+@pytest.mark.parametrize("case", ["a b/c", "x", "X", pytest.param("y" * 150, id="y" * 150)])
 def test_a_parametrized_test_s_name_keeps_only_safe_characters(request: pytest.FixtureRequest, case: str):
     assert _test_name(request.node) == {
         "a b/c": "test_a_parametrized_test_s_name_keeps_only_safe_characters-a-b-c",
         "x": "test_a_parametrized_test_s_name_keeps_only_safe_characters-x",
+        "X": "test_a_parametrized_test_s_name_keeps_only_safe_characters-X",
+        # at most 120 characters
+        "y" * 150: "test_a_parametrized_test_s_name_keeps_only_safe_characters-" + "y" * 61,
     }[case]
 
 
@@ -94,8 +115,9 @@ def test_where_a_cassette_lives_with_the_dir_option(request: pytest.FixtureReque
 
 # -- where each setting comes from ------------------------------------------------------------------------
 
-@pytest.mark.usefixtures("no_dir_option")
+# above another marker: the closest marker of its name counts, not the closest of all
 @pytest.mark.streamreplay("from-marker", speed=2, mode="rewrite")
+@pytest.mark.usefixtures("no_dir_option")
 def test_the_marker_beats_the_config_and_the_config_fills_the_rest(request: pytest.FixtureRequest):
     settings = _settings(request, {"tape": "from-config", "speed": 1, "fault": "cut:chunk=2", "mode": "none"})
     assert settings["tape"] == "from-marker"
@@ -132,6 +154,33 @@ def test_an_unknown_key_fails_naming_where_it_is_and_what_is_known(request: pyte
     with pytest.raises(pytest.fail.Exception) as failed:
         _settings(request, {"cassete_dir": "x", "allow_miss": True})
     assert str(failed.value).startswith("streamreplay: streamreplay_config has unknown key(s) allow_miss, cassete_dir;")
+    assert failed.value.pytrace is False
+
+
+@pytest.mark.usefixtures("no_dir_option")
+@pytest.mark.streamreplay("t", ignore_fields=["from-marker"])
+def test_the_project_s_settings_are_the_plugin_s_defaults(request: pytest.FixtureRequest,
+                                                          monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.streamreplay]\nmode = "new"\nmatch = "sequence"\nignore_fields = ["user"]\ncassette_dir = "tapes"\n')
+    monkeypatch.setitem(request.config.stash, _PROJECT, load_settings(tmp_path))
+    settings = _settings(request, {"match": "key"})
+    assert (settings["mode"], settings["match"], settings["ignore_fields"]) == ("new", "key", ["from-marker"])
+    assert _settings(request, {})["match"] == "sequence"
+    # the project's cassette_dir, relative to its pyproject.toml, stands for --streamreplay-dir
+    assert _cassette(request, "greeting", None) == tmp_path / "tapes" / "greeting.jsonl"
+    assert _cassette(request, None, None) == \
+        tmp_path / "tapes" / "test_plugin_units" / "test_the_project_s_settings_are_the_plugin_s_defaults.jsonl"
+
+
+def test_a_bad_settings_table_fails_with_its_one_line(pytester: pytest.Pytester):
+    pytester.makepyprojecttoml('[tool.streamreplay]\nspeed = "fast"\n')
+    with pytest.raises(pytest.fail.Exception) as failed:
+        _project(pytester.parseconfig())
+    assert str(failed.value) == (
+        "streamreplay: pyproject.toml: in [tool.streamreplay], speed must be a number of at least 0, "
+        "not a string ('fast')")
+    assert failed.value.pytrace is False
 
 
 # -- misses and unused recordings ----------------------------------------------------------------------------
@@ -195,3 +244,213 @@ def test_the_fixture_replays_with_no_waits_unless_told(streamreplay: StreamRepla
 def test_the_marker_s_speed_and_fault_reach_the_server(streamreplay: StreamReplay):
     assert streamreplay.server.speed == 1
     assert [f.spec() for f in streamreplay.server.faults] == ["cut:chunk=2"]
+
+
+# -- recording through the fixture ------------------------------------------------------------------------------
+
+CHAT = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "%s"}], "stream": true}'
+OPTIONS = dict(speed=0, faults=[], match="key", ignore_fields=())
+
+
+def _finish(steps) -> None:
+    """The fixture's teardown: the generator's code after its `yield`."""
+    with pytest.raises(StopIteration):
+        next(steps)
+
+
+def _chat(base_url: str, content: str) -> str:
+    with httpx.stream("POST", f"{base_url}/chat/completions", content=CHAT % content.encode(),
+                      headers={"content-type": "application/json"}) as response:
+        assert response.status_code == 200
+        return response.read().decode()
+
+
+def test_recording_writes_what_the_test_asked_into_its_cassette_and_says_so(request: pytest.FixtureRequest,
+                                                                          tmp_path: Path):
+    cassette = tmp_path / "cas" / "greeting.jsonl"
+    properties = list(request.node.user_properties)
+    try:
+        with ScriptedUpstream(Script()) as upstream:
+            steps = _recording(request, "greeting", cassette, "all", upstream.base_url, tmp_path / "rec.db",
+                               dict(OPTIONS), False)
+            fixture = next(steps)
+            assert (fixture.tape, fixture.cassette, fixture.mode) == ("greeting", cassette, "all")
+            assert fixture.recording and not fixture.replay_only and not fixture.allow_misses
+            assert fixture.base_url == fixture.server.base_url
+            assert request.node.stash[_ACTIVE] is fixture
+            assert fixture.requests == [] and fixture.unused() == []  # a recording replays nothing
+            assert "Hello! " in _chat(fixture.base_url, "hi")
+            assert httpx.get(f"{fixture.base_url}/models").status_code == 200  # an answer with no text
+            _finish(steps)
+            assert len(upstream.sent) == 1
+        shown = os.path.relpath(cassette, request.config.rootpath)
+        assert request.node.user_properties[len(properties):] == [
+            ("streamreplay", f"greeting: recorded into {shown}")]
+        with ReplayServer(cassette, speed=0) as replay:
+            recorded, models = replay.source.exchanges()
+            assert (recorded.method, recorded.path, json.loads(recorded.request_body)) == (
+                "POST", "/chat/completions", json.loads(CHAT % b"hi"))
+            # assert_all_used names each recording never asked for, one after the other
+            with pytest.raises(AssertionError) as failed:
+                _fixture(replay).assert_all_used()
+            assert str(failed.value).splitlines()[0] == (
+                f"recorded exchanges never requested: #0 POST /chat/completions ({recorded.text[:30]!r}); "
+                "#1 GET /models ('')")
+    finally:
+        request.node.user_properties[:] = properties
+
+
+def test_recording_nothing_writes_no_cassette(request: pytest.FixtureRequest, tmp_path: Path):
+    cassette = tmp_path / "quiet.jsonl"
+    properties = list(request.node.user_properties)
+    with ScriptedUpstream(Script()) as upstream:
+        steps = _recording(request, "quiet", cassette, "once", upstream.base_url, tmp_path / "rec.db",
+                           dict(OPTIONS), True)
+        assert next(steps).allow_misses is True  # as the marker said
+        _finish(steps)
+    assert not cassette.exists()
+    assert request.node.user_properties == properties
+
+
+def test_mode_new_replays_the_cassette_and_adds_what_it_lacked_and_all_records_it_again(
+        request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    cassette = tmp_path / "grow.jsonl"
+    properties = list(request.node.user_properties)
+    monkeypatch.chdir(tmp_path)  # the cassette is named as the project (its rootdir) names it, not the cwd
+    shown = os.path.relpath(cassette, request.config.rootpath)
+    try:
+        with ScriptedUpstream(Script()) as upstream:
+            # recorded under another tape name: the file's name is the tape now
+            first = _recording(request, "old-name", cassette, "all", upstream.base_url, tmp_path / "one.db",
+                               dict(OPTIONS), False)
+            recorder = next(first)
+            _chat(recorder.base_url, "first")
+            _chat(recorder.base_url, "unused")
+            _finish(first)
+            steps = _recording(request, "grow", cassette, "new", upstream.base_url, tmp_path / "two.db",
+                               dict(OPTIONS, speed=0.5, ignore_fields=("user",)), False)
+            fixture = next(steps)
+            assert not fixture.recording and not fixture.replay_only and not fixture.allow_misses
+            assert (fixture.server.speed, fixture.server.options.tape) == (0.5, "grow")
+            assert fixture.server.options.ignore_fields == ("user",)
+            assert "Hello! " in _chat(fixture.base_url, "first")  # replayed
+            assert len(upstream.sent) == 2
+            assert "Hello! " in _chat(fixture.base_url, "second")  # a miss, recorded from the upstream
+            assert len(upstream.sent) == 3
+            _finish(steps)
+            with ReplayServer(cassette, speed=0) as replay:
+                assert [json.loads(ex.request_body) for ex in replay.source.exchanges()] == [
+                    json.loads(CHAT % b"first"), json.loads(CHAT % b"unused"), json.loads(CHAT % b"second")]
+            assert request.node.user_properties[len(properties):] == [
+                ("streamreplay", f"old-name: recorded into {shown}"),
+                ("streamreplay", "grow: 1 recorded exchange(s) never requested"),  # noted as when replaying
+                ("streamreplay", f"grow: recorded into {shown}")]
+            # mode all records everything again, though the cassette is there
+            again = _recording(request, "grow", cassette, "all", upstream.base_url, tmp_path / "three.db",
+                               dict(OPTIONS), False)
+            recorder = next(again)
+            assert recorder.recording
+            assert "Hello! " in _chat(recorder.base_url, "third")
+            _finish(again)
+            assert len(upstream.sent) == 4
+        with ReplayServer(cassette, speed=0) as replay:
+            assert [json.loads(ex.request_body) for ex in replay.source.exchanges()] == [json.loads(CHAT % b"third")]
+    finally:
+        request.node.user_properties[:] = properties
+
+
+# -- does the app notice a cutoff ------------------------------------------------------------------------------
+
+def _app(careful: bool, body: bytes):
+    """An app pointed at a base URL: reads a chat stream and returns its text; a careful one raises unless the
+    stream ended with a finish_reason and `[DONE]`. Either raises when the connection breaks."""
+
+    def app(base_url: str) -> str:
+        with httpx.stream("POST", f"{base_url}/chat/completions", content=body,
+                          headers={"content-type": "application/json"}) as response:
+            wire = response.read().decode()
+        if careful and not ('"finish_reason":"stop"' in wire.replace(" ", "") and "data: [DONE]" in wire):
+            raise RuntimeError("cut off")
+        return "answer"
+
+    return app
+
+
+def test_assert_notices_cutoffs_fails_naming_each_cutoff_the_app_took_as_whole():
+    with ReplayServer(HAPPY, speed=0) as server:
+        fixture = _fixture(server)
+        body = server.source.exchanges()[0].request_body
+        with pytest.raises(pytest.fail.Exception) as failed:
+            fixture.assert_notices_cutoffs(_app(False, body))
+        assert str(failed.value) == (
+            "streamreplay: the app took 3 of 5 cutoffs as a whole answer:\n"
+            "  drop-done: returned 'answer' without an error\n"
+            "  drop-finish: returned 'answer' without an error\n"
+            "  cut:chunk=9: returned 'answer' without an error\n"
+            "Guard its stream (streamreplay.guard) or check the finish_reason yourself.")
+        assert failed.value.pytrace is False
+        fixture.assert_notices_cutoffs(_app(True, body))  # noticed every one: passes
+        assert [r.applied for r in fixture.requests] == [["drop-done"], ["drop-finish"], ["cut:chunk=9"],
+                                                         ["close:chunk=9"], ["reset:chunk=9"]] * 2
+
+
+# -- the plugin's place in a pytest run --------------------------------------------------------------------------
+
+
+def test_the_command_line_options_the_marker_and_the_session_report_are_registered(pytester: pytest.Pytester,
+                                                                                  monkeypatch: pytest.MonkeyPatch):
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    config = pytester.parseconfigure("--streamreplay-mode", "rewrite", "--streamreplay-upstream", "http://u/v1",
+                                     "--streamreplay-dir", "cas")
+    assert [config.getoption(o) for o in ("--streamreplay-mode", "--streamreplay-upstream", "--streamreplay-dir")] \
+        == ["rewrite", "http://u/v1", "cas"]
+    assert isinstance(config.pluginmanager.get_plugin("streamreplay-session-report"), SessionReport)
+    assert [line for line in config.getini("markers") if line.startswith("streamreplay")] == [
+        "streamreplay(tape=None, *, fault=None, speed=0, match='key', ignore_fields=(), allow_misses=False, "
+        "mode=None, upstream=None, cassette_dir=None): serve the cassette <cassette_dir>/<tape or test name>.jsonl "
+        "to this test through the `streamreplay` fixture; keywords override `streamreplay_config`"]
+    config = pytester.parseconfigure()
+    assert [config.getoption(o) for o in ("streamreplay_mode", "streamreplay_upstream", "streamreplay_dir")] \
+        == [None, None, None]
+    with pytest.raises(pytest.UsageError):
+        pytester.parseconfig("--streamreplay-mode", "sometimes")
+    monkeypatch.setenv("COLUMNS", "400")  # one line of help an option
+    shown = pytester.runpytest_inprocess("--help").stdout.lines
+    start = shown.index("offline replays of recorded LLM streams:")
+    assert [line.strip() for line in shown[start + 1:start + 7]] == [
+        "--streamreplay-mode={none,once,new,all,new_episodes,rewrite}",
+        "none: replay only; once: record missing cassettes; new (new_episodes): record misses; all (rewrite): "
+        "re-record. Default: none when CI is set, else once. Beats the marker and streamreplay_config.",
+        "--streamreplay-upstream=STREAMREPLAY_UPSTREAM",
+        "The API to record from (modes once/new/all). Beats the marker and streamreplay_config.",
+        "--streamreplay-dir=STREAMREPLAY_DIR",
+        "Where cassettes live: <dir>/<tape>.jsonl for a named tape (default: recordings/), <dir>/<module>/<test>.jsonl "
+        "for an unnamed one (default: <test dir>/cassettes/<module>/)."]
+
+
+SUMMARY_TESTS = """
+import httpx, pytest
+
+@pytest.mark.streamreplay("openai-happy-path", cassette_dir=CASSETTES)
+def test_asks_nothing(streamreplay):
+    pass
+
+@pytest.mark.streamreplay("openai-happy-path", cassette_dir=CASSETTES)
+def test_misses_twice(streamreplay):
+    for _ in range(2):
+        httpx.post(streamreplay.base_url + "/chat/completions", json={"model": "m", "messages": []})
+"""
+
+
+def test_the_session_summary_lists_each_test_s_unused_recordings_and_misses(pytester: pytest.Pytester,
+                                                                              monkeypatch: pytest.MonkeyPatch):
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    pytester.makepyfile(test_summary=SUMMARY_TESTS.replace("CASSETTES", repr(str(bundled_dir()))))
+    monkeypatch.setenv("COLUMNS", "300")
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, failed=1)
+    summary = result.stdout.lines[result.stdout.lines.index(next(
+        line for line in result.stdout.lines if " streamreplay " in line and line.startswith("=="))) + 1:][:3]
+    assert summary == ["test_summary.py::test_asks_nothing: openai-happy-path: 1 recorded exchange(s) never requested",
+                       "test_summary.py::test_misses_twice: openai-happy-path: 1 recorded exchange(s) never requested",
+                       "test_summary.py::test_misses_twice: openai-happy-path: 2 miss(es)"]
