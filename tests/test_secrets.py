@@ -1,4 +1,4 @@
-"""Secrets stay off disk: twelve secrets in twelve places of one request, recorded through the real proxy,
+"""Secrets stay off disk: thirteen secrets in thirteen places of one request, recorded through the real proxy,
 then looked for in every file and every output streamreplay makes. The upstream still gets them all, the
 request's other fields are stored as sent, and replay matches the request whatever secrets it carries."""
 
@@ -29,7 +29,7 @@ from streamreplay.ui import UIServer
 
 PLACES = ["authorization", "api-key", "x-api-key", "cookie", "proxy-authorization", "x-my-token",
           "query key", "query apikey", "query access_token", "body api_key", "body metadata.token",
-          "body metadata.user_id (--redact-field)"]
+          "body metadata.user_id (--redact-field)", "body messages[0].token"]
 
 
 def secrets_for(run: str) -> dict[str, str]:
@@ -39,7 +39,7 @@ def secrets_for(run: str) -> dict[str, str]:
 
 # the request body as a client might write it: its own spacing, key order and escapes, kept on disk
 BODY = """{"model": "gpt-4o-mini",  "stream": true,
-  "messages": [{"role": "user", "content": "Say h\\u00e9llo"}],
+  "messages": [{"role": "user", "content": "Say h\\u00e9llo", "token": "%(body messages[0].token)s"}],
   "api_key": "%(body api_key)s",
   "metadata": {"topic": "greeting", "token": "%(body metadata.token)s",
                "user_id": "%(body metadata.user_id (--redact-field))s"},
@@ -47,7 +47,8 @@ BODY = """{"model": "gpt-4o-mini",  "stream": true,
   "prompt_cache_key": "cache-bucket-7", "stop_sequences": ["\\n\\nHuman:"], "keywords": ["kept"],
   "tools": [{"type": "function", "function": {"name": "login", "parameters": {"type": "object",
             "properties": {"password": {"type": "string", "description": "the user's password"}}}}}]}"""
-BODY_SECRETS = ["body api_key", "body metadata.token", "body metadata.user_id (--redact-field)"]
+BODY_SECRETS = ["body api_key", "body metadata.token", "body metadata.user_id (--redact-field)",
+                "body messages[0].token"]
 
 
 def request_parts(secret: dict[str, str]) -> tuple[str, dict[str, str], bytes]:
