@@ -161,6 +161,8 @@ async def test_an_exception_in_the_writer_loses_only_its_exchange(tmp_path: Path
     assert any("STORING FAILED (RuntimeError: injected" in line for line in said)
 
 
+# the writer thread is made to die: that its exception goes unhandled is the case under test
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 async def test_a_dead_writer_holds_no_client_back(tmp_path: Path, monkeypatch):
     """Past the backlog bound (16 MB) a client would wait for a writer that will never come back."""
 
