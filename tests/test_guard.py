@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -157,6 +158,24 @@ def test_a_plain_iterator_of_chat_chunks_is_judged_by_finish_reason_alone(as_obj
     with pytest.raises(TruncatedStream) as cut:
         list(guard.guard(iter(whole[:1])))
     assert cut.value.missing == "no finish_reason for choice 0"
+
+
+@pytest.mark.parametrize("dialect", [None, "chat", "ollama", "anthropic", "responses"])
+async def test_a_stream_of_no_items_at_all_is_truncated_sync_and_async(dialect: str | None):
+    """Nothing arrived, so nothing said the stream was whole (an iterator cut at chunk 0, say)."""
+    with pytest.raises(TruncatedStream) as cut:
+        list(guard.guard(iter([]), dialect=dialect))
+    assert (cut.value.chunks, cut.value.chars) == (0, 0) and cut.value.missing
+
+    async def nothing() -> AsyncIterator[Any]:
+        return
+        yield
+
+    with pytest.raises(TruncatedStream) as cut_async:
+        async for _ in guard.guard(nothing(), dialect=dialect):
+            pass
+    assert (cut_async.value.dialect, cut_async.value.missing, cut_async.value.chunks) == \
+        (cut.value.dialect, cut.value.missing, 0)
 
 
 def test_expect_done_false_accepts_a_server_that_omits_it(chat_replay: ReplayServer):

@@ -259,6 +259,17 @@ def test_a_miss_among_several_recordings_names_the_nearest_and_its_field():
                            "body differs: temperature: 0.7 != 0.5 (request != recording)")
 
 
+def test_a_miss_names_a_field_whose_value_differs_only_in_its_json_type():
+    """1 and 1.0, true and 1 are equal in Python but different requests on the wire: the miss still says where."""
+    assert first_difference(1.0, 1) == "body: 1 != 1.0 (request != recording)"
+    assert first_difference({"t": True}, {"t": 1}) == "t: 1 != True (request != recording)"
+    assert first_difference({"t": [0]}, {"t": [False]}) == "t[0]: False != 0 (request != recording)"
+    index = Index([exchange(1, body(temperature=1.0))])
+    miss = index.lookup(index.request("POST", "/chat/completions", body(temperature=1)))
+    assert isinstance(miss, Miss) and miss.closest.id == 1
+    assert miss.reason.endswith("body differs: temperature: 1 != 1.0 (request != recording)"), miss.reason
+
+
 def test_identical_requests_get_their_recordings_in_order_then_the_last_again():
     index = Index([exchange(1, body()), exchange(2, body("other")), exchange(3, body())])
     assert [index.lookup(index.request("POST", "/chat/completions", body())).id for _ in range(3)] == [1, 3, 3]

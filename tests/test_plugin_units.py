@@ -173,6 +173,17 @@ def test_the_project_s_settings_are_the_plugin_s_defaults(request: pytest.Fixtur
         tmp_path / "tapes" / "test_plugin_units" / "test_the_project_s_settings_are_the_plugin_s_defaults.jsonl"
 
 
+def test_each_project_setting_the_plugin_takes_reaches_a_test_without_a_marker(request: pytest.FixtureRequest,
+                                                                               monkeypatch: pytest.MonkeyPatch,
+                                                                               tmp_path: Path):
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.streamreplay]\nmode = "new"\nmatch = "sequence"\nignore_fields = ["user", "seed"]\n')
+    monkeypatch.setitem(request.config.stash, _PROJECT, load_settings(tmp_path))
+    monkeypatch.setattr(request.config.option, "streamreplay_mode", None)
+    settings = _settings(request, {})
+    assert (settings["mode"], settings["match"], settings["ignore_fields"]) == ("new", "sequence", ("user", "seed"))
+
+
 def test_a_bad_settings_table_fails_with_its_one_line(pytester: pytest.Pytester):
     pytester.makepyprojecttoml('[tool.streamreplay]\nspeed = "fast"\n')
     with pytest.raises(pytest.fail.Exception) as failed:

@@ -205,6 +205,26 @@ def test_record_exits_non_zero_when_anything_was_not_stored(tmp_path: Path):
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize(("app_status", "record_status"), [(0, 1), (3, 3)])
+def test_record_around_a_command_exits_non_zero_when_anything_was_not_stored(tmp_path: Path, app_status: int,
+                                                                               record_status: int):
+    """`record -- CMD` exits with CMD's status, except that a clean exit becomes 1 when storing lost anything."""
+    db = tmp_path / "cmd-full.db"
+    app = ("import os, httpx\n"
+           "for _ in range(6):\n"
+           "    with httpx.stream('POST', os.environ['OPENAI_BASE_URL'] + '/chat/completions',\n"
+           f"                      json={chat()!r}, timeout=10) as r:\n"
+           "        assert sum(len(d) for d in r.iter_raw()) > 50_000\n"
+           f"raise SystemExit({app_status})\n")
+    with ScriptedUpstream(BIG) as upstream:
+        done = subprocess.run([sys.executable, "-m", "streamreplay.cli", "record", "--upstream", upstream.base_url,
+                               "--db", str(db), "--max-db-size", "200000", "--", sys.executable, "-c", app],
+                              capture_output=True, text=True, timeout=60)
+    assert done.returncode == record_status, (done.stdout, done.stderr)
+    assert re.search(r"\d+ exchanges were forwarded but not stored whole", done.stderr)
+    assert "Traceback" not in done.stderr
+
+
 # -- 3. the log never blocks or kills recording --------------------------------------------------------
 
 async def _hammer(base_url: str, count: int) -> None:
