@@ -573,6 +573,28 @@ async def test_the_client_oracle_judges_each_run_by_what_the_server_saw_of_it(re
     assert await oracle.judge(replay.base_url, replay) == GOOD  # this run's requests, not all so far
 
 
+def ask_twice(question: str) -> str:
+    """A check that asks the replay `question` twice, reading each answer to its end, broken or not."""
+    return shlex.join([sys.executable, "-c", (
+        "import json, os, urllib.request as u\n"
+        f"ask = u.Request(os.environ['OPENAI_BASE_URL'] + '/chat/completions', {json.dumps(chat(question)).encode()!r},"
+        " {'Content-Type': 'application/json'})\n"
+        "for _ in range(2):\n"
+        "    try:\n"
+        "        u.urlopen(ask, timeout=10).read()\n"
+        "    except Exception:\n"
+        "        pass\n")])
+
+
+async def test_the_client_oracle_calls_a_run_that_retried_a_broken_answer_bad(replay):
+    """README, Bisect: with `--oracle client`, good means the client read the stream to its end without
+    leaving early or retrying. A client that reads each broken answer to its end and asks again retried."""
+    assert await ClientOracle(ask_twice("Again")).judge(replay.fault_url("close:chunk=2"), replay) == BAD
+    assert replay.counts.retries == 1 and replay.counts.unfinished == 0
+    # another question twice, each answer whole: asking again after a whole answer is no retry
+    assert await ClientOracle(ask_twice("Once more")).judge(replay.base_url, replay) == GOOD
+
+
 async def test_the_client_oracle_skips_a_run_that_asked_nothing_and_says_so_at_once(replay):
     await ClientOracle(READ_TO_END).judge(replay.base_url, replay)
     started = time.monotonic()

@@ -256,3 +256,34 @@ def test_a_cassette_numbers_a_tape_s_exchanges_from_0_as_the_db_does(tmp_path: P
     export_tape(db, "t", out)
     exported = [json.loads(line) for line in out.read_text().splitlines()[1:]]
     assert [line["seq"] for line in exported if line["type"] == "end"] == [0, 1, 2]
+
+
+def test_a_chunk_line_carries_utf8_bytes_as_text_and_any_other_bytes_as_b64():
+    """README, Cassettes: one `chunk` line per network read, `text` where the bytes are UTF-8, else `b64`,
+    with `t_ns`; keys sorted. A read that splits a character in two is not UTF-8 on its own."""
+    reads = [b'data: {"content":"h\xc3\xa9llo \xf0\x9f\x8c\x8a"}\n\n', b"data: \xc3", b"\xa9\n\n", b"\xff\x00"]
+
+    def split_reads(ex: Exchange) -> list[Chunk]:
+        return [Chunk(i, 1000 * (i + 1), data) for i, data in enumerate(reads)]
+
+    lines = list(cassette_lines("t", [exchange(0)], split_reads))
+    chunk_lines = [line for line in lines if json.loads(line).get("type") == "chunk"]
+    assert [json.loads(line) for line in chunk_lines] == [
+        {"type": "chunk", "seq": 0, "i": 0, "t_ns": 1000, "text": 'data: {"content":"héllo 🌊"}\n\n'},
+        {"type": "chunk", "seq": 0, "i": 1, "t_ns": 2000, "b64": base64.b64encode(b"data: \xc3").decode()},
+        {"type": "chunk", "seq": 0, "i": 2, "t_ns": 3000, "b64": "qQoK"},
+        {"type": "chunk", "seq": 0, "i": 3, "t_ns": 4000, "b64": "/wA="}]
+    assert all(list(json.loads(line)) == sorted(json.loads(line)) for line in lines)
+
+
+def test_an_import_keeps_the_time_each_request_was_recorded(tmp_path: Path):
+    """README, Cassettes: a `request` line carries the time it was recorded, which an import keeps."""
+    times = ["2026-11-20T04:48:42.318+00:00", "2026-11-21T23:59:59.999+00:00"]
+    path = cassette(tmp_path, [exchange(n, started_at=at) for n, at in enumerate(times)])
+    requests = [json.loads(line) for line in path.read_text().splitlines() if '"type":"request"' in line]
+    assert [r["started_at"] for r in requests] == times
+    db = tmp_path / "db.db"
+    import_cassette(path, db)
+    assert [ex.started_at for ex in Store(db).exchanges(tape="t")] == times
+    assert export_tape(db, "t", tmp_path / "again.jsonl") == 2
+    assert (tmp_path / "again.jsonl").read_text() == path.read_text()

@@ -126,3 +126,23 @@ def test_the_miss_policy_is_chosen_from_the_options(tmp_path: Path):
             options.miss_policy()
     server = ReplayServer(CASSETTE, on_miss=mine)
     assert server.on_miss is mine and mine.index is server.index and mine.source is server.source
+
+
+def test_the_defaults_are_the_ones_the_readme_states(monkeypatch: pytest.MonkeyPatch):
+    """README, Record and Replay: `--db recordings/streamreplay.db`, `--host 127.0.0.1`, 600 s of upstream
+    silence, `--on-client-disconnect drain`; play at the recorded speed, matching by key, repeating the
+    last recording, keeping the last 1000 request records and caching up to 64 MB of chunks."""
+    record = RecordOptions("http://127.0.0.1:9/v1")
+    assert (record.db, record.upstream_timeout, record.on_client_disconnect) == (
+        "recordings/streamreplay.db", 600.0, "drain")
+    assert record.tape is None and record.max_db_bytes is None
+    play = ReplayOptions("x.db")
+    assert (play.speed, play.match, play.repeat) == (1.0, "key", True)
+    assert (play.keep_requests, play.cache_bytes) == (1000, 64 * 2**20)
+    monkeypatch.delenv("STREAMREPLAY_DB", raising=False)
+    ctx = cli.record.make_context("record", ["--upstream", "http://127.0.0.1:9/v1"])
+    assert (ctx.params["host"], ctx.params["db"]) == ("127.0.0.1", "recordings/streamreplay.db")
+    assert ctx.params["upstream_timeout"] == 600.0 and ctx.params["on_client_disconnect"] == "drain"
+    ctx = cli.play.make_context("play", [])
+    assert (ctx.params["speed"], ctx.params["keep_requests"], ctx.params["cache_bytes"]) == (1.0, 1000, 64 * 2**20)
+    assert ReplayServer(CASSETTE).requests.maxlen == 1000

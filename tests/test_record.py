@@ -236,6 +236,21 @@ async def test_forwarding_of_any_path_query_body_and_headers(
     assert headers["authorization"] == headers["api-key"] == "[redacted]" and headers["x-custom"] == "kept"
 
 
+async def test_hop_by_hop_request_headers_stop_at_the_proxy_and_every_other_goes_on(
+    upstream: ScriptedUpstream, proxy: RecordingProxy
+):
+    """README, Record: every request goes upstream with its headers, hop-by-hop ones aside (they describe
+    the client's connection to the proxy, not the proxy's to the upstream)."""
+    async with httpx.AsyncClient() as client:
+        resp = await client.post(f"{proxy.base_url}/embeddings", content=b'{"input":"hi"}', headers={
+            "Keep-Alive": "timeout=5", "Proxy-Connection": "keep-alive", "TE": "trailers", "Trailer": "X-Sum",
+            "X-Custom": "kept", "OpenAI-Beta": "assistants=v2", "Content-Type": "application/json"})
+    headers = resp.json()["headers"]
+    for name in ("keep-alive", "proxy-connection", "te", "trailer"):
+        assert name not in headers, name
+    assert (headers["x-custom"], headers["openai-beta"]) == ("kept", "assistants=v2")
+
+
 async def test_not_an_open_proxy(proxy: RecordingProxy):
     reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
     writer.write(b"GET http://example.com/v1/models HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n")

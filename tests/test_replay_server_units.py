@@ -142,6 +142,19 @@ async def test_speed_zero_waits_for_nothing_but_a_faults_wall_time(tape: Path):
     assert 0.1e9 <= late[0] < 0.2e9 and 0.1 <= delayed < 0.5
 
 
+async def test_a_fault_s_wall_time_is_not_scaled_by_the_speed(tape: Path):
+    """README, Choices: `stall` and `delay-first` are wall-clock seconds, not scaled by `--speed`: at speed 4
+    the recorded offsets are quartered, the fault's seconds are not."""
+    recorded = [c.t_ns for c in chunks(tape)]
+    async with serving(tape, speed=4) as (srv, _):
+        await post(srv.base_url, SAY_HELLO, headers={"X-Streamreplay-Fault": "delay-first:seconds=0.2+stall:chunk=3,"
+                                                                             "seconds=0.2"})
+    offsets = list(srv.requests[0].offsets_ns)
+    for i, (sent, due) in enumerate(zip(offsets, recorded, strict=True)):
+        wall = 0.2e9 + (0.2e9 if i >= 3 else 0)
+        assert due / 4 + wall - 1e6 <= sent <= due / 4 + wall + 0.08e9, (i, sent, due)
+
+
 # -- endings ---------------------------------------------------------------------------------------
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import openai
 import pytest
 
-from streamreplay.clientid import describe_client, recognise_client
+from streamreplay.clientid import AUTOGEN_SYSTEM, describe_client, recognise_client
 from streamreplay.clients import Outcome, ag2_generate_reply, autogen_create_stream, describe
 from streamreplay.proxy import RecordingProxy
 from streamreplay.proxy.recorder import RecordOptions
@@ -245,3 +245,21 @@ def test_every_variant_is_short_and_parses(client: str, stream: bool, how: str):
     assert ("STOP_AFTER" in source) == (how == "stop" and stream)
     assert ("DEADLINE" in source) == (how == "deadline" and asynchronous)
     assert any(isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name == "send" for n in tree.body)
+
+
+def test_an_autogen_agent_is_recognised_by_its_named_user_messages_or_its_default_system_message():
+    """docs/DESIGN.md, Client identity: autogen-agentchat (on the async SDK) names every user message after its
+    source, or sends its default system message; one unnamed user message, or the sync SDK, is not autogen."""
+    agent = "AsyncOpenAI/Python 2.54.0"
+    named = '{"messages":[{"role":"user","content":"Hi","name":"user"},{"role":"assistant","content":"Hey"},' \
+            '{"role":"user","content":"More","name":"user"}],"model":"m","stream":true}'
+    assert recognise_client(shaped(agent, named)) == "autogen-agentchat"
+    assert describe_client(shaped(agent, named)) == "autogen-agentchat on openai-python 2.54.0, AsyncOpenAI"
+    one_unnamed = named.replace(',"name":"user"}]', "}]")
+    assert recognise_client(shaped(agent, one_unnamed)) == "openai-async"
+    assert recognise_client(shaped("OpenAI/Python 2.54.0", named)) == "openai-sync"
+    system = json.dumps({"messages": [{"role": "system", "content": AUTOGEN_SYSTEM},
+                                      {"role": "user", "content": "Hi"}], "model": "m"})
+    assert recognise_client(shaped(agent, system)) == "autogen-agentchat"
+    no_user = '{"messages":[{"role":"system","content":"Be brief."}],"model":"m"}'
+    assert recognise_client(shaped(agent, no_user)) == "openai-async"

@@ -340,3 +340,14 @@ def test_corrupt_cuts_chunk_n_s_json_in_half_and_keeps_the_rest():
                             (3_000_000, E_DONE, 30)]
     assert triples(apply(base, "corrupt:chunk=2"))[2] == (3_000_000, b"data: [", 30)  # no JSON: half the bytes
     assert triples(apply(base, "corrupt:chunk=3")) == triples(base)  # no chunk 3: nothing to corrupt
+
+
+def test_replay_leaves_out_hop_by_hop_headers_date_and_content_length_and_keeps_the_rest():
+    """README, Replay: the recorded status and headers, minus hop-by-hop, `date` and `content-length`
+    (replay frames the body itself, and a fault changes its length)."""
+    recorded = [["Content-Type", "application/json"], ["Content-Length", "123"], ["Date", "Thu, 26 Nov 2026"],
+                ["Connection", "keep-alive"], ["Keep-Alive", "timeout=5"], ["Transfer-Encoding", "chunked"],
+                ["X-Request-Id", "req-1"], ["openai-processing-ms", "42"], ["Set-Cookie", "[redacted]"]]
+    schedule = recorded_schedule(exchange(response_headers=recorded, stream=False), CHUNKS)
+    assert schedule.headers == [("Content-Type", "application/json"), ("X-Request-Id", "req-1"),
+                                ("openai-processing-ms", "42"), ("Set-Cookie", "[redacted]")]

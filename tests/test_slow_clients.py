@@ -218,6 +218,36 @@ def test_the_timeouts_are_constructor_parameters_of_app_server():
         assert httpx.get(f"{server.origin}/").text == "hi"
 
 
+def test_a_header_timeout_of_zero_turns_the_head_deadline_off():
+    """README, Slow and idle clients: `header_timeout=0` turns the header deadline off. A head that takes
+    longer than a short deadline would allow is still answered; the same head under 0.1 s is cut."""
+    class Hello(AppServer):
+        def build_app(self) -> web.Application:
+            app = web.Application()
+            app.router.add_get("/", self.hi)
+            return app
+
+        async def hi(self, request: web.Request) -> web.Response:
+            return web.Response(text="hi")
+
+    head = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    with Hello(header_timeout=0.1, keepalive_timeout=LONG) as timed_out, connect(timed_out) as sock:
+        sock.sendall(head[:8])
+        assert closed_by_peer(sock, 0.35), "a 0.1 s header deadline did not cut a head 0.35 s late"
+    off = Hello(keepalive_timeout=LONG)
+    off.header_timeout = 0  # as the attribute, before start; None does the same
+    with off, connect(off) as sock:
+        sock.sendall(head[:8])
+        assert not closed_by_peer(sock, 0.35), "header_timeout=0 cut a slow head"
+        sock.sendall(head[8:])
+        answer = b""
+        while not answer.endswith(b"hi"):
+            data = sock.recv(65536)
+            assert data, "the connection was closed before the answer"
+            answer += data
+        assert answer.startswith(b"HTTP/1.1 200")
+
+
 def test_a_slow_request_body_is_not_cut(recorded):
     """Once the head is complete the request is its handler's: bodies are not timed (documented)."""
     with serving("upstream", recorded, header=0.3, keepalive=0.3) as server, connect(server) as sock:
