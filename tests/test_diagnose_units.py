@@ -157,6 +157,21 @@ def test_an_upstream_that_broke_is_named_with_what_it_said():
     assert d.lines()[3] == "upstream   answer not complete: finish_reason None, no [DONE]"
 
 
+@pytest.mark.parametrize("fields", [
+    {"end_cause": EndCause.COMPLETE},  # ended complete: the cause is no_finish_reason
+    {"end_cause": EndCause.CLIENT_LEFT, "upstream_end": EndCause.COMPLETE, "client_left_at_chunk": 1,
+     "client_left_ns": 150 * MS},  # the client left; the upstream went on to its end
+])
+def test_an_upstream_answer_is_complete_only_with_its_stop_reason(fields):
+    """The terminal event alone is not a whole answer: the `upstream` line says so in the dialect's words."""
+    cut = diagnose_exchange(exchange(**fields, finish_reason=None), at(100, 200), ALONE, "db")
+    assert cut.upstream_complete is False
+    assert cut.lines()[3] == "upstream   answer not complete: finish_reason None, [DONE] seen"
+    whole = diagnose_exchange(exchange(**fields, finish_reason="stop"), at(100, 200), ALONE, "db")
+    assert whole.upstream_complete is True
+    assert whole.lines()[3] == "upstream   answer complete: finish_reason stop, [DONE] seen"
+
+
 def test_a_stream_without_its_terminal_event():
     truncated = diagnose_exchange(exchange(end_cause=EndCause.EOF_WITHOUT_DONE, finish_reason=None, done=False),
                                   at(100, 200), ALONE, "db")

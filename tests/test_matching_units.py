@@ -309,6 +309,17 @@ def test_sequence_mode_serves_the_tape_in_order_whatever_the_request():
         Index([], mode="random")
 
 
+def test_sequence_mode_without_repeat_misses_once_every_exchange_was_served():
+    tape = [exchange(1, body("one")), exchange(2, body("two")), exchange(3, body("three"))]
+    once = Index(tape, mode="sequence", repeat=False)
+    assert [once.lookup(req()).id for _ in range(3)] == [1, 2, 3]
+    for _ in range(2):  # and stays a miss
+        miss = once.lookup(req())
+        assert isinstance(miss, Miss) and miss.reason == "the tape's 3 exchanges were all served (sequence mode)"
+    repeating = Index(tape, mode="sequence")
+    assert [repeating.lookup(req()).id for _ in range(5)] == [1, 2, 3, 3, 3]
+
+
 def test_added_recordings_are_matched_and_count_as_used():
     index = Index([exchange(1, body())], repeat=False)
     new = exchange(2, body("new"))
