@@ -5,6 +5,7 @@ pins what the client got, what the upstream was sent, and every stored field the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import json
 import re
@@ -20,12 +21,13 @@ import httpx
 import pytest
 from aiohttp import web
 
+from streamreplay.dialects.base import SEAM
 from streamreplay.endcause import EndCause
 from streamreplay.exchange import Exchange
 from streamreplay.proxy import RecordingProxy
 from streamreplay.proxy.recorder import RecordOptions, format_exchange_line, redact_body
 from streamreplay.replay import ReplayServer
-from streamreplay.store import Chunk, Store
+from streamreplay.store import Chunk, Store, StoreError
 from streamreplay.testing import Script, ScriptedUpstream
 from tests.helpers import SECRET, bad_chunk_size, chat, chat_upstream, gzip_sse, post, serve_raw, until
 
@@ -306,10 +308,13 @@ async def test_the_query_reaches_the_upstream_byte_for_byte(tmp_path: Path):
         return web.json_response({"ok": True})
 
     async with handled(tmp_path, handler) as r:
-        status, _, _ = await post(r.proxy.base_url, chat(stream=False), path="/chat/completions?q=a%20b%25c&x=%26")
+        status, _, _ = await post(r.proxy.base_url, chat(stream=False),
+                                  path="/chat/completions?q=a%20b%25c&x=%26&y=?&z=%7e%41%2f")
         ex, _ = await r.stored()
-    assert (status, arrived) == (200, ["q=a%20b%25c&x=%26"])
-    assert ex.query == "q=a+b%25c&x=%26"
+    # a "?" in the query is the query's; escapes of characters that need none stay escapes (a signature over the
+    # query's bytes still holds)
+    assert (status, arrived) == (200, ["q=a%20b%25c&x=%26&y=?&z=%7e%41%2f"])
+    assert ex.query == "q=a+b%25c&x=%26&y=%3F&z=~A%2F"
 
 
 # -- the client leaving ------------------------------------------------------------------------------
@@ -509,6 +514,19 @@ async def test_done_split_across_reads_shorter_than_the_seam_is_seen(tmp_path: P
     assert (ex.done, ex.end_cause) == (True, "complete") and ex.chunk_count > EVENTS
 
 
+async def test_done_split_across_two_reads_the_first_one_seam_long_is_seen(tmp_path: Path):
+    events = await chat_events()
+    first = b": " + b"x" * (SEAM - 13) + b"\n\n" + DONE[:9]  # a comment, then "data: [DO": SEAM bytes in all
+    assert len(first) == SEAM and events[-1] == DONE
+    handler = sse_handler([*events[:-1], first, DONE[9:]])
+
+    async with handled(tmp_path, handler) as r:
+        _, body, _ = await post(r.proxy.base_url, chat())
+        ex, chunks = await r.stored()
+    assert body == b"".join([*events[:-1], first, DONE[9:]]) and chunks[-2].data == first
+    assert (ex.done, ex.end_cause) == (True, "complete")
+
+
 async def test_a_gzip_stream_is_relayed_as_sent_and_its_done_read_decoded(tmp_path: Path):
     events = [b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n', DONE]
     writes, handler = gzip_sse(events)
@@ -539,6 +557,25 @@ async def test_secrets_in_headers_fields_and_the_answers_cookies_never_reach_dis
     assert (answered["set-cookie"], answered["x-trace"], answered["x-tenant"]) == ("[redacted]", "t-1", "[redacted]")
     assert json.loads(ex.request_body)["metadata"] == {"user_id": "[redacted]", "team": "a"}
     assert (ex.model, ex.stream) == ("gpt-4o-mini", False)
+
+
+async def test_a_request_without_a_user_agent_is_stored_whole_with_no_client(tmp_path: Path):
+    async with rig(tmp_path) as r:
+        async with httpx.AsyncClient() as client:
+            del client.headers["User-Agent"]
+            resp = await client.post(f"{r.proxy.base_url}/chat/completions", json=chat(stream=False))
+        ex, _ = await r.stored()
+    assert resp.status_code == 200 and r.proxy.losses == []
+    assert (ex.client, ex.store_error, ex.end_cause, ex.model) == (None, None, "complete", "gpt-4o-mini")
+    assert not any(k.lower() == "user-agent" for k, _ in ex.request_headers)
+
+
+async def test_the_stored_stream_flag_is_read_in_the_path_s_dialect(tmp_path: Path):
+    """Ollama streams unless told not to: a /api/chat request without "stream" is stored as a stream."""
+    async with rig(tmp_path) as r:
+        await post(r.proxy.base_url, {"model": "llama3.2", "messages": []}, path="/api/chat")
+        ex, _ = await r.stored()
+    assert (ex.path, ex.stream, ex.model) == ("/api/chat", True, "llama3.2")
 
 
 async def test_a_model_that_is_not_a_string_is_stored_as_none(tmp_path: Path):
@@ -608,6 +645,22 @@ async def test_a_proxy_that_cannot_listen_leaves_no_new_db_and_keeps_an_old_one(
         assert old.exists()
 
 
+async def test_a_proxy_on_a_corrupt_db_fails_with_the_db_s_own_error_and_leaves_the_file_as_it_was(tmp_path: Path):
+    db = tmp_path / "corrupt.db"
+    db.write_bytes(b"not a database, " * 512)
+    with pytest.raises(StoreError, match="is not a usable streamreplay database: file is not a database"):
+        await RecordingProxy(RecordOptions(upstream="http://127.0.0.1:9/v1", db=str(db))).start()
+    assert db.read_bytes() == b"not a database, " * 512
+
+
+async def test_a_proxy_stopped_twice_stops_quietly_the_second_time(tmp_path: Path):
+    async with rig(tmp_path) as r:
+        status, _, _ = await post(r.proxy.base_url, chat(stream=False))
+        await r.proxy.stop()
+    # the context's own stop() came second: it raised nothing, and what was recorded is stored
+    assert status == 200 and [ex.end_cause for ex in Store(r.db).exchanges()] == ["complete"]
+
+
 async def test_storing_failures_go_to_errors_and_else_to_log(tmp_path: Path):
     said: list[str] = []
     errors: list[str] = []
@@ -670,3 +723,76 @@ async def test_streams_go_upstream_side_by_side_not_one_after_another(tmp_path: 
         quick_s = time.monotonic() - started
         assert (status, error) == (200, None) and not slow.done() and quick_s < 0.5, quick_s
         await slow
+
+
+async def test_requests_one_after_another_reuse_one_upstream_connection(tmp_path: Path):
+    """The upstream session keeps its connections alive: a second request pays no new connect (nor TLS
+    handshake) before its first byte."""
+    peers: list[int] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        peers.append(request.transport.get_extra_info("peername")[1])
+        return web.json_response({"ok": True})
+
+    async with handled(tmp_path, handler) as r:
+        for _ in range(3):
+            status, _, _ = await post(r.proxy.base_url, chat(stream=False))
+            assert status == 200
+    assert len(peers) == 3 and len(set(peers)) == 1, peers
+
+
+async def test_more_streams_than_an_http_pool_holds_reach_the_upstream_at_once(tmp_path: Path):
+    """No pool limit at all, not aiohttp's default of 100: a 101st stream is not held back behind 100 slow ones."""
+    n = 101
+    arrived: list[int] = []
+    everyone = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        arrived.append(1)
+        if len(arrived) == n:
+            everyone.set()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(everyone.wait(), 3.0)  # only a held-back stream makes anyone wait this long
+        return web.json_response({"seen": len(arrived)})
+
+    async with handled(tmp_path, handler) as r, \
+            httpx.AsyncClient(limits=httpx.Limits(max_connections=None), timeout=10) as client:
+        answers = await asyncio.gather(*(client.post(f"{r.proxy.base_url}/chat/completions", json=chat(stream=False))
+                                         for _ in range(n)))
+    assert [(a.status_code, a.json()["seen"]) for a in answers] == [(200, n)] * n
+
+
+async def test_a_path_that_leaves_the_base_is_refused_in_openai_s_shape_and_not_forwarded(tmp_path: Path):
+    async with rig(tmp_path) as r:
+        status, body, _ = await post(r.proxy.base_url, chat(), path="/%2e%2e/admin")
+    error = json.loads(body)["error"]
+    assert (status, error["code"], error["message"]) == (400, "bad_path", "path leaves the base URL")
+    assert r.upstream.sent == [] and Store(r.db).exchanges() == []
+
+
+async def test_max_db_bytes_bounds_the_db_by_pruning_the_oldest_complete_exchanges_said_once(tmp_path: Path):
+    said: list[str] = []
+    async with rig(tmp_path, *[Script(text="word " * 200)] * 8, max_db_bytes=150_000, errors=said.append) as r:
+        for n in range(8):  # about 45 KB each
+            await post(r.proxy.base_url, chat(f"q{n}"))
+        await r.proxy.settle()
+    kept = Store(r.db).exchanges()
+    assert said == ["streamreplay: DB at its --max-db-size (150 KB): pruning the oldest complete exchanges"], said
+    asked = [json.loads(ex.request_body)["messages"][0]["content"] for ex in kept]
+    assert 0 < len(kept) < 8 and asked == [f"q{n}" for n in range(8 - len(kept), 8)]  # the newest are kept
+    assert r.db.stat().st_size <= 150_000
+
+
+async def test_a_gzipped_request_body_reaches_the_upstream_readable_and_is_stored_decoded(tmp_path: Path):
+    """aiohttp's server undoes a request's Content-Encoding before the proxy reads the body: what goes on is
+    that decoded body, so it must not still say it is gzip (the upstream would fail to decode it)."""
+    async with rig(tmp_path) as r:
+        async with httpx.AsyncClient() as client:
+            resp = await client.post(f"{r.proxy.base_url}/files/x", content=gzip.compress(b'{"a": 1}'),
+                                     headers={"Content-Encoding": "gzip"})
+        ex, _ = await r.stored()
+    echo = resp.json()
+    assert (resp.status_code, echo["body"], echo["headers"]["content-length"]) == (200, '{"a": 1}', "8")
+    assert "content-encoding" not in echo["headers"]
+    assert (ex.status, ex.request_body) == (200, b'{"a": 1}')
+    assert ["Content-Encoding", "gzip"] in ex.request_headers  # stored as the client sent it

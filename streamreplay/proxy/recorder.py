@@ -43,6 +43,8 @@ from streamreplay.wire import (
 )
 
 DEFAULT_UPSTREAM_TIMEOUT = 600.0
+#: the request Content-Encodings aiohttp's server undoes before `request.read()` returns the body
+AIOHTTP_DECODES = frozenset({"gzip", "deflate", "br", "zstd"})
 
 
 @dataclass
@@ -239,7 +241,10 @@ class RecordingProxy(AppServer):
         handle = self.writer.begin(exchange_row(method=request.method, path=rel_path, request_body=body),
                                    functools.partial(self._finish_request_row, facts))
         self._open.add(handle)
-        headers = forwardable(request.headers.items(), drop=("host", "content-length", "accept-encoding"))
+        drop = ["host", "content-length", "accept-encoding"]
+        if request.headers.get("Content-Encoding", "").strip().lower() in AIOHTTP_DECODES:
+            drop.append("content-encoding")  # aiohttp's server decoded the body: it is forwarded as read, decoded
+        headers = forwardable(request.headers.items(), drop=drop)
         headers["Accept-Encoding"] = "identity"  # stored bytes must be the bytes the client gets
         assert self._session is not None
         flow = _InFlight(handle, time.perf_counter_ns(), dialect_for(rel_path))
