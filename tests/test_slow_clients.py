@@ -199,16 +199,19 @@ def test_a_slow_head_on_a_kept_alive_connection_is_cut_after_the_header_timeout(
         conn.close()
 
 
+class Hello(AppServer):
+    """The smallest server: one page, with AppServer's deadlines."""
+
+    def build_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/", self.hi)
+        return app
+
+    async def hi(self, request: web.Request) -> web.Response:
+        return web.Response(text="hi")
+
+
 def test_the_timeouts_are_constructor_parameters_of_app_server():
-    class Hello(AppServer):
-        def build_app(self) -> web.Application:
-            app = web.Application()
-            app.router.add_get("/", self.hi)
-            return app
-
-        async def hi(self, request: web.Request) -> web.Response:
-            return web.Response(text="hi")
-
     assert (AppServer.header_timeout, AppServer.keepalive_timeout) == (10.0, 75.0)
     with Hello(header_timeout=SHORT, keepalive_timeout=LONG) as server:
         assert (server.header_timeout, server.keepalive_timeout) == (SHORT, LONG)
@@ -221,15 +224,6 @@ def test_the_timeouts_are_constructor_parameters_of_app_server():
 def test_a_header_timeout_of_zero_turns_the_head_deadline_off():
     """README, Slow and idle clients: `header_timeout=0` turns the header deadline off. A head that takes
     longer than a short deadline would allow is still answered; the same head under 0.1 s is cut."""
-    class Hello(AppServer):
-        def build_app(self) -> web.Application:
-            app = web.Application()
-            app.router.add_get("/", self.hi)
-            return app
-
-        async def hi(self, request: web.Request) -> web.Response:
-            return web.Response(text="hi")
-
     head = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
     with Hello(header_timeout=0.1, keepalive_timeout=LONG) as timed_out, connect(timed_out) as sock:
         sock.sendall(head[:8])
