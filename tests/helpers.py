@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import gc
 import hashlib
+import json
 import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -39,6 +40,17 @@ async def chat_upstream(handler: Callable[[web.Request], Awaitable[web.StreamRes
         yield f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
     finally:
         await runner.cleanup()
+
+
+def sse_data(obj: dict[str, Any]) -> bytes:
+    """One JSON event as OpenAI writes it: a data line and a blank line."""
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+def chat_chunk(delta: dict[str, Any], finish: str | None = None, index: int = 0) -> bytes:
+    """A chat completion chunk with one choice, as an SSE event."""
+    return sse_data({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                     "choices": [{"index": index, "delta": delta, "finish_reason": finish}]})
 
 
 def sha(data: bytes) -> str:

@@ -5,7 +5,6 @@ client" (the same chunk, and about the same time). tests/test_bisect.py runs it 
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import time
 from dataclasses import replace
@@ -31,7 +30,7 @@ from streamreplay.endcause import EndCause
 from streamreplay.replay import Replayed
 from streamreplay.replay.source import OneExchange
 from streamreplay.store import Exchange, Store
-from tests.helpers import write_exchange
+from tests.helpers import chat_chunk, write_exchange
 
 
 def _exchange(tape: str) -> Exchange:
@@ -208,12 +207,6 @@ def test_the_silence_before_leaving_is_from_the_last_chunk_read_or_the_head(left
     assert silence_before_leaving(replace(ex, client_left_at_chunk=None), store) is None
 
 
-def _chunk(delta: dict[str, str], finish: str | None = None) -> bytes:
-    body = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-    return f"data: {json.dumps(body)}\n\n".encode()
-
-
 def _table(lines: list[str]) -> list[str]:
     """main's lines, with the moment a consumer left (it varies from run to run) masked."""
     return [re.sub(r"left at chunk (\d), 0\.\d\d\d s ", r"left at chunk \1, 0.XXX s ", line) for line in lines]
@@ -228,8 +221,9 @@ def test_the_verdict_names_the_consumer_that_left_where_the_recorded_one_did(tmp
     # the first chunk 95 ms after the head, then 30 ms and 100 ms apart; an unnamed client left at chunk 2, 60 ms
     # after it: a 0.06 s read timeout is tried, and gives up before the first chunk
     store = Store(tmp_path / "c.db")
-    chunks = [(100_000_000, _chunk({"role": "assistant", "content": "Hel"})), (130_000_000, _chunk({"content": "lo"})),
-              (230_000_000, _chunk({"content": " you"})), (260_000_000, _chunk({}, "stop") + b"data: [DONE]\n\n")]
+    chunks = [(100_000_000, chat_chunk({"role": "assistant", "content": "Hel"})),
+              (130_000_000, chat_chunk({"content": "lo"})), (230_000_000, chat_chunk({"content": " you"})),
+              (260_000_000, chat_chunk({}, "stop") + b"data: [DONE]\n\n")]
     eid = write_exchange(store, chunks, request_body=LEFT.request_body, end_cause="client_left",
                          upstream_end="complete", client_left_at_chunk=2, client_left_ns=190_000_000, chunk_count=4,
                          headers_ns=5_000_000)
@@ -252,7 +246,8 @@ def test_the_verdict_names_the_consumer_that_left_where_the_recorded_one_did(tmp
 
 def test_the_verdict_blames_a_stream_that_fails_even_a_consumer_reading_to_the_end(tmp_path: Path):
     store = Store(tmp_path / "c.db")
-    chunks = [(10_000_000, _chunk({"role": "assistant", "content": "Hel"})), (20_000_000, _chunk({"content": "lo"}))]
+    chunks = [(10_000_000, chat_chunk({"role": "assistant", "content": "Hel"})),
+              (20_000_000, chat_chunk({"content": "lo"}))]
     eid = write_exchange(store, chunks, request_body=LEFT.request_body, client=LEFT.client,
                          end_cause="upstream_closed", chunk_count=2, headers_ns=5_000_000)
     lines: list[str] = []
@@ -270,8 +265,8 @@ def test_the_verdict_blames_a_stream_that_fails_even_a_consumer_reading_to_the_e
 
 def test_the_verdict_on_a_whole_stream_is_that_reference_consumers_read_it_to_its_end(tmp_path: Path):
     store = Store(tmp_path / "c.db")
-    chunks = [(10_000_000, _chunk({"role": "assistant", "content": "Hel"})),
-              (20_000_000, _chunk({"content": "lo"}, "stop") + b"data: [DONE]\n\n")]
+    chunks = [(10_000_000, chat_chunk({"role": "assistant", "content": "Hel"})),
+              (20_000_000, chat_chunk({"content": "lo"}, "stop") + b"data: [DONE]\n\n")]
     eid = write_exchange(store, chunks, request_body=LEFT.request_body, client=LEFT.client, end_cause="complete",
                          chunk_count=2, headers_ns=5_000_000)
     lines: list[str] = []

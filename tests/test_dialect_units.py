@@ -24,21 +24,12 @@ from streamreplay.dialects.responses import (
     word_pieces,
 )
 from streamreplay.sse import Event, SSEParser
+from tests.helpers import chat_chunk, sse_data
 
 CHAT = dialect_named("chat")
 
 
-def sse(obj: dict[str, Any]) -> bytes:
-    """One chat chunk as OpenAI writes it: a data line and a blank line."""
-    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
-
-
-def chunk(delta: dict[str, Any], finish: str | None = None, index: int = 0) -> bytes:
-    return sse({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
-                "choices": [{"index": index, "delta": delta, "finish_reason": finish}]})
-
-
-CHAT_BODY = chunk({"role": "assistant", "content": "Hi"}) + chunk({}, "length") + b"data: [DONE]\n\n"
+CHAT_BODY = chat_chunk({"role": "assistant", "content": "Hi"}) + chat_chunk({}, "length") + b"data: [DONE]\n\n"
 
 
 # -- chat: which requests
@@ -70,8 +61,8 @@ def test_chat_is_the_fallback_for_a_path_no_dialect_claims():
 def test_chat_terminal_is_the_done_line_not_a_done_inside_text():
     assert CHAT.find_terminal(b"data: [DONE]\n\n")
     assert CHAT.find_terminal(b"data:[DONE]\n")
-    assert not CHAT.find_terminal(chunk({"content": "[DONE]"}))
-    assert not CHAT.find_terminal(chunk({"content": "x"}, "stop"))
+    assert not CHAT.find_terminal(chat_chunk({"content": "[DONE]"}))
+    assert not CHAT.find_terminal(chat_chunk({"content": "x"}, "stop"))
 
 
 def test_chat_names_its_terminal_stop_field_and_token_limit():
@@ -1159,7 +1150,7 @@ def test_an_event_s_kind_is_its_data_s_type_then_its_name(event: Event, kind: st
 
 
 def test_assembling_a_stream_puts_the_parser_s_problems_first():
-    body = chunk({"content": "a"}) + b"data: nope\n\ndata: {\"x\""
+    body = chat_chunk({"content": "a"}) + b"data: nope\n\ndata: {\"x\""
     result = CHAT.assemble_stream(body)
     assert result.problems == [f"trailing unterminated event at end of stream (byte {len(body)})",
                                "event 1: invalid JSON: Expecting value: line 1 column 1 (char 0)"]
@@ -1216,10 +1207,10 @@ def azure_chunk(filters: Any, content: str | None = "x", index: int | None = 0, 
                               "content_filter_results": filters, **extra}
     if index is not None:
         choice["index"] = index
-    return sse({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [choice]})
+    return sse_data({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [choice]})
 
 
-AZURE_END = sse({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+AZURE_END = sse_data({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
                  "choices": [{"index": 0, "delta": {}, "finish_reason": "stop", "content_filter_results": {}}]})
 
 
@@ -1272,9 +1263,9 @@ def test_a_filtered_verdict_is_kept_over_any_later_one_and_only_choice_0_counts(
             + azure_chunk({"violence": {"filtered": True}}, index=1)
             + azure_chunk({"self_harm": SAFE}, index=None)  # no index: choice 0
             + azure_chunk("not verdicts") + b"data: [1]\n\ndata: {torn\n\n"
-            + sse({"choices": None, "usage": {"total_tokens": 1}})
+            + sse_data({"choices": None, "usage": {"total_tokens": 1}})
             # a choice that is not choice 0, and one with no verdicts, come before choice 0's in one chunk
-            + sse({"choices": ["junk", {"index": 1, "content_filter_results": {"jailbreak": SAFE}},
+            + sse_data({"choices": ["junk", {"index": 1, "content_filter_results": {"jailbreak": SAFE}},
                                {"index": 0, "content_filter_results": "x"},
                                {"index": 0, "delta": {}, "content_filter_results": {"profanity": SAFE}}]})
             + AZURE_END + b"data: [DONE]\n\n")
@@ -1286,10 +1277,10 @@ def test_a_filtered_verdict_is_kept_over_any_later_one_and_only_choice_0_counts(
 
 
 def test_the_first_prompt_filter_verdicts_are_the_prompt_s():
-    first = sse({"choices": [], "prompt_filter_results": [{"prompt_index": 0, "n": 1}]})
-    later = sse({"choices": [], "prompt_filter_results": [{"prompt_index": 0, "n": 2}]})
-    odd = sse({"choices": [], "prompt_filter_results": {"prompt_index": 0}})
-    whole = AZURE.whole_body(odd + first + later + azure_chunk(None) + chunk({}, "stop"))
+    first = sse_data({"choices": [], "prompt_filter_results": [{"prompt_index": 0, "n": 1}]})
+    later = sse_data({"choices": [], "prompt_filter_results": [{"prompt_index": 0, "n": 2}]})
+    odd = sse_data({"choices": [], "prompt_filter_results": {"prompt_index": 0}})
+    whole = AZURE.whole_body(odd + first + later + azure_chunk(None) + chat_chunk({}, "stop"))
     assert whole["prompt_filter_results"] == [{"prompt_index": 0, "n": 1}]
     assert "content_filter_results" not in whole["choices"][0]
 
