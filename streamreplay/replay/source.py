@@ -8,6 +8,7 @@ from typing import Protocol
 
 from streamreplay.cassette import is_cassette, read_cassette
 from streamreplay.store import Chunk, Exchange, open_store
+from streamreplay.store.database import unknown_tape
 
 #: memory a StoreSource's chunk cache may take: the recordings replayed most recently, not the whole DB
 DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
@@ -124,6 +125,6 @@ def open_source(path: str | Path, tape: str | None = None, cache_bytes: int = DE
         cassette = CassetteSource(path)
         # a cassette holds one tape: serving it for another name would replay what was not asked for
         if tape is not None and tape != cassette.tape:
-            raise LookupError(f"no tape {tape!r} in {path} (tapes: {cassette.tape})")
+            raise LookupError(unknown_tape([cassette.tape], tape, path))
         return cassette
     return StoreSource(path, tape, cache_bytes)

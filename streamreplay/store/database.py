@@ -200,8 +200,7 @@ class Store:
 
     def unknown_tape(self, tape: str, where: str | Path, what: str | None = None) -> str:
         """What every command says for a tape (or a place in it) the DB does not have: the tapes it has."""
-        known = ", ".join(t["name"] for t in self.tapes()) or "none"
-        return f"{what or f'no tape {tape!r}'} in {where} (tapes: {known})"
+        return unknown_tape([t["name"] for t in self.tapes()], tape, where, what)
 
     def chunks(self, exchange_id: int) -> list[Chunk]:
         return list(self.iter_chunks(exchange_id))
@@ -221,3 +220,8 @@ class Store:
 
     def integrity_ok(self) -> bool:
         return self.db.execute("pragma integrity_check").fetchone()[0] == "ok"
+
+
+def unknown_tape(known: list[str], tape: str, where: str | Path, what: str | None = None) -> str:
+    """What every command says for a tape (or a place in it) a DB or cassette does not have: the tapes it has."""
+    return f"{what or f'no tape {tape!r}'} in {where} (tapes: {', '.join(known) or 'none'})"
