@@ -131,13 +131,15 @@ class Setting:
         value = self.value
         if value is None:
             return f"- ({DEFAULT_MEANS[self.name]})" if self.name in DEFAULT_MEANS else "-"
+        if self.name == "upstream":
+            value = _hidden_upstream(value)
         if isinstance(value, tuple):
-            return ", ".join(_hidden_route(v) if self.name == "upstream" else v for v in value) or "-"
+            return ", ".join(value) or "-"
         if isinstance(value, float):
             return f"{value:g}"
         if self.source == "pyproject" and _KEYS[self.name].kind == "path":
             return _shown_path(Path(value))  # as it would be typed here (--json has it absolute)
-        return _hidden_secrets(value) if self.name == "upstream" else str(value)
+        return str(value)
 
 
 @dataclass(frozen=True)
@@ -191,7 +193,7 @@ class Settings:
         for s in self.in_force(environ):
             value = s.value
             if s.name == "upstream" and value is not None:
-                value = [_hidden_route(v) for v in value] if isinstance(value, tuple) else _hidden_secrets(value)
+                value = _hidden_upstream(value)
             settings[s.name] = {"value": list(value) if isinstance(value, tuple) else value, "source": s.source,
                                 "origin": s.origin, "used_by": s.used_by}
         return {"file": str(self.file) if self.file else None, "settings": settings}
@@ -335,6 +337,11 @@ def _hidden_secrets(url: str) -> str:
         netloc = f"{REDACTED}@{netloc.rpartition('@')[2]}"
     query = unquote(redact_query(parse_qsl(parts.query, keep_blank_values=True))) if parts.query else ""
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _hidden_upstream(value: str | tuple[str, ...]) -> str | tuple[str, ...]:
+    """An upstream setting to show: one URL, or a table's `NAME=URL` routes, with their secrets hidden."""
+    return tuple(_hidden_route(v) for v in value) if isinstance(value, tuple) else _hidden_secrets(value)
 
 
 def _hidden_route(route: str) -> str:
