@@ -81,6 +81,8 @@ def test_by_chunk_prints_a_boundary_that_replays_the_failure(story: Store, tmp_p
     (printed,) = re.findall(r"^replay the boundary: (.*)$", out.output, re.M)
     argv = shlex.split(printed)
     assert argv[:2] == ["streamreplay", "play"] and argv[-2] == "--fault", printed
+    # at the speed the search ran (0 by default): `play`'s own default, 1, would replay another run
+    assert "--speed" in argv and argv[argv.index("--speed") + 1] == "0", printed
     kind, k = re.fullmatch(r"(cut):chunk=(\d+)", argv[-1]).groups()
 
     def app_under(args: list[str]) -> int:  # `streamreplay play ... -- APP`: the app's exit status

@@ -166,6 +166,19 @@ def test_import_summarises_the_chunks_and_export_gives_back_the_same_file(tmp_pa
     assert out.read_text() == path.read_text()
 
 
+def test_an_imported_exchange_keeps_the_request_key_replay_looks_it_up_by(tmp_path: Path):
+    """A cassette carries no request key; read back or imported, each exchange gets the key of its own
+    request, so a DB filled by `import` is replayed from its index as a recorded one is."""
+    bodies = [json.dumps(BODY).encode(), b"a=1&b=2", b""]
+    path = cassette(tmp_path, [exchange(n, body) for n, body in enumerate(bodies)])
+    want = [request_key("POST", "/v1/chat/completions", body) for body in bodies]
+    assert [ex.request_key for ex in read_cassette(path)[1]] == want
+    db = tmp_path / "db.db"
+    import_cassette(path, db)
+    rows = Store(db).db.execute("select request_key from exchanges order by seq").fetchall()
+    assert [key for (key,) in rows] == want
+
+
 def test_tapes_stay_apart_in_one_db(tmp_path: Path):
     db = tmp_path / "db.db"
     path = cassette(tmp_path, [exchange(0), exchange(1)])

@@ -76,6 +76,16 @@ def test_the_verdict_is_none_for_a_whole_stream_and_the_exception_for_a_cut_one(
     assert check.verdict() is None
 
 
+@pytest.mark.parametrize("shape", [dict, sdk], ids=["wire", "sdk"])
+def test_a_cut_stream_s_chunks_and_text_are_counted_alike_from_wire_dicts_and_sdk_chunks(shape):
+    """`TruncatedStream` names how much came: the SDK's chunk objects take their own path through the
+    check, and must count as the parsed wire events do."""
+    items = [chunk("Hel"), chunk("lo"), chunk(None, index=1), chunk(", world")]
+    exc = fed(check_for("chat", expect_done=False), *map(shape, items)).verdict()
+    assert isinstance(exc, TruncatedStream)
+    assert (exc.missing, exc.chunks, exc.chars) == ("no finish_reason for choice 0, 1", 4, 12)
+
+
 def test_the_base_check_leaves_each_dialect_to_say_what_whole_is():
     base = StreamCheck()
     assert (base.chunks, base.chars, base.error) == (0, 0, None)

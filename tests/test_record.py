@@ -166,6 +166,32 @@ async def test_upstream_timeout_before_headers(upstream: ScriptedUpstream, db_pa
     assert ex.end_cause == "upstream_timeout"
 
 
+@pytest.mark.parametrize("stream", [True, False])
+async def test_an_answer_the_proxy_made_itself_replays_as_the_same_whole_answer(
+    upstream: ScriptedUpstream, db_path: Path, stream: bool
+):
+    """The proxy's own 502 / 504 is stored as the answer, and replay gives the client that answer whole:
+    a status error carrying the same JSON, not a broken connection, even though the upstream broke."""
+    async with ScriptedUpstream() as dead:
+        port = dead.port
+    upstream.queue(Script(first_delay=1.0))
+    for url, timeout in ((f"http://127.0.0.1:{port}/v1", 10.0), (upstream.base_url, 0.3)):
+        options = RecordOptions(upstream=url, db=str(db_path), tape="t", upstream_timeout=timeout)
+        async with RecordingProxy(options) as proxy:
+            await post(proxy.base_url, chat("same", stream=stream))
+            await proxy.settle()
+    recorded = Store(db_path).exchanges()
+    assert [(ex.status, ex.end_cause) for ex in recorded] == [(502, "upstream_unreachable"), (504, "upstream_timeout")]
+    async with ReplayServer(db_path, speed=0) as srv:
+        client = openai.AsyncOpenAI(base_url=srv.base_url, api_key=SECRET, max_retries=0)
+        for ex in recorded:
+            with pytest.raises(openai.APIStatusError) as caught:
+                await client.chat.completions.create(**chat("same", stream=stream))
+            assert caught.value.status_code == ex.status
+            assert caught.value.response.content == recorded_body(db_path, ex.id)
+    assert [r.exchange_id for r in srv.requests] == [ex.id for ex in recorded]
+
+
 async def test_long_silence_mid_stream_reaches_the_client_as_silence(upstream: ScriptedUpstream, proxy: RecordingProxy):
     """A client read timeout shorter than an upstream gap fires on the client, after the early chunks arrived."""
     upstream.queue(Script(pauses={3: 1.0}))
