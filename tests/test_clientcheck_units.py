@@ -281,3 +281,95 @@ def test_the_verdict_on_a_whole_stream_is_that_reference_consumers_read_it_to_it
     assert lines == ["recorded: openai-python 2.54.0, AsyncOpenAI, complete, 2 chunks", *_rows(rows),
                      "verdict: reference consumers read this stream to its end; what they got is what the stream "
                      "holds"]
+
+
+def test_a_consumer_with_streaming_off_reads_an_answer_without_content_as_no_text(tmp_path: Path):
+    store = Store(tmp_path / "c.db")
+    chunks = [(10_000_000, chat_chunk({"role": "assistant"})),
+              (20_000_000, chat_chunk({}, "stop") + b"data: [DONE]\n\n")]
+    eid = write_exchange(store, chunks, request_body=LEFT.request_body, end_cause="complete", chunk_count=2,
+                         headers_ns=5_000_000)
+    lines: list[str] = []
+    off = run_one(store, eid, "openai async", Behaviour.parse("stream-off"), None, 4.0, lines.append)
+    assert (off.outcome.text, off.outcome.finish_reason, off.outcome.error) == ("", "stop", None)
+    assert lines == ["client     openai async, streaming off", "text       ''", "finish     stop", "error      None",
+                     f"replay     #1 POST /chat/completions -> exchange {eid} [stream->json] 200: 1/1 chunks, "
+                     "ended clean"]
+
+
+def test_a_reference_consumer_asks_once_even_when_the_answer_is_an_error_status(tmp_path: Path):
+    # the openai SDK retries a 500 twice by default; a reference consumer is the app reading once
+    store = Store(tmp_path / "c.db")
+    body = b'{"error": {"message": "The server had an error", "type": "server_error"}}'
+    eid = write_exchange(store, [(10_000_000, body)], request_body=LEFT.request_body, status=500,
+                         response_headers='[["Content-Type", "application/json"]]', end_cause="http_error",
+                         chunk_count=1, headers_ns=5_000_000)
+    lines: list[str] = []
+    run_one(store, eid, "openai async", Behaviour("reads-to-end"), None, 4.0, lines.append)
+    assert lines == ["client     openai async, reads to the end", "text       ''", "finish     None",
+                     "error      openai.InternalServerError: Error code: 500 - {'error': {'message': 'The server had "
+                     "an error', 'type': 'server_error'}}",
+                     f"replay     #1 POST /chat/completions -> exchange {eid} 500: 1/1 chunks, ended clean"]
+
+
+def test_a_recording_the_openai_sdk_cannot_read_is_read_to_the_end_by_its_own_api_s_clients(tmp_path: Path):
+    db = tmp_path / "a.db"
+    import_cassette(bundled_tape("anthropic-happy-path"), db, "t")
+    lines: list[str] = []
+    observations = main(Store(db), 1, lines.append)
+    assert {o.behaviour for o in observations} == {"reads to the end"}  # no stop, timeout, slow or stream-off
+    whole = "87 chars, finish_reason"
+    assert lines == [
+        "recorded: Anthropic/Python 0.125.0, complete, 24 chunks",
+        "behaviour         client                    observed                     matches  what the app got",
+        f"reads to the end  anthropic                 read 24/24                   yes      {whole} end_turn",
+        f"reads to the end  anthropic messages.stream read 24/24                   yes      {whole} end_turn",
+        f"reads to the end  autogen Anthropic         read 24/24                   yes      {whole} stop",
+        f"reads to the end  AG2 Anthropic             read 24/24                   yes      {whole} None",
+        "verdict: reference consumers read this stream to its end; what they got is what the stream holds"]
+
+
+def test_a_client_that_left_with_no_silence_before_is_said_to_leave_at_its_chunk_and_time_only(tmp_path: Path):
+    # the client left at the very moment chunk 1 (its second) arrived: no silence, so no timeout is tried either
+    store = Store(tmp_path / "c.db")
+    chunks = [(100_000_000, chat_chunk({"role": "assistant", "content": "Hel"})),
+              (130_000_000, chat_chunk({"content": "lo"})), (230_000_000, chat_chunk({"content": " you"})),
+              (260_000_000, chat_chunk({}, "stop") + b"data: [DONE]\n\n")]
+    eid = write_exchange(store, chunks, request_body=LEFT.request_body, end_cause="client_left",
+                         upstream_end="complete", client_left_at_chunk=2, client_left_ns=130_000_000, chunk_count=4,
+                         headers_ns=5_000_000)
+    lines: list[str] = []
+    main(store, eid, lines.append)
+    whole = "9 chars, finish_reason stop"
+    rows = [("reads to the end", "openai async", "read 4/4", "no", whole),
+            ("stops after 2 chunks", "openai async", "left at chunk 2, 0.XXX s", "yes", "5 chars, finish_reason None"),
+            ("slow reader (0.05 s a chunk)", "openai async", "read 4/4", "no", whole),
+            ("streaming off", "openai async", "read 1/1", "no", whole),
+            ("reads to the end", "openai sync", "read 4/4", "no", whole),
+            ("reads to the end", "autogen-agentchat", "read 4/4", "no", whole),
+            ("reads to the end", "AG2", "read 4/4", "no", "9 chars, finish_reason None")]
+    assert _table(lines) == [
+        "recorded: the recorded client left at chunk 2 of 4, 0.130 s", *_rows(rows),
+        "verdict: a consumer that stops after 2 chunks leaves where the recorded one did, while one that reads to the "
+        "end gets the whole answer: the consumer, not the stream, ended it"]
+
+
+def test_each_other_reference_client_reads_the_replay_to_its_end(left_db: Store):
+    for client, finish in (("autogen-agentchat", "length"), ("AG2", None)):
+        whole = run_one(left_db, 1, client, Behaviour("reads-to-end"), None, 4.0, lambda _: None)
+        assert (whole.client, whole.outcome.text, whole.outcome.finish_reason, whole.outcome.error) == (
+            client, LEFT.text, finish, None)
+        assert whole.seen.line() == "#1 POST /chat/completions -> exchange 1 200: 63/63 chunks, ended clean"
+
+
+def test_a_recording_whose_request_holds_no_conversation_is_replayed_to_a_client_asking_hi(tmp_path: Path):
+    # AG2 fails on an empty conversation before it sends anything; the replay answers whatever is asked
+    store = Store(tmp_path / "c.db")
+    chunks = [(10_000_000, chat_chunk({"role": "assistant", "content": "Hel"})),
+              (20_000_000, chat_chunk({"content": "lo"}, "stop") + b"data: [DONE]\n\n")]
+    eid = write_exchange(store, chunks, request_body="{}", end_cause="complete", chunk_count=2, headers_ns=5_000_000)
+    ex = store.exchange(eid)
+    (seen,) = asyncio.run(observe(ex, OneExchange(ex, store.chunks(eid)), [(Client.AG2, Behaviour("reads-to-end"))]))
+    alone = run_one(store, eid, "AG2", Behaviour("reads-to-end"), None, 4.0, lambda _: None)
+    for o in (seen, alone):
+        assert (o.outcome.text, o.outcome.error, o.left()) == ("Hello", None, "read 2/2")

@@ -384,3 +384,112 @@ def test_the_list_shows_each_tape_and_each_exchange_with_its_columns_and_the_end
     assert '<a href="/?tape=t">t</a>' in scoped  # a tape's link leaves the cause
     assert '<a href="/?tape=u">all (1)</a>' in scoped and '<a href="/?tape=u&amp;cause=open">' in scoped
     assert 'refresh"' not in index_html(store, tape="t")
+
+
+def test_an_overview_quotes_the_first_300_bytes_of_an_error_body_read_across_its_chunks(store: Store):
+    from streamreplay.diagnose import diagnose
+
+    # a 502's HTML page of over 512 KiB, in three reads: the quote runs across the seams of the first two
+    body = b"<html><body><h1>502 Bad Gateway</h1>" + b"<p>the upstream is unavailable</p>" * 20_000
+    reads = [body[:40], body[40:100], body[100:]]
+    eid = write_exchange(store, [((i + 1) * 1_000_000, data) for i, data in enumerate(reads)], status=502,
+                         response_headers='[["Content-Type", "text/html"]]', end_cause="http_error",
+                         headers_ns=500_000, duration_ns=4_000_000, chunk_count=3, byte_count=len(body))
+    assert is_big(store, eid)
+    page = render_exchange(store, eid, "ui.db", links=True)
+    assert f"\nevidence   body: {html.escape(body[:300].decode(), quote=True)}\n" in page
+    assert html.escape("\n".join(diagnose(store, eid, "ui.db").lines()), quote=True) in page
+
+
+def test_an_overview_times_a_client_s_leaving_from_its_first_chunks_as_recorded(store: Store):
+    from streamreplay.diagnose import diagnose
+
+    # chunk 0 at 10 ms, chunk 1 a second later, then a chunk a millisecond; the client left 0.5 s after chunk 0
+    times = [10_000_000, 1_010_000_000] + [1_010_000_000 + i * 1_000_000 for i in range(1, 1000)]
+    eid = write_exchange(store, [(t, b"x") for t in times], end_cause="client_left", upstream_end="complete",
+                         client_left_at_chunk=1, client_left_ns=510_000_000, headers_ns=1_000_000,
+                         duration_ns=2_010_000_000, chunk_count=1001)
+    assert is_big(store, eid)
+    page = render_exchange(store, eid, "ui.db", links=True)
+    assert ("\nended by   the client, at chunk 1 of 1001, 0.510 s, 0.500 s after the chunk before\n"
+            "upstream   answer not complete: finish_reason None, no [DONE]\ncause      client_timeout\n") in page
+    assert "\nevidence   the next chunk came 1.000 s after chunk 0: longer than the client waited\n" in page
+    assert html.escape("\n".join(diagnose(store, eid, "ui.db").lines()), quote=True) in page
+
+
+def test_a_page_whose_diagnosis_fails_still_shows_and_says_why(store: Store):
+    # a row another tool wrote, with text where a time belongs: diagnose raises, the page still draws the rest
+    failed = ("diagnose failed (TypeError: unsupported operand type(s) for -: &#x27;int&#x27; and "
+              "&#x27;str&#x27;)")
+    for sizes in ([5, 5], [1] * 1001):
+        eid = write_exchange(store, [((i + 1) * 1_000_000, b"x" * n) for i, n in enumerate(sizes)],
+                             headers_ns="soon", end_cause="complete", chunk_count=len(sizes))
+        page = render_exchange(store, eid, "ui.db", links=True)
+        assert f'<pre class="diagnosis">exchange {eid}: {failed}</pre>' in page
+        assert f'<p class="lead">{failed}</p>' in page
+        assert f'<tr id="a-{len(sizes) - 1}">' in page or 'class="next"' in page  # and its chunks
+
+
+def test_an_overview_s_navigation_keeps_the_fault_asked_for(store: Store):
+    eid = _exchange(store, [1] * 1001)
+    page = render_exchange(store, eid, "ui.db", fault="cut:chunk=3", links=True)
+    assert (f'<nav><form action="/exchange/{eid}">see it replayed under a fault: <input name="fault" size="34" '
+            'value="cut:chunk=3" placeholder="stall:chunk=500,seconds=1"> <button>draw</button></form> e.g. '
+            f'<a href="/exchange/{eid}?fault=cut%3Achunk%3D500">cut:chunk=500</a> ') in page
+
+
+def test_a_page_without_the_ui_s_links_goes_from_its_header_straight_to_what_follows(store: Store):
+    small, big = _exchange(store, [5, 5]), _exchange(store, [1] * 1001)
+    meta = "HTTP 200 · stream · client -</div>"
+    assert f'{meta}<p class="lead">the stream completed with [DONE]' in render_exchange(store, small, "ui.db")
+    assert f'{meta}<p class="lead big">1001 chunks, 1001 bytes: ' in render_exchange(store, big, "ui.db")
+    assert f'{meta}<p class="lead part">A and B agree chunk for chunk</p>' in render_compare(store, small, small)
+
+
+def test_an_exchange_of_0_or_1_chunks_is_offered_faults_at_chunk_0(store: Store):
+    for sizes in ([], [5]):
+        eid = _exchange(store, sizes, tape=f"n{len(sizes)}")
+        page = render_exchange(store, eid, "ui.db", links=True)
+        assert (f'value="" placeholder="stall:chunk=0,seconds=1"> <button>draw</button></form> e.g. '
+                f'<a href="/exchange/{eid}?fault=cut%3Achunk%3D0">cut:chunk=0</a> '
+                f'<a href="/exchange/{eid}?fault=stall%3Achunk%3D0%2Cseconds%3D1">stall:chunk=0,seconds=1</a> '
+                f'<a href="/exchange/{eid}?fault=reset%3Achunk%3D0">reset:chunk=0</a> '
+                f'<a href="/exchange/{eid}?fault=drop-done">drop-done</a></nav>') in page, sizes
+
+
+def test_a_middle_page_of_the_list_links_the_newer_and_the_older_apart(store: Store):
+    for _ in range(2 * LIST_LIMIT + 1):
+        write_exchange(store, end_cause="complete", chunk_count=0)
+    assert ('<nav>exchanges 501-1000 of 1001 · <a href="/">newer</a> · <a href="/?page=2">older</a></nav>'
+            in index_html(store, page=1))
+
+
+def test_the_list_shows_a_tape_s_source_of_90_characters_whole_and_cuts_a_longer_one(store: Store):
+    with store.db.conn:
+        for name, source in (("whole", "s" * 90), ("cut", "s" * 80 + " ab  cd ef" + "tt")):
+            store.db["tapes"].insert({"name": name, "created_at": "2025-01-01T00:00:00.000+00:00",
+                                      "source": source})
+    listed = index_html(store)
+    assert f'<td class="d">{"s" * 90}</td><td>0</td></tr>' in listed
+    # 91 characters once its run of spaces is folded: cut to 89 and an ellipsis
+    assert f'<td class="d">{"s" * 80} ab cd ef…</td><td>0</td></tr>' in listed
+
+
+def test_a_table_page_past_the_last_chunk_says_there_are_no_chunks_here(store: Store):
+    eid = _exchange(store, [1] * 3)
+    page = render_chunks(store, eid, 5000)
+    assert '<a href="/">all exchanges</a></nav><p>no chunks here</p><table class="chunks">' in page
+    assert page.endswith("</tbody></table><p>no chunks here</p></body></html>")
+
+
+def test_the_compare_form_without_two_ids_says_so_and_nothing_else(tmp_path: Path):
+    Store(tmp_path / "ui.db")
+    with UIServer(tmp_path / "ui.db") as ui:
+        got = httpx.get(f"{ui.origin}/compare?a=1")
+    assert got.status_code == 400 and got.text.endswith("<body><p>give two exchange ids</p></body></html>")
+
+
+def test_an_overview_s_lane_counts_the_bytes_recorded(store: Store):
+    eid = _exchange(store, [3] * 1001)
+    page = render_exchange(store, eid, "ui.db")
+    assert "1001 chunks · 3003 bytes · 1.00 s · 901 bars" in page
