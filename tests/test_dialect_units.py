@@ -301,6 +301,15 @@ def test_an_anthropic_stream_without_message_stop_is_not_done():
     assert ANTHROPIC.assemble_stream(ANTHROPIC.drop_stop(TOOL_BODY)).finish_reason is None
 
 
+def test_message_stop_ends_an_anthropic_stream_with_or_without_a_stop_reason_and_read_alone():
+    """`message_stop` is the terminal event by itself: a stream whose stop reason was dropped is still done
+    (only its reason is missing), and the event read alone, as show, the timeline and bisect read them, is done."""
+    dropped = ANTHROPIC.assemble_stream(ANTHROPIC.drop_stop(TOOL_BODY))
+    assert (dropped.done, dropped.finish_reason, dropped.text) == (True, None, "Paris is the capital.")
+    alone = ANTHROPIC.assemble_stream(b'event: message_stop\ndata: {"type":"message_stop"}\n\n')
+    assert (alone.done, alone.finish_reason, alone.problems) == (True, None, [])
+
+
 def test_a_streamed_message_stands_for_the_whole_message_and_back():
     assert ANTHROPIC.whole_body(TOOL_BODY) == TOOL_MESSAGE
     assert ANTHROPIC.stream_events(TOOL_MESSAGE) == TOOL_STREAM

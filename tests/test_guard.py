@@ -5,6 +5,7 @@ each way a stream can end early and cleanly raises TruncatedStream where the app
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -97,6 +98,36 @@ def test_the_async_sdk_stream_is_guarded_the_same(chat_replay: ReplayServer):
     assert error is None and whole.startswith("The rainbow")
     cut, error = asyncio.run(read_async(url(chat_replay, "cut:chunk=5")))
     assert isinstance(error, TruncatedStream) and whole.startswith(cut) and len(cut) < len(whole)
+
+
+@pytest.mark.parametrize("spec", ["cut:chunk=5", "drop-done", "drop-finish", None])
+def test_a_guard_used_as_a_context_manager_gives_itself_sync_and_async(chat_replay: ReplayServer, spec: str | None):
+    """`with guard(stream) as s:` is how the SDK's streams are read: `s` must be the guard, not the SDK's
+    stream it wraps, or the cutoff passes unseen."""
+    expected = 5 if spec == "cut:chunk=5" else 17
+    sync = openai.OpenAI(base_url=url(chat_replay, spec), api_key="unused", max_retries=0, timeout=5)
+    guarded = guard.guard(sync.chat.completions.create(model="smollm2", messages=MESSAGES, stream=True))
+    items: list[Any] = []
+    with guarded as stream:
+        assert stream is guarded
+        with pytest.raises(TruncatedStream) if spec else contextlib.nullcontext():
+            items.extend(stream)
+    assert len(items) == expected
+    sync.close()
+
+    async def read() -> list[Any]:
+        client = openai.AsyncOpenAI(base_url=url(chat_replay, spec), api_key="unused", max_retries=0, timeout=5)
+        guarded = guard.guard(await client.chat.completions.create(model="smollm2", messages=MESSAGES, stream=True))
+        items: list[Any] = []
+        async with guarded as stream:
+            assert stream is guarded
+            with pytest.raises(TruncatedStream) if spec else contextlib.nullcontext():
+                async for item in stream:
+                    items.append(item)
+        await client.close()
+        return items
+
+    assert len(asyncio.run(read())) == expected
 
 
 def test_errors_that_already_raise_pass_through_untouched(chat_replay: ReplayServer):

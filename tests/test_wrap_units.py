@@ -119,6 +119,23 @@ async def test_the_command_sees_the_server_running_and_it_stops_after(tmp_path: 
             await client.get(url)
 
 
+async def test_the_server_s_urls_beat_the_ones_the_caller_had_set_and_the_caller_s_key_stays(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """An app run under `play -- CMD` from a shell that already points at the real API must reach the
+    replay, not the API; its own key is left as it is."""
+    names = ("OPENAI_BASE_URL", "ANTHROPIC_BASE_URL", "AZURE_OPENAI_ENDPOINT", "OLLAMA_HOST")
+    for name in names:
+        monkeypatch.setenv(name, "https://api.example.invalid/v1")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-the-apps-own")
+    seen = tmp_path / "seen"
+    server = ReplayServer(HAPPY, speed=0)
+    printed = " ".join(f'"${name}"' for name in (*names, "OPENAI_API_KEY"))
+    assert await run_command(server, ["sh", "-c", f"echo {printed} > {seen}"]) == 0
+    *urls, key = seen.read_text().split()
+    origin = server.origin
+    assert urls == [f"{origin}/v1", origin, origin, origin] and key == "sk-the-apps-own"
+
+
 async def test_a_command_that_cannot_start_says_so_and_stops_the_server():
     server = ReplayServer(HAPPY, speed=0)
     with pytest.raises(CommandNotRun, match="^cannot run 'no-such-command-here': No such file or directory$"):
