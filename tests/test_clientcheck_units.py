@@ -217,16 +217,22 @@ def _rows(rows: list[tuple[str, str, str, str, str]]) -> list[str]:
             *(f"{b:<28}  {c:<18} {seen:<28} {verdict:<8} {got}" for b, c, seen, verdict, got in rows)]
 
 
-def test_the_verdict_names_the_consumer_that_left_where_the_recorded_one_did(tmp_path: Path):
-    # the first chunk 95 ms after the head, then 30 ms and 100 ms apart; an unnamed client left at chunk 2, 60 ms
-    # after it: a 0.06 s read timeout is tried, and gives up before the first chunk
+def _left_at_chunk_2(tmp_path: Path, client_left_ns: int) -> tuple[Store, int]:
+    """Four chat chunks 95, 30 and 100 ms apart after the head, of which an unnamed client read two."""
     store = Store(tmp_path / "c.db")
     chunks = [(100_000_000, chat_chunk({"role": "assistant", "content": "Hel"})),
               (130_000_000, chat_chunk({"content": "lo"})), (230_000_000, chat_chunk({"content": " you"})),
               (260_000_000, chat_chunk({}, "stop") + b"data: [DONE]\n\n")]
     eid = write_exchange(store, chunks, request_body=LEFT.request_body, end_cause="client_left",
-                         upstream_end="complete", client_left_at_chunk=2, client_left_ns=190_000_000, chunk_count=4,
+                         upstream_end="complete", client_left_at_chunk=2, client_left_ns=client_left_ns, chunk_count=4,
                          headers_ns=5_000_000)
+    return store, eid
+
+
+def test_the_verdict_names_the_consumer_that_left_where_the_recorded_one_did(tmp_path: Path):
+    # the first chunk 95 ms after the head, then 30 ms and 100 ms apart; an unnamed client left at chunk 2, 60 ms
+    # after it: a 0.06 s read timeout is tried, and gives up before the first chunk
+    store, eid = _left_at_chunk_2(tmp_path, 190_000_000)
     lines: list[str] = []
     observations = main(store, eid, lines.append)
     rows = [("reads to the end", "openai async", "read 4/4", "no", "9 chars, finish_reason stop"),
@@ -331,13 +337,7 @@ def test_a_recording_the_openai_sdk_cannot_read_is_read_to_the_end_by_its_own_ap
 
 def test_a_client_that_left_with_no_silence_before_is_said_to_leave_at_its_chunk_and_time_only(tmp_path: Path):
     # the client left at the very moment chunk 1 (its second) arrived: no silence, so no timeout is tried either
-    store = Store(tmp_path / "c.db")
-    chunks = [(100_000_000, chat_chunk({"role": "assistant", "content": "Hel"})),
-              (130_000_000, chat_chunk({"content": "lo"})), (230_000_000, chat_chunk({"content": " you"})),
-              (260_000_000, chat_chunk({}, "stop") + b"data: [DONE]\n\n")]
-    eid = write_exchange(store, chunks, request_body=LEFT.request_body, end_cause="client_left",
-                         upstream_end="complete", client_left_at_chunk=2, client_left_ns=130_000_000, chunk_count=4,
-                         headers_ns=5_000_000)
+    store, eid = _left_at_chunk_2(tmp_path, 130_000_000)
     lines: list[str] = []
     main(store, eid, lines.append)
     whole = "9 chars, finish_reason stop"
