@@ -752,6 +752,17 @@ def test_the_last_terminal_event_s_response_is_the_whole_answer():
     assert RESPONSES.whole_body(events) == {"id": "b"}
 
 
+@pytest.mark.parametrize("terminal", ["response.incomplete", "response.failed"])
+def test_a_stream_that_ended_incomplete_or_failed_stands_for_that_whole_response(terminal: str):
+    """Asked with `stream: false`, a stream that ended `response.incomplete` or `response.failed` is answered
+    with that final response object, its status saying how it ended, as the API answers it whole."""
+    status = terminal.split(".")[1]
+    final = {"id": "resp_1", "object": "response", "status": status,
+             "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None}
+    ended = b"".join(RESPONSES_TAPE[:-1]) + sse_data({"type": terminal, "response": final})
+    assert RESPONSES.whole_body(ended) == final
+
+
 def test_drop_finish_nulls_the_final_status_and_reason_and_keeps_the_event():
     body = RESPONSES.drop_stop(RESPONSES_BODY)
     # only the response's own status: the items in its output keep theirs

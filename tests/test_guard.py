@@ -262,14 +262,15 @@ def test_other_dialects_sdk_streams_are_guarded(tape: str, spec: str):
     assert isinstance(error, TruncatedStream) and error.dialect == tape.split("-")[0]
 
 
-def test_an_autogen_assistant_agent_raises_on_a_cutoff_with_the_guarded_client(chat_replay: ReplayServer):
+def autogen_answer(base_url: str, expect_done: bool = True) -> Any:
+    """An autogen-agentchat AssistantAgent on the guarded async client: its answer, or what it raised."""
     from autogen_agentchat.agents import AssistantAgent
     from autogen_ext.models.openai import OpenAIChatCompletionClient
 
-    async def run(base_url: str) -> Any:
+    async def run() -> Any:
         inner = OpenAIChatCompletionClient(model="smollm2", base_url=base_url, api_key="unused", max_retries=0,
                                            model_info=MODEL_INFO)
-        agent = AssistantAgent("assistant", model_client=GuardedChatCompletionClient(inner),
+        agent = AssistantAgent("assistant", model_client=GuardedChatCompletionClient(inner, expect_done),
                                model_client_stream=True)
         try:
             return (await agent.run(task="What are the colours of the rainbow?")).messages[-1].content
@@ -278,26 +279,42 @@ def test_an_autogen_assistant_agent_raises_on_a_cutoff_with_the_guarded_client(c
         finally:
             await inner.close()
 
-    assert str(asyncio.run(run(chat_replay.base_url))).startswith("The rainbow")
-    error = asyncio.run(run(url(chat_replay, "cut:chunk=5")))
+    return asyncio.run(run())
+
+
+def ag2_answer(base_url: str, expect_done: bool = True) -> Any:
+    """An AG2 AssistantAgent, guarded (its sync client): its answer, or what it raised."""
+    from autogen import AssistantAgent
+    from autogen.io import IOStream
+
+    entry = {"model": "smollm2", "base_url": base_url, "api_key": "unused", "stream": True, "max_retries": 0}
+    agent = guard_agent(AssistantAgent("assistant", llm_config={"config_list": [entry], "cache_seed": None}),
+                        expect_done)
+    try:
+        with IOStream.set_default(QuietIO()):
+            return agent.generate_reply(messages=MESSAGES)
+    except Exception as exc:
+        return exc
+
+
+def test_an_autogen_assistant_agent_raises_on_a_cutoff_with_the_guarded_client(chat_replay: ReplayServer):
+    assert str(autogen_answer(chat_replay.base_url)).startswith("The rainbow")
+    error = autogen_answer(url(chat_replay, "cut:chunk=5"))
     assert isinstance(error, TruncatedStream), error
 
 
 def test_an_ag2_assistant_agent_raises_on_a_cutoff_once_guarded(chat_replay: ReplayServer):
-    from autogen import AssistantAgent
-    from autogen.io import IOStream
+    assert "rainbow" in str(ag2_answer(chat_replay.base_url))
+    assert isinstance(ag2_answer(url(chat_replay, "drop-done")), TruncatedStream)
 
-    def run(base_url: str) -> Any:
-        entry = {"model": "smollm2", "base_url": base_url, "api_key": "unused", "stream": True, "max_retries": 0}
-        agent = guard_agent(AssistantAgent("assistant", llm_config={"config_list": [entry], "cache_seed": None}))
-        try:
-            with IOStream.set_default(QuietIO()):
-                return agent.generate_reply(messages=MESSAGES)
-        except Exception as exc:
-            return exc
 
-    assert "rainbow" in str(run(chat_replay.base_url))
-    assert isinstance(run(url(chat_replay, "drop-done")), TruncatedStream)
+@pytest.mark.parametrize("answer", [autogen_answer, ag2_answer], ids=["autogen-async", "ag2-sync"])
+def test_expect_done_false_reaches_the_guarded_agents_clients(chat_replay: ReplayServer, answer):
+    """`expect_done=False` (a server that never sends [DONE]) is passed to the transport an agent's client reads
+    through, async or sync: a stream without [DONE] passes, one without its finish_reason still raises."""
+    assert "rainbow" in str(answer(url(chat_replay, "drop-done"), expect_done=False))
+    error = answer(url(chat_replay, "drop-finish"), expect_done=False)
+    assert isinstance(error, TruncatedStream) and error.missing == "no finish_reason for choice 0", error
 
 
 @pytest.mark.parametrize("dialect", ["chat", "responses", "anthropic", "azure", "ollama"])

@@ -148,9 +148,15 @@ async def test_bad_client_input_gets_openai_errors(db_path: Path, mode: str):
             await writer.drain()
             connect = await reader.read(4096)
             writer.close()
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"GET http://example.com/v1/models HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n")
+            await writer.drain()
+            absolute = await reader.read()
+            writer.close()
     assert big.status_code == 413 and big.json()["error"]["code"] == "body_too_large"
     assert escape.status_code == 400 and escape.json()["error"]["code"] == "bad_path"
     assert connect.startswith(b"HTTP/1.1 400") and b"not an open proxy" in connect
+    assert absolute.startswith(b"HTTP/1.1 400") and b'"code": "not_a_proxy"' in absolute
 
 
 async def test_secrets_are_absent_from_exports_too(db_path: Path, tmp_path: Path):

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import builtins
 import json
 import re
 import subprocess
+import symtable
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -83,6 +85,17 @@ async def gives_up_after_a_second(base_url: str) -> Outcome:
     return out
 
 
+async def langchain_reads_to_the_end(base_url: str) -> Outcome:
+    from langchain_openai import ChatOpenAI
+
+    llm = ChatOpenAI(model="gpt-4o-mini", base_url=base_url, api_key=SECRET, max_retries=0, streaming=True)
+    out = Outcome("")
+    async for chunk in llm.astream([("user", MESSAGES[0]["content"])]):
+        out.text += chunk.content
+        out.finish_reason = chunk.response_metadata.get("finish_reason") or out.finish_reason
+    return out
+
+
 App = Callable[[str], Awaitable[Outcome]]
 
 
@@ -103,6 +116,7 @@ CASES: dict[str, tuple[Script, App, str]] = {
     "autogen-reset": (Script(text=STORY, gap=0.03, ending="reset"), driver(autogen_create_stream),
                       "autogen-agentchat"),
     "ag2-complete": (Script(text=STORY, gap=0.005), driver(ag2_generate_reply), "ag2"),
+    "langchain-complete": (Script(text=STORY, gap=0.005), langchain_reads_to_the_end, "langchain"),
 }
 
 
@@ -245,6 +259,21 @@ def test_every_variant_is_short_and_parses(client: str, stream: bool, how: str):
     assert ("STOP_AFTER" in source) == (how == "stop" and stream)
     assert ("DEADLINE" in source) == (how == "deadline" and asynchronous)
     assert any(isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name == "send" for n in tree.body)
+    assert unbound_globals(source) == set()  # parsing alone would pass a script missing an import
+
+
+def unbound_globals(source: str) -> set[str]:
+    """The global names a script reads that it neither imports nor defines, nor Python builds in."""
+    top = symtable.symtable(source, "repro.py", "exec")
+    bound = {s.get_name() for s in top.get_symbols() if s.is_assigned() or s.is_imported()}
+    read: set[str] = set()
+    tables = [top]
+    while tables:
+        table = tables.pop()
+        tables += table.get_children()
+        read |= {s.get_name() for s in table.get_symbols()
+                 if s.is_referenced() and (table is top or s.is_global())}
+    return read - bound - set(dir(builtins)) - {"__file__", "__name__"}
 
 
 def test_an_autogen_agent_is_recognised_by_its_named_user_messages_or_its_default_system_message():
