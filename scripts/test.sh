@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, set-up included: the README's test command and what .ci/run calls.
 #
-#   scripts/test.sh [PYTEST_ARGS...]   set up what is missing, then python -m pytest -q -n 3 PYTEST_ARGS
+#   scripts/test.sh [PYTEST_ARGS...]   set up what is missing, then python -m pytest -q -n 3 --dist worksteal PYTEST_ARGS
 #   scripts/test.sh --setup-only       only steps 1 and 2 (.ci/run lints in between)
 #
 # 1. .venv with the project and its test extras (pip install -e ".[test]"; skipped while pyproject.toml
@@ -12,11 +12,13 @@
 #    the first time it builds llama-cpp-python from source, usually 4-9 minutes on 2 cores, once,
 #    cached in ~/.cache/streamreplay; a line every 30 s says how long it has been going.
 #    STREAMREPLAY_REAL_UPSTREAM already set: that server is used instead and nothing is started.
-# 4. python -m pytest -q -n 3 PYTEST_ARGS, with STREAMREPLAY_REAL_UPSTREAM set (an INTERNALERROR in its output fails
+# 4. python -m pytest -q -n 3 --dist worksteal PYTEST_ARGS, with STREAMREPLAY_REAL_UPSTREAM set (an INTERNALERROR in its output fails
 #    the run even when pytest-xdist exits 0). Three workers on two cores:
 #    about a third of a worker's time is spent waiting on the clock (streams replayed on their recorded
 #    timing, timeouts run out), which a third worker fills (the whole suite: 235 s with -n 3; with -n 2 it
-#    took 267 s before the last 900 of its tests were added)
+#    took 267 s before the last 900 of its tests were added). Worksteal: an idle worker takes tests queued for a
+#    busy one, so the half-minute bisect and plugin tests do not leave two workers idle at the end (255 s against
+#    294 s for the same 2289 tests, side by side on this machine)
 # On exit the model server is stopped, unless it was running before (or another run still uses it).
 # The exit status is pytest's (or 1 when the set-up failed).
 set -euo pipefail
@@ -85,7 +87,7 @@ fi
 start=$SECONDS
 rc=0
 log=$(mktemp)
-"$PY" -m pytest -q -n 3 "$@" 2>&1 | tee "$log" || rc=$?
+"$PY" -m pytest -q -n 3 --dist worksteal "$@" 2>&1 | tee "$log" || rc=$?
 # pytest-xdist exits 0 after an internal error in a worker (the failing test is never reported): not a pass
 if [[ $rc == 0 ]] && grep -q '^INTERNALERROR>' "$log"; then
     say "pytest exited 0 but reported an INTERNALERROR (above): counted as a failure"
