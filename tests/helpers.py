@@ -105,6 +105,21 @@ def parse_python(source: str) -> ast.Module:
             gc.enable()
 
 
+#: a request with an absolute URI, as a client of a forwarding proxy sends it
+ABSOLUTE_URI_REQUEST = b"GET http://example.com/v1/models HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n"
+
+
+async def raw_answer(port: int, request: bytes, limit: int = -1) -> bytes:
+    """Send `request` as written on a socket of its own (what an HTTP client would not send, such as an absolute
+    URI or CONNECT) and read the answer: to the end, or its first `limit` bytes for a connection left open."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    await writer.drain()
+    answer = await reader.read(limit)
+    writer.close()
+    return answer
+
+
 async def serve_raw(handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
                     ) -> tuple[asyncio.AbstractServer, str]:
     """A TCP upstream that answers with whatever bytes `handler` writes, HTTP or not; and its /v1 URL."""

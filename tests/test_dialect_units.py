@@ -1231,7 +1231,7 @@ def azure_chunk(filters: Any, content: str | None = "x", index: int | None = 0, 
 
 
 AZURE_END = sse_data({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
-                 "choices": [{"index": 0, "delta": {}, "finish_reason": "stop", "content_filter_results": {}}]})
+                      "choices": [{"index": 0, "delta": {}, "finish_reason": "stop", "content_filter_results": {}}]})
 
 
 @pytest.mark.parametrize(("path", "claimed"), [
@@ -1286,8 +1286,8 @@ def test_a_filtered_verdict_is_kept_over_any_later_one_and_only_choice_0_counts(
             + sse_data({"choices": None, "usage": {"total_tokens": 1}})
             # a choice that is not choice 0, and one with no verdicts, come before choice 0's in one chunk
             + sse_data({"choices": ["junk", {"index": 1, "content_filter_results": {"jailbreak": SAFE}},
-                               {"index": 0, "content_filter_results": "x"},
-                               {"index": 0, "delta": {}, "content_filter_results": {"profanity": SAFE}}]})
+                                    {"index": 0, "content_filter_results": "x"},
+                                    {"index": 0, "delta": {}, "content_filter_results": {"profanity": SAFE}}]})
             + AZURE_END + b"data: [DONE]\n\n")
     whole = AZURE.whole_body(body)
     assert whole["choices"][0]["content_filter_results"] == {

@@ -18,7 +18,7 @@ from streamreplay.proxy.recorder import RecordOptions
 from streamreplay.replay import ReplayServer
 from streamreplay.store import Store
 from streamreplay.testing import Script, ScriptedUpstream
-from tests.helpers import MESSAGES, SECRET, chat, post, recorded_body, sha
+from tests.helpers import ABSOLUTE_URI_REQUEST, MESSAGES, SECRET, chat, post, raw_answer, recorded_body, sha
 
 
 async def test_openai_async_stream_is_byte_exact(upstream: ScriptedUpstream, proxy: RecordingProxy, db_path: Path):
@@ -278,11 +278,7 @@ async def test_hop_by_hop_request_headers_stop_at_the_proxy_and_every_other_goes
 
 
 async def test_not_an_open_proxy(proxy: RecordingProxy):
-    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
-    writer.write(b"GET http://example.com/v1/models HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n")
-    await writer.drain()
-    answer = await reader.read()
-    writer.close()
+    answer = await raw_answer(proxy.port, ABSOLUTE_URI_REQUEST)
     assert answer.startswith(b"HTTP/1.1 400") and b"not an open proxy" in answer
     async with httpx.AsyncClient() as client:
         outside = await client.get(f"{proxy.origin}/elsewhere")

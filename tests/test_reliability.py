@@ -29,7 +29,7 @@ from streamreplay.replay.faults import DropDone, DropFinish
 from streamreplay.replay.schedule import Piece, Schedule
 from streamreplay.store import Store
 from streamreplay.testing import Script, ScriptedUpstream
-from tests.helpers import chat, post, recorded_body, sha
+from tests.helpers import ABSOLUTE_URI_REQUEST, chat, post, raw_answer, recorded_body, sha
 
 STREAMS = 200
 
@@ -143,16 +143,9 @@ async def test_bad_client_input_gets_openai_errors(db_path: Path, mode: str):
             async with httpx.AsyncClient() as client:
                 big = await client.post(f"{server.base_url}/chat/completions", content=b"x" * 5000)
                 escape = await client.get(f"{server.origin}/v1/..%2f..%2fetc/passwd")
-            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-            writer.write(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
-            await writer.drain()
-            connect = await reader.read(4096)
-            writer.close()
-            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-            writer.write(b"GET http://example.com/v1/models HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n")
-            await writer.drain()
-            absolute = await reader.read()
-            writer.close()
+            connect = await raw_answer(server.port, b"CONNECT example.com:443 HTTP/1.1\r\n"
+                                                    b"Host: example.com:443\r\n\r\n", 4096)
+            absolute = await raw_answer(server.port, ABSOLUTE_URI_REQUEST)
     assert big.status_code == 413 and big.json()["error"]["code"] == "body_too_large"
     assert escape.status_code == 400 and escape.json()["error"]["code"] == "bad_path"
     assert connect.startswith(b"HTTP/1.1 400") and b"not an open proxy" in connect
