@@ -871,6 +871,13 @@ def test_an_ollama_stream_assembles_its_text_done_reason_and_usage_in_openai_s_n
         {"prompt_tokens": 9, "completion_tokens": 18, "total_tokens": 27}, 19, None, [], [])
     cut = OLLAMA.assemble_stream(b"".join(OLLAMA_TAPE[:-1]))
     assert (cut.done, cut.finish_reason, cut.usage, cut.text) == (False, None, None, OLLAMA_TEXT)
+    # a cached prompt leaves prompt_eval_count out of the done line: the count there is still the usage
+    for counts, (prompt, completion) in (({"eval_count": 18}, (0, 18)), ({"prompt_eval_count": 9}, (9, 0))):
+        done = json.dumps({"model": "smollm2", "message": {"role": "assistant", "content": ""}, "done": True,
+                           "done_reason": "stop", **counts}).encode() + b"\n"
+        result = OLLAMA.assemble_stream(b"".join(OLLAMA_TAPE[:-1]) + done)
+        assert result.usage == {"prompt_tokens": prompt, "completion_tokens": completion,
+                                "total_tokens": prompt + completion}
 
 
 def test_an_ollama_body_is_told_a_stream_or_a_whole_answer_by_its_lines_when_its_type_does_not_say():

@@ -248,11 +248,11 @@ EVENTS = [b'data: {"choices":[{"delta":{"content":"Hi"},"index":0}]}\n\n',
 
 
 def test_timings_sizes_and_the_median_gap_come_from_the_chunks():
-    chunks = [Chunk(i, t * MS, data) for i, (t, data) in enumerate(zip((5, 15, 35, 65, 105), [
+    chunks = [Chunk(i, t * MS, data) for i, (t, data) in enumerate(zip((5, 15, 35, 65, 465), [
         EVENTS[0][:10], EVENTS[0][10:], EVENTS[1], EVENTS[2][:4], EVENTS[2][4:]], strict=True))]
     got = shape_of(chat_exchange(ttfb_ns=5 * MS + 500_000), chunks)
     sizes = sorted(len(c.data) for c in chunks)
-    assert (got.chunk_count, got.ttfb_ms, got.gap_ms) == (5, 5.5, 25.0)  # gaps 10, 20, 30, 40
+    assert (got.chunk_count, got.ttfb_ms, got.gap_ms) == (5, 5.5, 25.0)  # gaps 10, 20, 30, 400: a pause moves a mean
     assert got.chunk_bytes == {"p50": sizes[2], "p90": sizes[4], "max": sizes[4]}
     assert (got.events, got.stop_reason) == (["content", "finish", "[DONE]"], "length")
     odd = shape_of(chat_exchange(), [Chunk(i, t * MS, d) for i, (t, d) in enumerate(zip((0, 10, 40), EVENTS,

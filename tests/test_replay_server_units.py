@@ -303,6 +303,18 @@ async def test_a_repeat_of_a_broken_answer_is_a_retry_and_a_clean_answer_ends_th
                        "repeats #1 after it was cut (a retry)"
 
 
+async def test_a_repeat_of_an_error_answer_is_a_retry_whatever_its_4xx_or_5xx_code(tape: Path):
+    # an error status is read whole and ends clean: only its code says the answer broke
+    async with serving(tape) as (srv, _):
+        for code in (429, 400, 503):
+            await post(srv.base_url, SAY_HELLO, headers={"X-Streamreplay-Fault": f"status:code={code}"})
+            await post(srv.base_url, SAY_HELLO)
+    errors = list(srv.requests)[::2]
+    assert [(rec.status, rec.ending) for rec in errors] == [(429, "clean"), (400, "clean"), (503, "clean")]
+    assert [rec.retry_of for rec in srv.requests] == [None, 1, None, 3, None, 5]
+    assert srv.counts.retries == 3
+
+
 async def test_a_partial_recording_is_said_on_its_record(tape: Path, tmp_path: Path):
     partial = tmp_path / "partial.db"
     partial.write_bytes(tape.read_bytes())

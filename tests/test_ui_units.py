@@ -266,6 +266,9 @@ def test_an_exchange_s_page_carries_its_diagnosis_its_replay_under_a_fault_and_t
            "finish_reason\n" in page
     assert "streamreplay play --db &#x27;my db.db&#x27; --tape t --fault cut:chunk=1<" in page
     assert "replay · cut:chunk=1" in page  # lane B: the replay's plan under the fault
+    lane_b = page[page.index('id="lane-b"'):]
+    assert len(re.findall(r'<g class="chunk[ "]', lane_b)) == 1  # the fault applied: one chunk, not the three
+    assert "A and B part at chunk 1: B stops after 1 chunks; A goes on to 3" in page
     assert 'http-equiv="refresh"' not in page
     plain = render_exchange(store, eid, "ui.db")
     assert "replay · cut:chunk=1" not in plain and "--fault" not in plain
