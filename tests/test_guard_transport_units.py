@@ -149,6 +149,25 @@ def test_after_the_last_event_nothing_more_is_judged():
     assert got == sent
 
 
+async def test_a_reader_that_stops_at_done_still_gets_the_verdict_on_the_piece_holding_it():
+    # the openai SDKs stop reading at [DONE] and close the response: the guard must judge each piece before
+    # the client gets it, or a stream with [DONE] but no finish_reason would pass
+    no_finish = Script(raw=[WHOLE[0], WHOLE[2]], gap=0.02)
+    with ScriptedUpstream(no_finish) as upstream:
+        with guarded_client() as client, \
+                client.stream("POST", f"{upstream.base_url}/chat/completions", json=BODY) as response, \
+                pytest.raises(TruncatedStream, match="no finish_reason for choice 0"):
+            for data in response.iter_raw():
+                if b"[DONE]" in data:
+                    break
+        async with guarded_async_client() as aclient, \
+                aclient.stream("POST", f"{upstream.base_url}/chat/completions", json=BODY) as response:
+            with pytest.raises(TruncatedStream, match="no finish_reason for choice 0"):
+                async for data in response.aiter_raw():
+                    if b"[DONE]" in data:
+                        break
+
+
 async def _aread(client: httpx.AsyncClient, url: str) -> bytes:
     async with client.stream("POST", f"{url}/chat/completions", json=BODY) as response:
         return b"".join([data async for data in response.aiter_raw()])

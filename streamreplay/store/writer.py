@@ -24,7 +24,9 @@ from streamreplay.requestkey import request_key
 from streamreplay.store.database import StoreError, open_store
 from streamreplay.store.maintenance import summarize
 
-#: the longest the writer holds received chunks before committing them
+#: the longest a batch keeps taking queued messages before it commits them: the bound under a flood. In
+#: practice the queue empties long before (draining runs at millions of messages a second), so what a
+#: received chunk waits for its commit is the writer's pause below plus the commit itself
 COMMIT_INTERVAL = 0.05
 #: the writer wakes at most this often: each wake takes the GIL from the event loop, and waking per
 #: chunk (thousands of times a second under load) delays the loop's chunks more than batching does
