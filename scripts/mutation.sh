@@ -65,6 +65,12 @@ declare -A TESTS=(
     [streamreplay/clientcheck.py]="tests/test_clientcheck_units.py"
     [streamreplay/ui.py]="tests/test_ui_units.py"
     [streamreplay/store/maintenance.py]="tests/test_maintenance_units.py"
+    [streamreplay/timeline/model.py]="tests/test_timeline_units.py tests/test_endcause.py tests/test_ui_units.py"
+    [streamreplay/store/writer.py]="tests/test_writer_units.py tests/test_prune_units.py"
+    [streamreplay/serving.py]="tests/test_serving_units.py"
+    [streamreplay/clientid.py]="tests/test_clientid_units.py tests/test_repro_plan_units.py"
+    [streamreplay/store/database.py]="tests/test_database_units.py tests/test_storeindex_units.py"
+    [streamreplay/repro_runtime.py]="tests/test_repro_runtime_units.py"
 )
 
 if [[ ${1:-} == --list ]]; then

@@ -50,3 +50,127 @@ def test_no_request_and_a_miss_are_said_as_such():
     assert _ending(None) == ["ending     no request reached the replay"]
     miss = Replayed(1, "POST", "/chat/completions", status=404, ending="miss", miss="no recording matches")
     assert _ending(miss) == ["ending     miss: no recording matches"]
+
+
+def test_the_report_says_which_client_ran_what_text_it_got_how_it_finished_and_its_error():
+    got = Outcome("Hello", finish_reason="stop", error="APIConnectionError: gone")
+    head = report("openai-async", got, _Server([_chat(delivered=10)]), wait=0.0).splitlines()[:4]
+    assert head == ["client     openai-async", "text       'Hello'", "finish     stop",
+                    "error      APIConnectionError: gone"]
+
+
+def test_an_unknown_reference_client_is_refused_with_the_ones_there_are():
+    import pytest
+
+    from streamreplay.repro_runtime import REFERENCE_CLIENTS, run_reference
+
+    assert "http" in REFERENCE_CLIENTS and "openai-async" in REFERENCE_CLIENTS and "openai-sync" in REFERENCE_CLIENTS
+    with pytest.raises(ValueError, match=r"unknown reference client 'curl': .*openai-async.*http"):
+        run_reference("curl", "http://127.0.0.1:9/v1", {"messages": []})
+
+
+def _serve(body: bytes, content_type: str, seen: list | None = None):
+    """A one-answer HTTP server on a thread: what plain HTTP reads from it; `seen` gets each request's
+    (method, path, content type, JSON body)."""
+    import http.server
+    import json
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            sent = self.rfile.read(int(self.headers["Content-Length"]))
+            if seen is not None:
+                seen.append((self.command, self.path, self.headers["Content-Type"], json.loads(sent)))
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+    return server
+
+
+def test_plain_http_reads_a_stream_to_its_end_and_a_whole_answer():
+    import json
+
+    from streamreplay.repro_runtime import run_reference
+    from tests.helpers import chat_chunk
+
+    stream = (chat_chunk({"role": "assistant", "content": ""}) + b": a comment\n\n" + chat_chunk({"content": "Hel"})
+              + chat_chunk({"content": "lo"}) + chat_chunk({}, finish="stop") + b"data: [DONE]\n\n")
+    server = _serve(stream, "text/event-stream")
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        got = run_reference("http", url, {"messages": [{"role": "user", "content": "hi"}], "stream": True}, timeout=5)
+        assert (got.text, got.finish_reason, got.error) == ("Hello", "stop", None)
+    finally:
+        server.shutdown()
+    whole = json.dumps({"choices": [{"message": {"content": None}, "finish_reason": "length"}]}).encode()
+    server = _serve(whole, "application/json")
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        got = run_reference("http", url, {"messages": [], "stream": False}, timeout=5)
+        assert (got.text, got.finish_reason, got.error) == ("", "length", None)
+    finally:
+        server.shutdown()
+    got = run_reference("http", "http://127.0.0.1:9/v1", {"messages": [], "stream": True}, timeout=5)
+    assert got.error and got.text == ""  # what the app sees: the error, no traceback
+
+
+def test_the_report_waits_for_a_replay_still_in_flight_but_not_past_its_wait():
+    import time
+
+    in_flight = _chat(delivered=4)
+    start = time.monotonic()
+    lines = report("openai", Outcome("Hel"), _Server([in_flight]), wait=0.3).splitlines()
+    assert 0.25 <= time.monotonic() - start < 0.9
+    assert lines[-1] == "ended at   chunk 4 of 10"
+    start = time.monotonic()
+    report("openai", Outcome("Hello"), _Server([_chat(delivered=10)]), wait=5.0)
+    assert time.monotonic() - start < 1  # an ended one is reported at once
+
+
+def test_plain_http_posts_the_recorded_request_as_json_and_reads_data_lines_with_no_space():
+    from streamreplay.repro_runtime import run_reference
+
+    seen: list = []
+    stream = b'data:{"choices": [{"delta": {"content": "Hi"}, "finish_reason": "stop"}]}\n\ndata:[DONE]\n\n'
+    server = _serve(stream, "text/event-stream", seen)
+    request = {"model": "m", "messages": [{"role": "user", "content": "q"}], "stream": True}
+    try:
+        got = run_reference("http", f"http://127.0.0.1:{server.server_address[1]}/v1", request, timeout=5)
+    finally:
+        server.shutdown()
+    assert (got.text, got.finish_reason, got.error) == ("Hi", "stop", None)
+    assert seen == [("POST", "/v1/chat/completions", "application/json", request)]
+    refused = run_reference("http", "http://127.0.0.1:9/v1", request, timeout=5)
+    assert "URLError" in refused.error or "Connection" in refused.error
+
+
+def test_a_reference_sdk_client_sends_the_recorded_messages_or_a_hi():
+    from streamreplay.repro_runtime import run_reference
+    from tests.helpers import chat_chunk
+
+    stream = chat_chunk({"content": "Yo"}) + chat_chunk({}, finish="stop") + b"data: [DONE]\n\n"
+    for request, messages in (({"messages": [{"role": "user", "content": "q"}]}, [{"role": "user", "content": "q"}]),
+                              ({}, [{"role": "user", "content": "hi"}])):
+        seen: list = []
+        server = _serve(stream, "text/event-stream", seen)
+        try:
+            got = run_reference("openai-sync", f"http://127.0.0.1:{server.server_address[1]}/v1", request, timeout=5)
+        finally:
+            server.shutdown()
+        assert (got.text, got.finish_reason, got.error) == ("Yo", "stop", None)
+        assert [(m, p) for m, p, _, _ in seen] == [("POST", "/v1/chat/completions")]
+        assert seen[0][3]["messages"] == messages
+
+
+def test_the_report_names_every_fault_and_the_moment_the_client_left():
+    rec = _chat(delivered=3, client_left_at_chunk=3, client_left_ns=10**12, applied=["stall:chunk=1", "cut:chunk=5"])
+    assert _ending(rec) == ["ending     the client left (the replay was to end clean) [stall:chunk=1 + cut:chunk=5]",
+                            "ended at   chunk 3 of 10, 1000.000 s in"]

@@ -178,7 +178,9 @@ def overview_series(ex: Exchange, rows: Iterable[tuple[int, int, int]], *, span_
     for index, t_ns, size in rows:
         first_t = t_ns if first_t is None else first_t
         last_t, nbytes, count = t_ns, nbytes + size, count + 1
-        here = (int(t_ns / slice_ns), k is not None and index >= k)  # never one bar across the client leaving
+        # the last row ends the span: it is in the last slice, not in one of its own past it; and never
+        # one bar across the client leaving
+        here = (min(int(t_ns / slice_ns), bars - 1), k is not None and index >= k)
         if here != key or not marks:
             marks.append(Mark(index, t_ns, b"", "", frozenset({"content"}), last_index=index, nbytes=size))
             key = here
