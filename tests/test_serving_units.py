@@ -5,7 +5,9 @@ base URL; its hooks around the socket; a start that fails raised to the caller; 
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
+import time
 
 import httpx
 import pytest
@@ -147,8 +149,6 @@ async def test_an_idle_kept_alive_connection_is_closed_after_the_keepalive_timeo
 
 
 async def test_stopping_gives_a_request_in_flight_its_shutdown_timeout_and_no_more():
-    import time
-
     srv = Waiting()
     srv.shutdown_timeout = 0.2
     await srv.start()
@@ -163,8 +163,6 @@ async def test_stopping_gives_a_request_in_flight_its_shutdown_timeout_and_no_mo
 
 
 async def test_it_writes_no_access_log(caplog):
-    import logging
-
     caplog.set_level(logging.DEBUG)
     async with Hello() as srv, httpx.AsyncClient() as client:
         assert (await client.get(f"{srv.base_url}/hi")).status_code == 200
