@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -154,8 +155,6 @@ def test_a_db_opened_read_only_is_read_and_never_written(tmp_path: Path):
 
 def test_a_store_is_used_from_another_thread_than_the_one_that_opened_it(tmp_path: Path):
     """A server started from sync code reads its store on its own thread."""
-    import threading
-
     with Store(tmp_path / "d.db") as s:
         eid = write_exchange(s, [(5, b"data: a\n\n")], tape="t")
         s.db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

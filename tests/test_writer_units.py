@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import streamreplay.store.writer as writer_module
 from streamreplay.store import Store
 from streamreplay.store.writer import UNFINISHED, ExchangeHandle, StoreWriter, describe_failure
 from tests.helpers import chat, chat_chunk
@@ -171,8 +172,6 @@ def test_a_seq_is_never_reused_after_older_exchanges_were_pruned(tmp_path: Path)
 
 
 def test_chunks_dropped_while_storing_failed_leave_the_exchange_not_stored_whole(tmp_path: Path, monkeypatch):
-    import streamreplay.store.writer as writer_module
-
     db = tmp_path / "w.db"
     writer, said, _ = _writer(db)
     try:
