@@ -19,6 +19,7 @@ from aiohttp import web
 
 from streamreplay.bundled import bundled_tape
 from streamreplay.cassette import import_cassette
+from streamreplay.cli import drift_command
 from streamreplay.drift import (
     CONTENT_KEYS,
     DriftError,
@@ -69,6 +70,9 @@ def test_the_default_tolerance_is_the_one_the_readme_prints():
     assert Tolerance().words() == "timing 3x (and 100 ms first byte, 20 ms gap), chunks 2x (and 4 chunks, 64 bytes)"
     custom = Tolerance(timing=1.5, ttfb_floor_ms=12.5, gap_floor_ms=2, count=4, count_floor=1, size_floor=8)
     assert custom.words() == "timing 1.5x (and 12.5 ms first byte, 2 ms gap), chunks 4x (and 1 chunks, 8 bytes)"
+    # `streamreplay drift` without --tolerance or --count-tolerance judges by these same defaults
+    options = {param.name: param.default for param in drift_command.params}
+    assert (options["tolerance"], options["count_tolerance"]) == (Tolerance().timing, Tolerance().count) == (3, 2)
 
 
 def test_the_same_shape_is_no_drift():
