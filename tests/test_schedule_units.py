@@ -115,6 +115,13 @@ def test_a_json_recording_asked_as_a_stream_is_its_events_spread_from_the_head_t
     assert recorded.applied == [] and recorded.pieces[0].t_ns == 5_000  # the recording's schedule is untouched
 
 
+@pytest.mark.parametrize("content_type", ["application/json; charset=utf-8", "application/json;charset=UTF-8"])
+def test_a_json_recording_with_a_charset_is_asked_as_a_stream_all_the_same(content_type: str):
+    # Ollama and many servers name a charset: the answer is still JSON, and a streaming client gets its events
+    out = convert_for_request(json_schedule(content_type=content_type), True)
+    assert out.applied == ["json->stream"] and [p.data for p in out.pieces] == CHAT.stream_events(WHOLE)
+
+
 def test_a_single_event_is_written_at_the_head_and_ndjson_has_no_charset():
     one = as_stream(json_schedule(), [b"only"])
     assert [(p.t_ns, p.data) for p in one.pieces] == [(2_000, b"only")]
