@@ -185,7 +185,8 @@ def test_the_script_reproduces_the_recorded_outcome(recorded, tmp_path: Path, ca
     elif case == "async-deadline":  # the same total deadline, inferred from where and when the client left
         assert ex.end_cause == "client_left" and got["error"].startswith("builtins.TimeoutError")
         deadline = float(re.search(r"^DEADLINE = (.+)$", info.script.read_text(), re.M).group(1))
-        assert 0.9 < deadline <= 1.0  # 1 s from the request, counted from the response head
+        # 1 s from the request, counted from the response head; the recorder sees the client go a few ms after
+        assert 0.9 < deadline <= 1.05
         recorded_k, replayed_k = ex.client_left_at_chunk, int(got["ended at"].split()[1])
         assert abs(recorded_k - replayed_k) <= 1
     elif case == "sync-complete":
