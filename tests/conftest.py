@@ -46,6 +46,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 #: one at a time in collection order (maxschedchunk 1, set below), starting with them is longest-first
 #: scheduling: no 30 s test starts last and runs alone at the end. (xdist's default first hands each worker a
 #: quarter of its share at once, which put all of these on one worker.)
+#: seconds a realmodel test may take (pyproject's `timeout` bounds the others)
+REALMODEL_TIMEOUT = 1200
+
 LONGEST_FIRST = ("test_readme_blocks.py", "test_bisect.py", "test_plugin.py", "test_wrap.py", "test_repro.py")
 
 
@@ -55,6 +58,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
 
     items.sort(key=rank)  # stable: each module keeps its own order
+    for item in items:  # a real model on 2 cores answers in minutes, not seconds
+        if item.get_closest_marker("realmodel"):
+            item.add_marker(pytest.mark.timeout(REALMODEL_TIMEOUT))
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from streamreplay.proxy import RecordingProxy
 from streamreplay.proxy.recorder import RecordOptions
+from streamreplay.serving import AppServer
 from streamreplay.store import Store
 from streamreplay.testing import Script, ScriptedUpstream
 
@@ -182,3 +183,26 @@ def write_exchange(store: Store, chunks: Iterable[tuple[int, bytes]] = (), **col
         store.db.conn.executemany("insert into chunks (exchange_id, idx, t_ns, data) values (?, ?, ?, ?)",
                                   ((eid, i, t_ns, data) for i, (t_ns, data) in enumerate(chunks)))
     return eid
+
+
+class Hello(AppServer):
+    """The smallest server: any GET answers "hello on PATH", with AppServer's deadlines; `events` says
+    when its start and stop hooks ran."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.events: list[str] = []
+
+    def build_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/{path:.*}", self.hello)
+        return app
+
+    async def hello(self, request: web.Request) -> web.Response:
+        return web.Response(text=f"hello on {request.path}")
+
+    async def on_start(self) -> None:
+        self.events.append("start")
+
+    async def on_stop(self) -> None:
+        self.events.append("stop")

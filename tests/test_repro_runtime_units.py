@@ -6,9 +6,7 @@ they close, so these pin the report's other branches: a client that left early, 
 
 from __future__ import annotations
 
-import http.server
 import json
-import threading
 import time
 from dataclasses import dataclass, field
 
@@ -17,6 +15,7 @@ import pytest
 from streamreplay.clients import Outcome
 from streamreplay.replay import Replayed
 from streamreplay.repro_runtime import REFERENCE_CLIENTS, report, run_reference
+from streamreplay.testing import Script, ScriptedUpstream
 from tests.helpers import chat_chunk
 
 
@@ -72,47 +71,22 @@ def test_an_unknown_reference_client_is_refused_with_the_ones_there_are():
         run_reference("curl", "http://127.0.0.1:9/v1", {"messages": []})
 
 
-def _serve(body: bytes, content_type: str, seen: list | None = None):
-    """A one-answer HTTP server on a thread: what plain HTTP reads from it; `seen` gets each request's
-    (method, path, content type, JSON body)."""
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
-            sent = self.rfile.read(int(self.headers["Content-Length"]))
-            if seen is not None:
-                seen.append((self.command, self.path, self.headers["Content-Type"], json.loads(sent)))
-            self.send_response(200)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
-    return server
+def _upstream(body: bytes, content_type: str) -> ScriptedUpstream:
+    """An upstream that answers every request with `body` in one write; `sent` keeps each request."""
+    return ScriptedUpstream(Script(raw=[body], content_type=content_type))
 
 
 def test_plain_http_reads_a_stream_to_its_end_and_a_whole_answer():
     stream = (chat_chunk({"role": "assistant", "content": ""}) + b": a comment\n\n" + chat_chunk({"content": "Hel"})
               + chat_chunk({"content": "lo"}) + chat_chunk({}, finish="stop") + b"data: [DONE]\n\n")
-    server = _serve(stream, "text/event-stream")
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-        got = run_reference("http", url, {"messages": [{"role": "user", "content": "hi"}], "stream": True}, timeout=5)
-        assert (got.text, got.finish_reason, got.error) == ("Hello", "stop", None)
-    finally:
-        server.shutdown()
+    with _upstream(stream, "text/event-stream") as upstream:
+        request = {"messages": [{"role": "user", "content": "hi"}], "stream": True}
+        got = run_reference("http", upstream.base_url, request, timeout=5)
+    assert (got.text, got.finish_reason, got.error) == ("Hello", "stop", None)
     whole = json.dumps({"choices": [{"message": {"content": None}, "finish_reason": "length"}]}).encode()
-    server = _serve(whole, "application/json")
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-        got = run_reference("http", url, {"messages": [], "stream": False}, timeout=5)
-        assert (got.text, got.finish_reason, got.error) == ("", "length", None)
-    finally:
-        server.shutdown()
+    with _upstream(whole, "application/json") as upstream:
+        got = run_reference("http", upstream.base_url, {"messages": [], "stream": False}, timeout=5)
+    assert (got.text, got.finish_reason, got.error) == ("", "length", None)
     got = run_reference("http", "http://127.0.0.1:9/v1", {"messages": [], "stream": True}, timeout=5)
     assert got.error and got.text == ""  # what the app sees: the error, no traceback
 
@@ -129,16 +103,14 @@ def test_the_report_waits_for_a_replay_still_in_flight_but_not_past_its_wait():
 
 
 def test_plain_http_posts_the_recorded_request_as_json_and_reads_data_lines_with_no_space():
-    seen: list = []
     stream = b'data:{"choices": [{"delta": {"content": "Hi"}, "finish_reason": "stop"}]}\n\ndata:[DONE]\n\n'
-    server = _serve(stream, "text/event-stream", seen)
     request = {"model": "m", "messages": [{"role": "user", "content": "q"}], "stream": True}
-    try:
-        got = run_reference("http", f"http://127.0.0.1:{server.server_address[1]}/v1", request, timeout=5)
-    finally:
-        server.shutdown()
+    with _upstream(stream, "text/event-stream") as upstream:
+        got = run_reference("http", upstream.base_url, request, timeout=5)
     assert (got.text, got.finish_reason, got.error) == ("Hi", "stop", None)
-    assert seen == [("POST", "/v1/chat/completions", "application/json", request)]
+    # a POST: the upstream answers only POSTs on its API paths (anything else is echoed, not kept in `sent`)
+    assert [(s.path, s.headers["content-type"], s.request) for s in upstream.sent] == [
+        ("/v1/chat/completions", "application/json", request)]
     refused = run_reference("http", "http://127.0.0.1:9/v1", request, timeout=5)
     assert "URLError" in refused.error or "Connection" in refused.error
 
@@ -147,15 +119,11 @@ def test_a_reference_sdk_client_sends_the_recorded_messages_or_a_hi():
     stream = chat_chunk({"content": "Yo"}) + chat_chunk({}, finish="stop") + b"data: [DONE]\n\n"
     for request, messages in (({"messages": [{"role": "user", "content": "q"}]}, [{"role": "user", "content": "q"}]),
                               ({}, [{"role": "user", "content": "hi"}])):
-        seen: list = []
-        server = _serve(stream, "text/event-stream", seen)
-        try:
-            got = run_reference("openai-sync", f"http://127.0.0.1:{server.server_address[1]}/v1", request, timeout=5)
-        finally:
-            server.shutdown()
+        with _upstream(stream, "text/event-stream") as upstream:
+            got = run_reference("openai-sync", upstream.base_url, request, timeout=5)
         assert (got.text, got.finish_reason, got.error) == ("Yo", "stop", None)
-        assert [(m, p) for m, p, _, _ in seen] == [("POST", "/v1/chat/completions")]
-        assert seen[0][3]["messages"] == messages
+        assert [s.path for s in upstream.sent] == ["/v1/chat/completions"]
+        assert upstream.sent[0].request["messages"] == messages
 
 
 def test_the_report_names_every_fault_and_the_moment_the_client_left():

@@ -14,27 +14,7 @@ import pytest
 from aiohttp import web
 
 from streamreplay.serving import AppServer
-
-
-class Hello(AppServer):
-    def __init__(self, *args: object, **kw: object) -> None:
-        super().__init__(*args, **kw)
-        self.events: list[str] = []
-
-    def build_app(self) -> web.Application:
-        app = web.Application()
-
-        async def hello(request: web.Request) -> web.Response:
-            return web.Response(text=f"hello on {request.path}")
-
-        app.router.add_get("/v1/hi", hello)
-        return app
-
-    async def on_start(self) -> None:
-        self.events.append("start")
-
-    async def on_stop(self) -> None:
-        self.events.append("stop")
+from tests.helpers import Hello
 
 
 async def test_async_with_serves_on_a_free_port_and_runs_its_hooks_around_the_socket():

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from aiohttp import web
 
 from streamreplay.proxy import RecordingProxy
 from streamreplay.proxy.recorder import RecordOptions
@@ -30,7 +29,7 @@ from streamreplay.serving import AppServer
 from streamreplay.store import Store
 from streamreplay.testing import Script, ScriptedUpstream
 from streamreplay.ui import UIServer
-from tests.helpers import chat, post, record
+from tests.helpers import Hello, chat, post, record
 
 SHORT = 0.5  # seconds: the timeout under test
 LONG = 30.0  # seconds: the other timeout, out of the way
@@ -199,18 +198,6 @@ def test_a_slow_head_on_a_kept_alive_connection_is_cut_after_the_header_timeout(
         conn.close()
 
 
-class Hello(AppServer):
-    """The smallest server: one page, with AppServer's deadlines."""
-
-    def build_app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_get("/", self.hi)
-        return app
-
-    async def hi(self, request: web.Request) -> web.Response:
-        return web.Response(text="hi")
-
-
 def test_the_timeouts_are_constructor_parameters_of_app_server():
     assert (AppServer.header_timeout, AppServer.keepalive_timeout) == (10.0, 75.0)
     with Hello(header_timeout=SHORT, keepalive_timeout=LONG) as server:
@@ -218,7 +205,7 @@ def test_the_timeouts_are_constructor_parameters_of_app_server():
         with connect(server) as sock:  # says nothing at all
             start = time.monotonic()
             assert closed_by_peer(sock, BOUND) and time.monotonic() - start < BOUND
-        assert httpx.get(f"{server.origin}/").text == "hi"
+        assert httpx.get(f"{server.origin}/").text == "hello on /"
 
 
 class Impatient(Hello):
@@ -244,7 +231,7 @@ def test_a_header_timeout_of_zero_turns_the_head_deadline_off():
             assert not closed_by_peer(sock, 0.35), f"header_timeout=0 (the {how}) cut a slow head"
             sock.sendall(head[8:])
             answer = b""
-            while not answer.endswith(b"hi"):
+            while not answer.endswith(b"hello on /"):
                 data = sock.recv(65536)
                 assert data, "the connection was closed before the answer"
                 answer += data
