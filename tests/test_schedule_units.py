@@ -314,6 +314,18 @@ def test_status_answers_the_dialect_s_error_json_at_the_recorded_head(code: int,
     assert (out.head_ns, out.head_extra_ns) == (500, 7 + 1_000_000_000)  # the head waits as it did
 
 
+def test_a_recording_s_head_keeps_its_own_time_and_a_status_fault_answers_then():
+    """The head (status and headers) came 0.3 s after the request and the first chunk 0.9 s after it: a
+    replay writes the head at 0.3 s, `status` answers at 0.3 s, and `gap-scale` leaves the head alone."""
+    late_body = [Chunk(i, 900_000_000 + 1_000_000 * i, data) for i, data in enumerate(EVENTS)]
+    recorded = recorded_schedule(exchange(headers_ns=300_000_000), late_body)
+    assert recorded.head_ns == 300_000_000 and recorded.pieces[0].t_ns == 900_000_000
+    status = apply(recorded, "status:code=503")
+    assert (status.head_ns, [p.t_ns for p in status.pieces]) == (300_000_000, [300_000_000])
+    scaled = apply(recorded, "gap-scale:factor=2")
+    assert scaled.head_ns == 300_000_000 and scaled.pieces[0].t_ns > 900_000_000
+
+
 def test_status_speaks_the_recording_s_dialect():
     anthropic = DIALECTS["anthropic"]
     out = apply(timed(EVENTS, dialect=anthropic), "status:code=529")
