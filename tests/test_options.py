@@ -146,3 +146,13 @@ def test_the_defaults_are_the_ones_the_readme_states(monkeypatch: pytest.MonkeyP
     ctx = cli.play.make_context("play", [])
     assert (ctx.params["speed"], ctx.params["keep_requests"], ctx.params["cache_bytes"]) == (1.0, 1000, 64 * 2**20)
     assert ReplayServer(CASSETTE).requests.maxlen == 1000
+
+
+@pytest.mark.parametrize("command", ["record", "play"])
+def test_around_a_command_the_server_takes_a_free_port_unless_port_is_given(command: str):
+    """`record -- CMD` and `play -- CMD` listen on a free port (CMD is told it), so two at once, or one beside
+    a daemon on 8900, never collide; `--port` given on the command line is kept, and a daemon keeps 8900."""
+    upstream = ["--upstream", "http://127.0.0.1:9/v1"] if command == "record" else []
+    for args, cmd, port in (([], ("app",), 0), (["--port", "8123"], ("app",), 8123), ([], (), 8900)):
+        with getattr(cli, command).make_context(command, [*upstream, *args]) as ctx:
+            assert cli._free_port_for(cmd, ctx.params["port"]) == port, (args, cmd)

@@ -173,6 +173,18 @@ def test_the_project_s_settings_are_the_plugin_s_defaults(request: pytest.Fixtur
         tmp_path / "tapes" / "test_plugin_units" / "test_the_project_s_settings_are_the_plugin_s_defaults.jsonl"
 
 
+@pytest.mark.usefixtures("no_dir_option")
+def test_the_dir_option_beats_the_project_s_cassette_dir(request: pytest.FixtureRequest,
+                                                        monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """The project's settings sit below the command line: `--streamreplay-dir` wins over `cassette_dir`."""
+    (tmp_path / "pyproject.toml").write_text('[tool.streamreplay]\ncassette_dir = "from-project"\n')
+    monkeypatch.setitem(request.config.stash, _PROJECT, load_settings(tmp_path))
+    monkeypatch.setattr(request.config.option, "streamreplay_dir", str(tmp_path / "from-option"))
+    assert _cassette(request, "greeting", None) == tmp_path / "from-option" / "greeting.jsonl"
+    assert _cassette(request, None, None) == tmp_path / "from-option" / "test_plugin_units" / \
+        "test_the_dir_option_beats_the_project_s_cassette_dir.jsonl"
+
+
 def test_each_project_setting_the_plugin_takes_reaches_a_test_without_a_marker(request: pytest.FixtureRequest,
                                                                                monkeypatch: pytest.MonkeyPatch,
                                                                                tmp_path: Path):

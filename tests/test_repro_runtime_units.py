@@ -91,6 +91,16 @@ def test_plain_http_reads_a_stream_to_its_end_and_a_whole_answer():
     assert got.error and got.text == ""  # what the app sees: the error, no traceback
 
 
+def test_plain_http_keeps_the_finish_reason_past_a_usage_chunk_after_it():
+    """With `stream_options.include_usage` the API sends one more chunk after the finish: `choices` empty,
+    the usage alone. The report still says how the answer finished."""
+    usage = b'data: {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}\n\n'
+    stream = chat_chunk({"content": "Hi"}) + chat_chunk({}, finish="stop") + usage + b"data: [DONE]\n\n"
+    with _upstream(stream, "text/event-stream") as upstream:
+        got = run_reference("http", upstream.base_url, {"messages": [], "stream": True}, timeout=5)
+    assert (got.text, got.finish_reason, got.error) == ("Hi", "stop", None)
+
+
 def test_the_report_waits_for_a_replay_still_in_flight_but_not_past_its_wait():
     in_flight = _chat(delivered=4)
     start = time.monotonic()
