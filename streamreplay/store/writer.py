@@ -266,12 +266,18 @@ class StoreWriter:
     def _commit(self, db: sqlite_utils.Database, messages: list[tuple[Any, ...]], summarize_all: bool) -> None:
         """Write a batch, report the exchanges it ended, and (before a flush or the end) every summary due."""
         try:
-            for handle in self._write(db.conn, messages):
+            ended = self._write(db.conn, messages)
+        except Exception as exc:  # a bug of ours: the batch's exchanges are not stored whole, and said so loud
+            self._rolled_back(messages)
+            self._failing(f"store writer error: {describe_failure(exc)}", messages)
+            return
+        try:
+            for handle in ended:
                 self._report_end(db, handle)
             if summarize_all:
                 while self._unsummarized:
                     self._summarize(db.conn, self._unsummarized.popleft())
-        except Exception as exc:  # a bug of ours: said, and the thread goes on, since forwarding does
+        except Exception as exc:  # a bug of ours after the batch was stored: said, and the thread goes on
             self._say(f"streamreplay: store writer error: {describe_failure(exc)}")
 
     def _write(self, conn: sqlite3.Connection, messages: list[tuple[Any, ...]]) -> list[ExchangeHandle]:
@@ -316,9 +322,16 @@ class StoreWriter:
         assert self.max_bytes
         need = self._batch_bytes(messages)
         try:
-            if only_when_near and prune.room(conn) >= need + NEAR_LIMIT * self.max_bytes:
-                return False
-            removed = prune.make_room(conn, need + int(PRUNE_TO * self.max_bytes), keep_tapes={self.tape})
+            want = need + int(PRUNE_TO * self.max_bytes)
+            if only_when_near:
+                if prune.room(conn) >= need + NEAR_LIMIT * self.max_bytes:
+                    return False
+            else:
+                # The batch did not fit though the estimate said it would (an end rewrites its whole row,
+                # request body included): each retry asks for its estimate beyond the room there is, so
+                # pruning goes on until the batch fits or nothing prunable is left.
+                want = max(want, prune.room(conn) + need)
+            removed = prune.make_room(conn, want, keep_tapes={self.tape})
         except sqlite3.Error as exc:  # the write that follows fails loud if it must: no more to say here
             with contextlib.suppress(sqlite3.Error):
                 conn.rollback()
