@@ -108,6 +108,17 @@ def test_a_reference_that_names_nothing_says_what_there_is(tmp_path: Path):
     assert "no tape 'nope'" in fail("ls", "--tape", "nope", "--db", db)
 
 
+def test_ls_tape_lists_that_tape_of_several_and_a_missing_one_names_them_all(tmp_path: Path):
+    db = tmp_path / "r.db"
+    run("import", BREAK, "--db", db)
+    run("import", HAPPY, "--db", db)
+    for tape in ("consumer-break", "openai-happy-path"):
+        rows = [json.loads(line) for line in run("ls", "--tape", tape, "--json", "--db", db).splitlines()]
+        assert [row["tape"] for row in rows] == [tape]
+    assert "no tape 'nope'" in (said := fail("ls", "--tape", "nope", "--db", db))
+    assert "(tapes: consumer-break, openai-happy-path)" in said
+
+
 def test_the_small_words(tmp_path: Path):
     db = tmp_path / "w.db"
     assert "imported 1 exchange into" in run("import", BREAK, "--db", db)

@@ -263,6 +263,18 @@ def test_every_variant_is_short_and_parses(client: str, stream: bool, how: str):
     assert unbound_globals(source) == set()  # parsing alone would pass a script missing an import
 
 
+def test_a_deadline_applied_from_the_response_head_is_the_time_from_the_head_to_leaving():
+    """The async template applies DEADLINE to the reading, from the response head: so it is the recorded time from
+    the head to the client leaving (1.2 s - 0.5 s), not from the request (which a late head would make too long)."""
+    body = {"messages": [{"role": "user", "content": "hi"}], "model": "m", "stream": True}
+    ex = shaped("AsyncOpenAI/Python 2.54.0", json.dumps(body))
+    ex.end_cause, ex.client_left_at_chunk, ex.client_left_ns = "client_left", 2, 1_200_000_000
+    plan = Plan(600.0, "the SDK's default", deadline=1.0, deadline_why="inferred from the recording",
+                head_s=0.5, left_s=1.2)
+    source = render_script(ex, [], "openai-async", plan, "async")
+    assert "DEADLINE = 0.7\n" in source and "0.7 s from the response head to leaving" in source
+
+
 def unbound_globals(source: str) -> set[str]:
     """The global names a script reads that it neither imports nor defines, nor Python builds in."""
     top = symtable.symtable(source, "repro.py", "exec")

@@ -281,7 +281,8 @@ def test_an_exchange_s_page_carries_its_diagnosis_its_replay_under_a_fault_and_t
 
 
 def test_an_exchange_s_page_links_its_neighbours_and_offers_faults_sized_to_it(store: Store):
-    before, this, after = (_exchange(store, [5] * 6) for _ in range(3))
+    # the one just before and just after, not the tape's first or last (two more on each side)
+    first, _, before, this, after, _, last = (_exchange(store, [5] * 6) for _ in range(7))
     page = render_exchange(store, this, "ui.db", fault="drop-done", links=True)
     assert (f'<nav><a href="/">all exchanges</a> · <a href="/?tape=t">tape t</a> · compare with '
             f'<a href="/compare/{this}/{before}">#{before}</a> <a href="/compare/{this}/{after}">#{after}</a></nav>'
@@ -291,6 +292,7 @@ def test_an_exchange_s_page_links_its_neighbours_and_offers_faults_sized_to_it(s
             f'<a href="/exchange/{this}?fault=stall%3Achunk%3D3%2Cseconds%3D1">stall:chunk=3,seconds=1</a> '
             f'<a href="/exchange/{this}?fault=reset%3Achunk%3D3">reset:chunk=3</a> '
             f'<a href="/exchange/{this}?fault=drop-done">drop-done</a></nav>') in page
+    assert f"/compare/{this}/{first}" not in page and f"/compare/{this}/{last}" not in page
     alone = _exchange(store, [5], tape="alone")
     nav = render_exchange(store, alone, "ui.db", links=True)
     assert '<a href="/?tape=alone">tape alone</a></nav>' in nav and 'value=""' in nav  # no neighbour, no fault
