@@ -42,13 +42,13 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         release_real_upstream(os.getpid())
 
 
+#: seconds a realmodel test may take (pyproject's `timeout` bounds the others)
+REALMODEL_TIMEOUT = 1200
+
 #: the modules whose tests run longest (subprocesses, real time), in that order. With xdist handing tests out
 #: one at a time in collection order (maxschedchunk 1, set below), starting with them is longest-first
 #: scheduling: no 30 s test starts last and runs alone at the end. (xdist's default first hands each worker a
 #: quarter of its share at once, which put all of these on one worker.)
-#: seconds a realmodel test may take (pyproject's `timeout` bounds the others)
-REALMODEL_TIMEOUT = 1200
-
 LONGEST_FIRST = ("test_readme_blocks.py", "test_bisect.py", "test_plugin.py", "test_wrap.py", "test_repro.py")
 
 
