@@ -190,7 +190,9 @@ async def test_client_command_runs_one_reference_consumer(story: Store):
     from streamreplay.cli import main
 
     out = await asyncio.to_thread(CliRunner().invoke, main, [
-        "client", "1", "--db", str(story.path), "--behaviour", "stop:3"])  # speed 1: at 0 all is sent at once
+        # at speed 0 all is sent at once; a quarter speed leaves ~0.25 s between chunks, so the client's hang-up
+        # reaches the replay before the next chunk even on a loaded machine
+        "client", "1", "--db", str(story.path), "--behaviour", "stop:3", "--speed", "0.25"])
     assert out.exit_code == 0, out.output
     assert "text       'Once upon '" in out.output
     assert "the client left at chunk 3" in out.output
