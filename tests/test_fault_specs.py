@@ -244,7 +244,9 @@ def check_every_route(replay: ReplayServer, ui: UIServer, spec: str) -> None:
     with httpx.Client(timeout=httpx.Timeout(5, read=TIMEOUT_S)) as client:
         if spec == spec.strip() and all(" " <= c <= "~" for c in spec):  # what fits in a header as it is
             _check_replay(client, f"{replay.base_url}/chat/completions", spec, {"X-Streamreplay-Fault": spec})
-        if "\n" not in spec:  # the server's catch-all route is /{tail:.*}, and "." stops at a newline: a 404
+        # the server's catch-all route is /{tail:.*}, and "." stops at a newline: a 404; and a spec of "." or ".."
+        # is a dot segment of the URL, which the client resolves before sending it (RFC 3986): no server sees it
+        if "\n" not in spec and spec not in (".", ".."):
             url = f"{replay.origin}/fault/{quote(spec, safe='')}{replay.prefix}/chat/completions"
             _check_replay(client, url, spec, {})
         _check_ui(client, ui, spec)
@@ -308,6 +310,8 @@ def _with_issue_examples(test: Callable[..., None]) -> Callable[..., None]:
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 @_with_issue_examples
+@example(spec=".")  # a dot segment: by header and ui only (hypothesis found it through the base_url prefix)
+@example(spec="..")
 @given(spec=SPECS)
 def test_every_spec_that_parses_runs_and_every_other_is_a_400(servers, spec: str):
     assume(len(quote(spec, safe="")) < 6000)  # a request line past aiohttp's 8 KB limit never reaches streamreplay

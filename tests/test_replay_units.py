@@ -442,6 +442,16 @@ async def test_not_found_answers_a_body_that_is_not_json_with_a_400(index: Index
     assert reports == [rec]
 
 
+async def test_not_found_answers_a_miss_with_no_body_with_the_404_not_the_400(index: Index):
+    """A request with no body (`GET /v1/models`) that matches nothing is a miss, not a body that is not JSON."""
+    policy, reports = NotFound(), []
+    policy.bind(index, OneExchange(index.exchanges[0], []), reports.append)
+    rec = Replayed(2, "GET", "/models")
+    response = await policy.answer(miss_request(index, b""), Miss("closest is 1"), rec)
+    assert (response.status, json.loads(response.body)["error"]["code"]) == (404, "no_recording_match")
+    assert (rec.status, rec.ending, rec.miss) == (404, "miss", "closest is 1") and reports == [rec]
+
+
 @pytest.mark.parametrize(("body", "quoted"), [(b"model=m", "b'model=m'"), (b"x" * 40, repr(b"x" * 40)),
                                               (b"x" * 41, repr(b"x" * 40) + "...")])
 async def test_the_400_s_quote_of_a_body_that_is_not_json_ends_in_dots_only_when_it_was_cut(

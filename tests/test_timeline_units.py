@@ -62,6 +62,15 @@ def test_one_mark_per_chunk_with_the_first_content_the_finish_reason_and_done_ma
     assert s.note == f"5 chunks · {sum(len(c.data) for c in chunks)} bytes · 60 ms"
 
 
+def test_a_chunk_that_carries_only_a_tool_call_is_content_and_can_be_the_first():
+    """An answer that starts with a tool call has its first content there: the call is what the model said."""
+    call = chat_chunk({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                                       "function": {"name": "get_weather", "arguments": ""}}]})
+    args = chat_chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"city": "Paris"}'}}]})
+    s = recorded_series(_exchange(end_cause=EndCause.COMPLETE), _chunks(ROLE, call, args, STOP, DONE))
+    assert [set(m.kinds) for m in s.marks] == [set(), {"content", "first"}, {"content"}, {"finish"}, {"done"}]
+
+
 def test_an_error_event_is_marked_as_an_error():
     err = b'data: {"error": {"message": "overloaded", "type": "server_error"}}\n\n'
     s = recorded_series(_exchange(end_cause=EndCause.COMPLETE), _chunks(HI, err))
