@@ -231,7 +231,8 @@ def main() -> int:
         "lat_chunks": 40 if tiny else 500, "lat_gap": 2 if tiny else 5, "lat_streams": (5,) if tiny else (50, 100),
         "fast_chunks": 500 if tiny else 10_000, "many": 10 if tiny else 200, "many_chunks": 50 if tiny else 500,
         "replay_chunks": 10 if tiny else 120, "replay_streams": 5 if tiny else 100,
-        "mem_streams": (1, 5) if tiny else (1, 100, 500), "big_chunks": 80 if tiny else 3200,
+        "mem_streams": (1, 5) if tiny else (1, 100, 500), "mem_chunks": 50 if tiny else 200,
+        "big_chunks": 80 if tiny else 3200,
         "best_of": 1 if tiny else 3,
         "ttfb_requests": 20 if tiny else 200, "ttfb_warmup": 3 if tiny else 20,
         **replay_memory_size(tiny),
@@ -418,7 +419,7 @@ def _memory(upstream: Daemon, work: Path, size: dict[str, Any]) -> dict[str, Any
                                        "--db", str(work / f"mem{streams}.db"), "--port", "0"], r"base_url (http://\S+)")
         try:
             with daemon.sample() as sampler:
-                client(daemon.base_url, streams, 200, 5, size=200)
+                client(daemon.base_url, streams, size["mem_chunks"], 5, size=200)
             out[f"peak_rss_mb_{streams}_streams"] = sampler.peak / 2**20
         finally:
             daemon.stop()

@@ -25,12 +25,14 @@ from streamreplay.store import Store
 from streamreplay.testing import Script
 from tests.helpers import chat, record
 
-APP = Path(__file__).resolve().parent / "apps" / "agent.py"
+APPS = Path(__file__).resolve().parent / "apps"
+#: the searches run an app a step: most on the standard library, which starts in a tenth of the SDK's time
+APP, SDK_APP = APPS / "plain_agent.py", APPS / "agent.py"
 STORY = "Once upon a time a small robot learned to read streams to the very end."
 
 
-def check(*args: str) -> str:
-    return " ".join([sys.executable, str(APP), *args])
+def check(*args: str, app: Path = APP) -> str:
+    return " ".join([sys.executable, str(app), *args])
 
 
 @pytest.fixture
@@ -47,7 +49,7 @@ def bound(n: int) -> int:
 
 
 async def test_by_chunk_finds_the_finish_chunk(story: Store):
-    result = await Bisector(story, 1, CommandOracle(check("needs-finish"))).by_chunk()
+    result = await Bisector(story, 1, CommandOracle(check("needs-finish", app=SDK_APP))).by_chunk()
     assert result.boundary == {"bad": 16, "good": 17, "needed_chunk": 16, "chunk": "finish_reason=stop"}
     assert result.answer == ("bad for cut at or before chunk 16, good from 17: the app needs chunk 16 "
                              "(finish_reason=stop)")
@@ -56,26 +58,11 @@ async def test_by_chunk_finds_the_finish_chunk(story: Store):
     assert [s.spec for s in result.steps][:3] == ["cut:chunk=18", "cut:chunk=0", "cut:chunk=9"]
 
 
-#: the app of test_by_chunk_prints_a_boundary_that_replays_the_failure: needs-finish on the standard library
-#: alone, which starts in a tenth of the time the openai SDK takes
-NEEDS_FINISH = """
-import json, os, sys, urllib.request
-body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Tell me a story."}],
-                   "stream": True}).encode()
-ask = urllib.request.Request(os.environ["OPENAI_BASE_URL"] + "/chat/completions", body,
-                             {"Content-Type": "application/json"})
-with urllib.request.urlopen(ask, timeout=10) as answer:
-    sys.exit(0 if b'"finish_reason":"stop"' in answer.read() else 1)
-"""
-
-
-def test_by_chunk_prints_a_boundary_that_replays_the_failure(story: Store, tmp_path: Path):
+def test_by_chunk_prints_a_boundary_that_replays_the_failure(story: Store):
     """The "replay the boundary" command `bisect --by chunk` prints replays the failing side: run as printed,
     the app fails, and one chunk more it passes, so it is the last failing cut, not the first good one."""
-    app = tmp_path / "needs_finish.py"
-    app.write_text(NEEDS_FINISH)
     runner = CliRunner()
-    out = runner.invoke(main, ["bisect", "1", "--db", str(story.path), "--check", f"{sys.executable} {app}"])
+    out = runner.invoke(main, ["bisect", "1", "--db", str(story.path), "--check", check("needs-finish")])
     assert out.exit_code == 0, out.output
     assert "bad for cut at or before chunk 16, good from 17" in out.output
     (printed,) = re.findall(r"^replay the boundary: (.*)$", out.output, re.M)
@@ -86,7 +73,7 @@ def test_by_chunk_prints_a_boundary_that_replays_the_failure(story: Store, tmp_p
     kind, k = re.fullmatch(r"(cut):chunk=(\d+)", argv[-1]).groups()
 
     def app_under(args: list[str]) -> int:  # `streamreplay play ... -- APP`: the app's exit status
-        return runner.invoke(main, [*args, "--", sys.executable, str(app)]).exit_code
+        return runner.invoke(main, [*args, "--", sys.executable, str(APP), "needs-finish"]).exit_code
 
     assert app_under(argv[1:]) == 1, f"the app passes under {printed}"
     assert app_under([*argv[1:-1], f"{kind}:chunk={int(k) + 1}"]) == 0
@@ -96,7 +83,7 @@ async def test_by_chunk_finds_a_word_count_and_other_cut_kinds(story: Store):
     result = await Bisector(story, 1, CommandOracle(check("needs-words", "5"))).by_chunk()
     assert (result.boundary["bad"], result.boundary["good"]) == (5, 6)  # the role chunk + 5 words
     assert result.boundary["chunk"] == "'a '" and result.runs <= bound(18)  # Once upon a time a
-    # under a reset the same app fails unless it reads [DONE] first (the SDK stops reading there)
+    # under a reset the same app fails unless it reads [DONE] first (it stops reading there, as the SDK does)
     result = await Bisector(story, 1, CommandOracle(check("needs-words", "5"))).by_chunk("reset")
     assert result.boundary == {"bad": 17, "good": 18, "needed_chunk": 17, "chunk": "[DONE]"}
 
