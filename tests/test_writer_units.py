@@ -660,7 +660,11 @@ def test_when_every_suffix_of_a_default_tape_name_is_taken_the_start_fails_in_on
     writer.close()
     with contextlib.closing(sqlite3.connect(db)) as conn, conn:
         conn.executemany("insert into tapes (name, created_at, source) values (?, '', '')",
-                         [(f"rec-{n}",) for n in range(2, 10_000)])
+                         [(f"rec-{n}",) for n in range(2, 9_999)])
+    last = StoreWriter(db, "rec", unique_tape=True)
+    last.start()
+    last.close()
+    assert last.tape == "rec-9999"  # the last suffix is tried too
     with pytest.raises(StoreError) as caught:
         StoreWriter(db, "rec", unique_tape=True).start()
     assert str(caught.value) == f"no free tape name like rec in {db}"

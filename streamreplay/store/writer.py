@@ -213,8 +213,7 @@ class StoreWriter:
     def _claim_tape(self, db: sqlite_utils.Database) -> str:
         """The tape's row; a default name already taken (another recorder, the same second) gets a suffix.
         The insert itself is the test, so two recorders starting together cannot both take one name."""
-        name = self.tape
-        for n in range(2, 10_000):
+        for name in [self.tape, *(f"{self.tape}-{n}" for n in range(2, 10_000))]:
             try:
                 with db.conn:
                     db.conn.execute("insert into tapes (name, created_at, source) values (?, ?, ?)",
@@ -223,7 +222,6 @@ class StoreWriter:
             except sqlite3.IntegrityError:
                 if not self.unique_tape:
                     return name  # recording more into a tape the user named
-                name = f"{self.tape}-{n}"
         raise StoreError(f"no free tape name like {self.tape} in {self.path}")
 
     def _run(self) -> None:
