@@ -129,7 +129,9 @@ def _fill(ex: Exchange, line: dict[str, Any]) -> None:
     """Set the fields `line` carries on `ex` (a missing key leaves a field its default)."""
     for f, col in _FIELDS[line["type"]]:
         key = col.key or f.name
-        if key not in line and not col.required:
+        if key not in line:
+            if col.required:  # a default would pass a broken line off as a recording
+                raise ValueError(f"a {line['type']} line needs {key!r}")
             setattr(ex, f.name, default(f))
             continue
         value = line[key]
@@ -240,8 +242,8 @@ def _read_line(line: dict[str, Any], exchanges: dict[int, Exchange], chunks: dic
     seq = int(line["seq"])
     kind = line["type"]
     if kind == "request":
-        ex = exchanges[seq] = Exchange(id=seq + 1, tape=tape, seq=seq, method=line["method"], path=line["path"])
-        _fill(ex, line)
+        ex = exchanges[seq] = Exchange(id=seq + 1, tape=tape, seq=seq, method="", path="")
+        _fill(ex, line)  # which refuses a line without its method or path
         # what a cassette does not carry, derived from what it does
         body = line.get("body") or {}
         payload = body.get("json") if isinstance(body.get("json"), dict) else {}

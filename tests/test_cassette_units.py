@@ -146,6 +146,19 @@ def test_a_broken_cassette_says_where_and_what(tmp_path: Path, text: str, messag
     assert str(caught.value) == message.format(path=path)
 
 
+@pytest.mark.parametrize(("kind", "key"), [("request", "method"), ("request", "path"), ("response", "status"),
+                                           ("response", "headers"), ("end", "cause")])
+def test_a_line_without_a_key_it_must_carry_is_refused_naming_the_line_and_the_key(
+        tmp_path: Path, kind: str, key: str):
+    lines = [json.loads(line) for line in cassette_lines("t", [exchange(0)], chunks_of)]
+    number = next(i for i, line in enumerate(lines) if line.get("type") == kind)
+    del lines[number][key]
+    path = write(tmp_path / "c.jsonl", *lines)
+    with pytest.raises(CassetteError) as caught:
+        read_cassette(path)
+    assert str(caught.value) == f"{path}:{number + 1}: a {kind} line needs {key!r}"
+
+
 def test_a_missing_cassette_is_named(tmp_path: Path):
     with pytest.raises(FileNotFoundError) as caught:
         read_cassette(tmp_path / "none.jsonl")

@@ -469,6 +469,23 @@ async def test_asynchronous_filter_annotations_break_both_clients_live_and_repla
         assert recorded_body(db_path, ex.id) == b"".join(events)
 
 
+async def test_a_chunk_after_the_finish_with_no_finish_reason_leaves_the_one_the_client_saw(db_path: Path):
+    """The reference client keeps the last finish reason it met, as an app does: an annotation sent with an
+    empty delta (read past the finish chunk, without the AttributeError a missing delta gives) does not undo it."""
+    *head, annotation, done = async_filter_events(Script(), "chatcmpl-0001")
+    verdicts = json.loads(annotation[6:])
+    verdicts["choices"][0]["delta"] = {}
+    events = [*head, f"data: {json.dumps(verdicts)}\n\n".encode(), done]
+    async with ScriptedUpstream() as upstream:
+        upstream.queue(Script(raw=events))
+        async with RecordingProxy(RecordOptions(upstream=upstream.origin, db=str(db_path), tape="t")) as proxy:
+            live = seen(await DRIVERS[SYNC](proxy.base_url, MESSAGES, 5.0))
+            await proxy.settle()
+    async with ReplayServer(db_path, speed=0) as srv:
+        replayed = seen(await DRIVERS[SYNC](srv.base_url, MESSAGES, 5.0))
+    assert live == replayed == (TEXT, "stop", None)
+
+
 def test_a_blocking_annotation_is_the_stop_reason():
     body = b"".join(async_filter_events(Script(), "chatcmpl-0001", blocked=True))
     assert dialect_for(PATH).assemble_stream(body).finish_reason == "content_filter"

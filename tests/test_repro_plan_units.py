@@ -13,6 +13,7 @@ from streamreplay.bundled import bundled_tape
 from streamreplay.cassette import read_cassette
 from streamreplay.clientid import Client
 from streamreplay.diagnose import Diagnosis, diagnose_exchange
+from streamreplay.endcause import EndCause
 from streamreplay.repro_plan import OPENAI_DEFAULT_TIMEOUT, is_async, plan_for
 from streamreplay.store import Chunk, Exchange
 
@@ -90,6 +91,19 @@ def test_a_consumer_that_stopped_is_stopped_after_as_many_units_as_its_client_co
     ag2 = plan_for(ex, chunks, d, Client.AG2, None)
     assert ag2.stop_after is None and ag2.behaviour == "reads to the end (AG2 cannot stop early)"
     assert "AG2 reads every stream to its end" in ag2.note
+
+
+@pytest.mark.parametrize("cause", [EndCause.COMPLETE, EndCause.UPSTREAM_CLOSED, EndCause.UPSTREAM_RESET,
+                                   EndCause.EOF_WITHOUT_DONE, EndCause.HTTP_ERROR, EndCause.UPSTREAM_TIMEOUT])
+@pytest.mark.parametrize("client", [Client.OPENAI_SYNC, Client.OPENAI_ASYNC, Client.AUTOGEN_AGENTCHAT])
+def test_a_stream_the_client_did_not_leave_is_read_to_the_end_whoever_ended_it(cause: EndCause, client: Client):
+    """Only a client that left stops early or gives up: when the upstream ended the stream, the script reads
+    what the client read, to the end, and lets the upstream's ending happen."""
+    ex, chunks, _ = _recorded("openai-happy-path")
+    ended = replace(ex, end_cause=cause)
+    d = diagnose_exchange(ended, chunks, [ended], "rec.db")
+    plan = plan_for(ended, chunks, d, client, None)
+    assert (plan.stop_after, plan.deadline, plan.note, plan.behaviour) == (None, None, "", "reads to the end")
 
 
 def test_a_client_that_left_before_any_chunk_stops_after_the_first():
