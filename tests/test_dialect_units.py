@@ -1088,6 +1088,23 @@ def test_a_line_parser_reads_each_json_line_across_reads_and_skips_blank_ones():
     assert (parser.close(), parser.problems, parser.bytes_seen) == ([], [], 21)
 
 
+def test_a_line_parser_gives_the_whole_body_s_events_at_every_split_and_byte_by_byte():
+    """However a body is cut into reads (a read that starts with the newline ending the line before, a CRLF cut
+    in two, one byte at a time), the events and the problems are those of the whole body in one read."""
+    body = b'{"a":1}\n{"b":2}\r\n\n{"c":"\xc3\xa9"}\n{"d":\xff}\n{"done":true}'
+
+    def parsed(reads: list[bytes]) -> tuple[list[Event], list[str]]:
+        parser = LineParser()
+        events = [event for read in reads for event in parser.feed(read)] + parser.close()
+        return events, parser.problems
+
+    whole = parsed([body])
+    assert len(whole[0]) == 5 and len(whole[1]) == 2  # the bad byte, the last line without its newline
+    for cut in range(len(body) + 1):
+        assert parsed([body[:cut], body[cut:]]) == whole, cut
+    assert parsed([body[i:i + 1] for i in range(len(body))]) == whole
+
+
 def test_a_line_parser_reads_a_last_line_without_its_newline_and_says_so():
     parser = LineParser()
     assert parser.feed(b'{"a":1}\n{"done":true}') == [Event('{"a":1}')]

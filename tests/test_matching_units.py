@@ -56,6 +56,16 @@ def test_method_matches_whatever_the_case_and_names_both_sides():
     assert method(recorded(method="POST"), req(method="GET")) == "method: GET != POST"
 
 
+@pytest.mark.parametrize("match_on", [("method", "path", "body"), ("method", "path")])
+def test_a_recording_is_found_whatever_the_case_of_either_method(match_on: tuple[str, ...]):
+    """The index looks a request up by the matchers' keys: a method's case changes neither the key nor the find."""
+    index = Index([exchange(1, body(), method="POST"), exchange(2, body(), method="get")], match_on=match_on)
+    assert index.lookup(index.request("post", "/chat/completions", body())).id == 1
+    assert index.lookup(index.request("GET", "/chat/completions", body())).id == 2
+    assert index.request("post", "/chat/completions", body()).key == index.request("POST", "/chat/completions",
+                                                                                   body()).key
+
+
 def test_path_matches_exactly_and_names_both_sides():
     path = MATCHERS["path"]
     assert path(recorded(path="/chat/completions"), req(path="/chat/completions")) is None

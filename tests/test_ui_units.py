@@ -28,7 +28,7 @@ from streamreplay.ui import (
     render_compare,
     render_exchange,
 )
-from tests.helpers import write_exchange
+from tests.helpers import chat_chunk, write_exchange
 
 
 def _exchange(store: Store, sizes: list[int], tape: str = "t") -> int:
@@ -68,6 +68,23 @@ def test_the_chunk_table_goes_200_rows_at_a_time_each_page_naming_the_next(store
     assert before == 400 * 1_000_000
     one_page = _exchange(store, [10] * 3)
     assert chunk_window(store, one_page, 0)[2:] == (None, 0)  # nothing before the first chunk
+
+
+def test_a_big_exchange_s_table_notes_the_first_content_on_the_first_page_and_on_no_later_one(store: Store):
+    body = [chat_chunk({"role": "assistant"}), *[chat_chunk({"content": "w "})] * 1000,
+            chat_chunk({}, finish="stop"), b"data: [DONE]\n\n"]
+    eid = write_exchange(store, [((i + 1) * 1_000_000, data) for i, data in enumerate(body)], headers_ns=1,
+                         ttfb_ns=1_000_000, duration_ns=len(body) * 1_000_000, chunk_count=len(body),
+                         byte_count=sum(map(len, body)), end_cause="complete")
+    assert is_big(store, eid)
+
+    def noted(start: int) -> list[tuple[str, str]]:
+        rows = re.findall(r'<tr id="a-(\d+)"[^>]*>.*?<td class="n">([^<]*)</td></tr>', render_chunks(store, eid, start))
+        return [(index, notes) for index, notes in rows if notes]
+
+    assert noted(0) == [("1", "first content")]  # chunk 0 carries only the role
+    assert noted(200) == []  # its first row has content, but the first content was on page one
+    assert noted(1000) == [("1001", "finish_reason"), ("1002", "[DONE]")]  # the last page notes its own
 
 
 def test_a_table_page_holds_at_most_256_kib_of_data_and_one_row_at_least(store: Store):
