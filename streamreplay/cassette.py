@@ -126,7 +126,8 @@ def _plain(value: Any) -> Any:
 
 
 def _fill(ex: Exchange, line: dict[str, Any]) -> None:
-    """Set the fields `line` carries on `ex` (a missing key leaves a field its default)."""
+    """Set the fields `line` carries on `ex`: a missing key leaves a field its default, unless the line must
+    carry it (ValueError)."""
     for f, col in _FIELDS[line["type"]]:
         key = col.key or f.name
         if key not in line:
