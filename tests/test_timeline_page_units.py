@@ -14,20 +14,13 @@ from streamreplay.timeline.model import recorded_series
 from streamreplay.timeline.page import CSS, badge, chunk_page, chunk_table, exchange_page
 from streamreplay.timeline.svg import COLORS, esc, series_svg
 from tests.helpers import chat_chunk
-
-MS = 1_000_000
-ROLE = chat_chunk({"role": "assistant", "content": ""})
-HI = chat_chunk({"content": "Hi"})
-THERE = chat_chunk({"content": " there"})
-STOP = chat_chunk({}, finish="stop")
-DONE = b"data: [DONE]\n\n"
-SSE = [["Content-Type", "text/event-stream"]]
+from tests.test_timeline_units import DONE, HI, MS, ROLE, STOP, THERE
+from tests.test_timeline_units import _exchange as _stream
 
 
 def _exchange(**columns: object) -> Exchange:
-    fields: dict = {"id": 7, "tape": "t", "seq": 0, "method": "POST", "path": "/chat/completions", "status": 200,
-                    "response_headers": SSE, "stream": True, "end_cause": EndCause.COMPLETE}
-    return Exchange(**{**fields, **columns})
+    """The timeline tests' recorded stream, ended complete unless said otherwise."""
+    return _stream(**{"end_cause": EndCause.COMPLETE, **columns})
 
 
 def _chunks(*datas: bytes, step: int = 10 * MS) -> list[Chunk]:
