@@ -25,9 +25,9 @@ from streamreplay.store import Store
 from streamreplay.testing import Script
 from tests.helpers import chat, record
 
-APPS = Path(__file__).resolve().parent / "apps"
-#: the searches run an app a step: most on the standard library, which starts in a tenth of the SDK's time
-APP, SDK_APP = APPS / "plain_agent.py", APPS / "agent.py"
+#: the searches run an app a step: agent.py's judgements on the standard library, which starts in a tenth of
+#: the SDK's time (the README's bisect transcripts run agent.py itself, on the openai SDK)
+APP = Path(__file__).resolve().parent / "apps" / "plain_agent.py"
 STORY = "Once upon a time a small robot learned to read streams to the very end."
 
 
@@ -49,7 +49,7 @@ def bound(n: int) -> int:
 
 
 async def test_by_chunk_finds_the_finish_chunk(story: Store):
-    result = await Bisector(story, 1, CommandOracle(check("needs-finish", app=SDK_APP))).by_chunk()
+    result = await Bisector(story, 1, CommandOracle(check("needs-finish"))).by_chunk()
     assert result.boundary == {"bad": 16, "good": 17, "needed_chunk": 16, "chunk": "finish_reason=stop"}
     assert result.answer == ("bad for cut at or before chunk 16, good from 17: the app needs chunk 16 "
                              "(finish_reason=stop)")
