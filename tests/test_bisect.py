@@ -31,8 +31,8 @@ APP = Path(__file__).resolve().parent / "apps" / "plain_agent.py"
 STORY = "Once upon a time a small robot learned to read streams to the very end."
 
 
-def check(*args: str, app: Path = APP) -> str:
-    return " ".join([sys.executable, str(app), *args])
+def check(*args: str) -> str:
+    return " ".join([sys.executable, str(APP), *args])
 
 
 @pytest.fixture

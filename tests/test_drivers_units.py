@@ -21,9 +21,9 @@ from streamreplay.scripted.chat import chat_events
 from streamreplay.scripted.responses import response_object
 from streamreplay.scripted.script import split_pieces
 from streamreplay.testing import Script, ScriptedUpstream
+from tests.helpers import MESSAGES
 
 TEXT = Script().text
-MESSAGES = [{"role": "user", "content": "Say hello"}]
 WITH_SYSTEM = [{"role": "system", "content": "Be brief."}, {"role": "system", "content": "Answer in English."},
                {"role": "user", "content": "Say hello"}]
 

@@ -19,6 +19,7 @@ from aiohttp import web
 from streamreplay.linelog import LineLog
 from streamreplay.serving import AppServer
 from streamreplay.wire import close_mid_body, forwardable, openai_error, openai_errors, reset_connection
+from tests.helpers import raw_answer
 
 
 class Wired(AppServer):
@@ -54,14 +55,8 @@ class Wired(AppServer):
 
 
 async def exchange(port: int, raw: bytes, timeout: float = 3) -> bytes:
-    """Send `raw`, read until the server closes (or `timeout`)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(raw)
-        await writer.drain()
-        return await asyncio.wait_for(reader.read(), timeout)
-    finally:
-        writer.close()
+    """`raw_answer`, which the server must close within `timeout` s."""
+    return await asyncio.wait_for(raw_answer(port, raw), timeout)
 
 
 def split(answer: bytes) -> tuple[int, dict[str, str], bytes]:
