@@ -112,7 +112,13 @@ def _docstring(ex: Exchange, chunks: list[Chunk], client: Client, script_client:
         lines.append(f"Ended: {ex.end_cause} after {_n(len(chunks), 'chunk')}, {(ex.duration_ns or 0) / 1e9:.3f} s; "
                      f"text {_short(ex.text)}, finish_reason {ex.finish_reason}.")
     wrapped = [w for line in lines for w in textwrap.wrap(line, 116)]
-    return title, "\n".join(wrapped).replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
+    return _in_docstring(title), _in_docstring("\n".join(wrapped))
+
+
+def _in_docstring(text: str) -> str:
+    """`text` as it reads inside a triple-quoted docstring: a tape name or a recorded text may hold a
+    backslash or a triple quote."""
+    return text.replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
 
 
 def _tags(script_client: Client, asynchronous: bool, stream: bool, stop: bool, deadline: bool) -> set[str]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
 import threading
 from pathlib import Path
 
@@ -165,3 +166,123 @@ def test_a_store_is_used_from_another_thread_than_the_one_that_opened_it(tmp_pat
         worker.join(5)
         ro.close()
         assert got == [eid, b"data: a\n\n"]
+
+
+def test_a_db_whose_write_ahead_log_cannot_be_opened_is_opened_read_only_and_still_read(tmp_path: Path):
+    """A DB SQLite cannot open to write ("unable to open database file": here its -wal, which root meets too) is
+    opened read-only and still read, not refused."""
+    db = tmp_path / "d.db"
+    with Store(db) as s:
+        eid = write_exchange(s, [(5, b"data: a\n\n")], tape="t")
+    (tmp_path / "d.db-wal").mkdir()  # closing removed the WAL: a folder in its place cannot be opened as one
+    with pytest.raises(sqlite3.OperationalError, match="unable to open"):
+        Store(db)
+    s = open_store(db)
+    try:
+        assert s.readonly and s.resolve("t") == eid and [c.data for c in s.chunks(eid)] == [b"data: a\n\n"]
+    finally:
+        s.close()
+
+
+def test_a_db_file_that_cannot_be_written_is_opened_read_only_and_still_read(tmp_path: Path):
+    """A DB file SQLite can only read ("attempt to write a readonly database") is opened read-only and still read,
+    not refused."""
+    db = tmp_path / "d.db"
+    with Store(db) as s:
+        eid = write_exchange(s, [(5, b"data: a\n\n")], tape="t")
+        s.db.disable_wal()  # so that opening it to write must write (WAL on again), which a read-only file refuses
+    root = os.geteuid() == 0
+    if root:  # root writes any file chmod protects: an immutable one it cannot
+        if subprocess.run(["chattr", "+i", str(db)], capture_output=True).returncode != 0:
+            pytest.skip("root, and chattr +i cannot make a file root cannot write here")
+    else:
+        db.chmod(0o444)
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="attempt to write a readonly database"):
+            Store(db)
+        s = open_store(db)
+        assert s.readonly and s.resolve("t") == eid and [c.data for c in s.chunks(eid)] == [b"data: a\n\n"]
+        s.close()
+    finally:
+        if root:
+            subprocess.run(["chattr", "-i", str(db)], check=True)
+        else:
+            db.chmod(0o644)
+
+
+def test_a_db_of_this_version_opens_again_and_again_to_write_as_it_was_left(tmp_path: Path):
+    """Opening a DB this version made, for writing, keeps it as it is: no refusal, no index made twice."""
+    db = tmp_path / "d.db"
+    with Store(db) as s:
+        eid = write_exchange(s, [(5, b"data: a\n\n")], tape="t")
+    for _ in range(2):
+        with open_store(db) as s:
+            assert not s.readonly and s.resolve("t") == eid and [c.data for c in s.chunks(eid)] == [b"data: a\n\n"]
+            assert s.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_an_older_db_gains_its_missing_columns_with_their_types(tmp_path: Path):
+    """A column an older DB lacks is added with its type: a number stored in it reads back as a number."""
+    db = tmp_path / "old.db"
+    with Store(db) as s:
+        write_exchange(s)
+        s.db.conn.execute("alter table exchanges drop column chunk_count")
+        s.db.conn.execute("PRAGMA user_version = 1")
+    with Store(db) as s:
+        assert s.db["exchanges"].columns_dict["chunk_count"] is int
+        eid = write_exchange(s, chunk_count=1234)
+        assert s.exchange(eid).chunk_count == 1234
+
+
+def test_the_schema_refuses_a_tape_name_twice_a_row_with_no_tape_method_or_path_and_a_chunk_stored_twice(
+        store: Store):
+    """The constraints the writer relies on: a tape name is taken once (a default one then gets a suffix), an
+    exchange has its tape, method and path, and an exchange's chunk index is stored once."""
+    eid = write_exchange(store, [(5, b"data: a\n\n")], tape="t")
+    with pytest.raises(sqlite3.IntegrityError):
+        store.db.execute("insert into tapes (name, created_at, source) values ('t', '', '')")
+    for column in ("tape", "method", "path"):
+        row = {"tape": "t", "method": "POST", "path": "/chat/completions", column: None}
+        with pytest.raises(sqlite3.IntegrityError):
+            store.db.execute("insert into exchanges (tape, method, path) values (?, ?, ?)", list(row.values()))
+    with pytest.raises(sqlite3.IntegrityError):
+        store.db.execute("insert into chunks (exchange_id, idx, t_ns, data) values (?, 0, 9, x'00')", [eid])
+    assert [c.data for c in store.chunks(eid)] == [b"data: a\n\n"]
+
+
+def test_the_db_s_size_on_disk_counts_its_write_ahead_log(store: Store, tmp_path: Path):
+    """What `ls` gives as the DB's size on disk counts its write-ahead log, where recent writes are."""
+    write_exchange(store, [(5, b"x" * 50_000)])
+    wal = tmp_path / "d.db-wal"
+    assert wal.stat().st_size > 50_000
+    assert store.size_bytes() == (tmp_path / "d.db").stat().st_size + wal.stat().st_size
+
+
+def test_a_tape_whose_name_has_a_colon_is_named_with_its_seq_after_the_last_colon(store: Store):
+    """`TAPE:SEQ` splits at the last colon, so a tape named `team:a` has its exchanges named `team:a:0`, ..."""
+    first = write_exchange(store, tape="team:a")
+    second = write_exchange(store, tape="team:a")
+    assert (store.resolve("team:a:0"), store.resolve("team:a:1")) == (first, second)
+
+
+def test_an_exchange_a_dead_recorder_left_open_is_marked_interrupted_with_what_arrived(store: Store):
+    """Opening a DB to record marks each exchange left open by a recorder no longer running `interrupted`,
+    with its chunks counted and summed; an ended one is left as it was."""
+    open_id = write_exchange(store, [(5, b"data: a\n\n"), (9, b"data: b\n\n")], tape="t")
+    ended = write_exchange(store, [(5, b"data: a\n\n")], tape="t", end_cause="complete")
+    assert store.mark_interrupted() == [open_id]
+    ex = store.exchange(open_id)
+    assert (ex.end_cause, ex.chunk_count, ex.byte_count, ex.duration_ns) == ("interrupted", 2, 18, 9)
+    assert store.exchange(ended).end_cause == "complete"
+
+
+def test_tapes_are_listed_oldest_first_with_when_they_were_made_their_source_and_their_count(store: Store):
+    """`tapes()` gives each tape's name, when it was made, its source (what a cassette export carries) and how many
+    exchanges it holds, oldest first."""
+    with store.db.conn:
+        store.db["tapes"].insert({"name": "new", "created_at": "2025-02-01T00:00:00", "source": "proxy of b"})
+    write_exchange(store, tape="old")  # its tape made 2025-01-01, source "test"
+    assert store.tapes() == [
+        {"name": "old", "created_at": "2025-01-01T00:00:00.000+00:00", "source": "test", "exchanges": 1},
+        {"name": "new", "created_at": "2025-02-01T00:00:00", "source": "proxy of b", "exchanges": 0},
+    ]

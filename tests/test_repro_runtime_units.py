@@ -140,3 +140,50 @@ def test_the_report_names_every_fault_and_the_moment_the_client_left():
     rec = _chat(delivered=3, client_left_at_chunk=3, client_left_ns=10**12, applied=["stall:chunk=1", "cut:chunk=5"])
     assert _ending(rec) == ["ending     the client left (the replay was to end clean) [stall:chunk=1 + cut:chunk=5]",
                             "ended at   chunk 3 of 10, 1000.000 s in"]
+
+
+def test_a_reference_client_gives_up_after_the_timeout_it_is_given_and_waits_that_long():
+    """The script's TIMEOUT reaches the client, plain HTTP or SDK: an answer held back past it is an error, one held
+    back less than it (and longer than the SDK driver's own 2 s default) is read."""
+    stream = chat_chunk({"content": "Yo"}) + chat_chunk({}, finish="stop") + b"data: [DONE]\n\n"
+    request = {"messages": [{"role": "user", "content": "q"}], "stream": True}
+    with ScriptedUpstream(Script(raw=[stream], content_type="text/event-stream", first_delay=2.4)) as upstream:
+        for client in ("http", "openai-sync"):
+            got = run_reference(client, upstream.base_url, request, timeout=0.3)
+            assert got.error and got.text == "", client
+        got = run_reference("openai-sync", upstream.base_url, request, timeout=10)
+    assert (got.text, got.finish_reason, got.error) == ("Yo", "stop", None)
+
+
+def test_an_unknown_reference_client_s_refusal_lists_the_ones_there_are_comma_separated():
+    """The refusal names the client asked for and every one `--client` can switch to, as words to read."""
+    with pytest.raises(ValueError) as refused:
+        run_reference("curl", "http://127.0.0.1:9/v1", {"messages": []})
+    assert str(refused.value) == ("unknown reference client 'curl': "
+                                  "openai-sync, openai-async, autogen-agentchat, ag2, http")
+
+
+class _EndsOnSecondLook:
+    """A replay whose one request is still in flight the first time the report looks, and ended after that."""
+
+    def __init__(self, rec: Replayed) -> None:
+        self.rec, self.looks = rec, 0
+
+    @property
+    def requests(self) -> list[Replayed]:
+        self.looks += 1
+        if self.looks > 2:  # the report reads `requests` twice a look
+            self.rec.delivered = self.rec.total
+        return [self.rec]
+
+
+def test_the_report_is_given_as_soon_as_the_replay_ends_or_its_client_leaves_not_after_its_wait():
+    """A report waits for a replay in flight by looking again every few milliseconds; a client that left early is
+    reported at once."""
+    start = time.monotonic()
+    ending = _EndsOnSecondLook(_chat(delivered=4))
+    assert report("openai", Outcome("Hello"), ending, wait=30.0).splitlines()[-1] == "ended at   chunk 10 of 10"
+    left = _chat(delivered=3, client_left_at_chunk=3, client_left_ns=250_000_000)
+    lines = report("openai", Outcome("Hel"), _Server([left]), wait=30.0).splitlines()
+    assert lines[-1] == "ended at   chunk 3 of 10, 0.250 s in"
+    assert time.monotonic() - start < 0.9  # a second look comes 10 ms after the first, not a second later

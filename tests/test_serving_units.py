@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import selectors
 import socket
+import threading
 import time
 
 import httpx
@@ -147,3 +149,73 @@ async def test_it_writes_no_access_log(caplog):
     async with Hello() as srv, httpx.AsyncClient() as client:
         assert (await client.get(f"{srv.base_url}/hi")).status_code == 200
     assert not [r for r in caplog.records if r.name == "aiohttp.access"]
+
+
+async def test_servers_given_no_port_each_listen_on_a_free_port_of_their_own():
+    """A server made without a port asks for a free one (port 0): two of them run side by side."""
+    async with Waiting() as a, Waiting() as b:  # Waiting passes no port to AppServer
+        assert a.port != b.port and 0 not in (a.port, b.port)
+
+
+async def test_a_server_listens_again_on_its_port_at_once_after_closing_a_kept_alive_connection():
+    """Stopping closes an idle kept-alive connection from the server's side, which leaves that port's socket in
+    TIME_WAIT; a server started on the same port right after (a restarted `streamreplay replay --port`) still binds."""
+    first = Hello()
+    async with first:
+        reader, writer = await asyncio.open_connection("127.0.0.1", first.port)
+        writer.write(b"GET /v1/hi HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        await writer.drain()
+        await asyncio.wait_for(reader.readuntil(b"hello on /v1/hi"), 3)
+    # the server closed first: the client reads the end only now
+    assert await asyncio.wait_for(reader.read(), 3) == b""
+    writer.close()
+    async with Hello(port=first.port) as again, httpx.AsyncClient() as client:
+        assert (await client.get(f"{again.base_url}/hi")).text == "hello on /v1/hi"
+
+
+def test_hundreds_of_clients_connecting_in_the_same_instant_all_get_in():
+    """The listening socket's backlog holds 300 connections made while the server's loop is busy (aiohttp's
+    own default, 128, would leave the rest waiting for SYN retries)."""
+    with Hello() as srv:
+        busy = threading.Event()
+        srv._loop.call_soon_threadsafe(busy.wait, 10)  # the loop accepts nothing until busy is set
+        socks = [socket.socket() for _ in range(300)]
+        try:
+            with selectors.DefaultSelector() as sel:
+                for s in socks:
+                    s.setblocking(False)
+                    s.connect_ex(("127.0.0.1", srv.port))
+                    sel.register(s, selectors.EVENT_WRITE)
+                connected = 0
+                deadline = time.monotonic() + 5
+                while connected < len(socks) and time.monotonic() < deadline:
+                    for key, _ in sel.select(timeout=0.1):
+                        sel.unregister(key.fileobj)
+                        connected += key.fileobj.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+            assert connected == len(socks)
+        finally:
+            for s in socks:
+                s.close()
+            busy.set()
+
+
+def test_a_sync_server_runs_on_a_daemon_thread_named_after_it_and_leaves_nothing_running():
+    """Its thread never keeps the interpreter alive and says in a thread dump which server it is; leaving the
+    `with` ends that thread and closes its loop."""
+    with Hello() as srv:
+        thread, loop = srv._thread, srv._loop
+        assert thread is not None and thread.name == "Hello" and thread.daemon
+    assert not thread.is_alive() and loop.is_closed()
+
+
+async def test_stopping_a_server_that_never_started_or_stopping_it_twice_is_harmless():
+    """A cleanup that stops a server whose start failed before it listened, or stops it again, runs its hook
+    and raises nothing."""
+    never = Hello()
+    await never.stop()
+    assert never.events == ["stop"]
+    twice = Hello()
+    await twice.start()
+    await twice.stop()
+    await twice.stop()
+    assert twice.events == ["start", "stop", "stop"]

@@ -375,3 +375,63 @@ def test_where_lanes_part_names_the_lane_whose_client_had_left_and_quotes_30_cha
     assert parting(a, b)[2] == "the client of A had left before chunk 0"
     long_a, long_b = lane("a" * 40), lane("b" * 40)
     assert parting(long_a, long_b)[2] == f"chunk 0 reads {'a' * 30!r} in A, {'b' * 30!r} in B"
+
+
+def test_a_stream_is_read_by_its_content_type_even_when_its_first_bytes_do_not_look_like_one():
+    """The recorded Content-Type says a body is a stream, whatever its first bytes: the lane's text, what a client
+    that left had read, and a plan's text are read as a stream (in the lane's dialect), not as broken JSON."""
+    odd = b"heartbeat\n\n"  # an SSE line with no colon: ignored by a stream reader, not JSON either
+    chunks = _chunks(odd, HI, THERE, STOP, DONE)
+    assert recorded_series(_exchange(end_cause=EndCause.COMPLETE), chunks).text == "Hi there"
+    left = _exchange(end_cause=EndCause.CLIENT_LEFT, upstream_end=EndCause.COMPLETE, client_left_at_chunk=2,
+                     client_left_ns=25 * MS)
+    assert recorded_series(left, chunks).seen_text == "Hi"
+    anthropic = _exchange(path="/v1/messages", end_cause=EndCause.CLIENT_LEFT, upstream_end=EndCause.COMPLETE,
+                          client_left_at_chunk=3, client_left_ns=25 * MS)
+    assert recorded_series(anthropic, _chunks(*_anthropic_events())).seen_text == "Hi"
+    plan = Schedule(200, [("Content-Type", "text/event-stream")], [Piece(MS, odd), Piece(2 * MS, HI)], Ending.CLEAN)
+    assert schedule_series(plan).text == "Hi"
+
+
+def test_a_lane_with_no_chunk_draws_its_ending_faults_and_stalls_at_its_start():
+    """A recording that got no chunk (an error status, still open), a replay that wrote none and an empty plan
+    put every marker at 0, where their first chunk would have been."""
+    status = recorded_series(_exchange(end_cause=EndCause.HTTP_ERROR, status=503), [])
+    assert [(m.kind, m.t_ns) for m in status.markers] == [("error", 0)]
+    empty = overview_series(_exchange(end_cause=EndCause.COMPLETE), [], span_ns=0)
+    assert [(m.kind, m.t_ns) for m in empty.markers] == [("end", 0)] and empty.marks == []
+    none = _replayed(offsets=[], total=0, delivered=0, done_delivered=False)
+    assert [(m.kind, m.t_ns) for m in replay_series(none, []).markers] == [("stop", 0)]
+    faulted = replay_series(_replayed(offsets=[], total=0, delivered=0, applied=["stall:chunk=1", "reset"]), [])
+    assert [(m.kind, m.t_ns, m.until_ns) for m in faulted.markers] == [("stall", 0, 0), ("fault", 0, None)]
+    plan = schedule_series(Schedule(200, [], [], Ending.CLEAN, applied=["stall:chunk=1"]))
+    assert [(m.kind, m.t_ns, m.until_ns) for m in plan.markers] == [("stall", 0, 0), ("stop", 0, None)]
+
+
+def test_a_replay_s_and_a_plan_s_bars_are_numbered_by_their_piece_and_a_piece_past_the_recording_has_no_bytes():
+    """Each bar of a replay or a plan links to its own row (its piece's index); a piece a fault added past the
+    recording's chunks is drawn with no bytes rather than made-up ones."""
+    rep = replay_series(_replayed(offsets=[10 * MS, 20 * MS, 30 * MS, 40 * MS], total=4, delivered=4),
+                        _chunks(HI, STOP, DONE))
+    assert [m.index for m in rep.marks] == [0, 1, 2, 3]
+    assert rep.marks[3].data == b"" and rep.marks[3].size == 0
+    plan = schedule_series(Schedule(200, [], [Piece(MS, HI), Piece(2 * MS, DONE)], Ending.CLEAN))
+    assert [m.index for m in plan.marks] == [0, 1]
+
+
+def test_a_client_that_read_done_and_left_before_the_last_bytes_still_shows_the_fault_that_ended_the_replay():
+    """Leaving after [DONE] is no leaving early: the fault that ended the replay is drawn, even though fewer pieces
+    were delivered than planned."""
+    s = replay_series(_replayed(applied=["reset:chunk=3"], ending="reset", total=4, delivered=3,
+                                client_left_at_chunk=3, client_left_ns=40 * MS), _chunks(HI, STOP, DONE))
+    assert [m.kind for m in s.markers] == ["fault"]
+    assert s.markers[0].label == "fault reset:chunk=3: TCP reset after 3 chunks"
+
+
+def test_two_lanes_whose_chunk_comes_more_than_50_ms_apart_part_to_the_nanosecond():
+    """The tolerance is 50 ms (for a span under a second): one nanosecond more and the lanes part."""
+    def lane(t_ns: int) -> object:
+        return recorded_series(_exchange(end_cause=EndCause.COMPLETE), [Chunk(0, 10 * MS, HI), Chunk(1, t_ns, THERE)])
+
+    assert parting(lane(20 * MS), lane(70 * MS)) is None
+    assert parting(lane(20 * MS), lane(70 * MS + 1)) == (1, 20 * MS, "chunk 1 comes at 20 ms in A, 70 ms in B")

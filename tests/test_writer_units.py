@@ -813,3 +813,110 @@ def test_max_db_size_pruning_is_said_once_even_after_a_batch_found_nothing_to_pr
     assert [line for line in said if "--max-db-size" in line] == [
         f"streamreplay: DB at its --max-db-size ({prune.format_size(writer.max_bytes)}): "
         "pruning the oldest complete exchanges"]
+
+
+def test_an_end_whose_request_failed_in_an_earlier_batch_is_said_once_as_not_stored_whole(tmp_path: Path):
+    """An exchange whose row could not be made is said at its end, even when the end comes in a later batch: one
+    line naming it and why, one loss, and `on_end` never reports it as ended."""
+    writer, said, ended = _writer(tmp_path / "w.db")
+    try:
+        bad = writer.begin(dict(REQUEST), finish=_unreadable)
+        writer.flush()
+        assert len(said) == 1 and said[0].startswith("streamreplay: STORING FAILED (ValueError: unreadable body)")
+        writer.end(bad, {"end_cause": "complete"})
+        good = _record(writer)
+        writer.flush()
+    finally:
+        writer.close()
+    why = "not stored whole: ValueError: unreadable body"
+    assert writer.losses == [("(tape t, no row)", why)]
+    assert said[1:] == [f"streamreplay: exchange (tape t, no row) (POST /chat/completions) {why}"]
+    assert [row["id"] for row in ended] == [good.id]
+
+
+def test_an_exchange_pruned_before_it_was_reported_is_skipped_without_a_word(tmp_path: Path):
+    """A row `streamreplay prune` (another process) removed between its end's commit and its report is not
+    reported, and that is no error worth a line."""
+    db = tmp_path / "w.db"
+    writer, said, ended = _writer(db)
+    first, second = writer.begin(dict(REQUEST)), writer.begin(dict(REQUEST))
+    writer.flush()
+
+    def report_and_prune_the_next(row: dict) -> None:
+        ended.append(row)
+        with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+            conn.execute("delete from exchanges where id = ?", [second.id])
+
+    writer.on_end = report_and_prune_the_next
+    try:
+        with _one_batch(writer, first):  # both ends are reported after one commit: the first's report prunes
+            writer.end(first, {"end_cause": "complete"})
+            writer.end(second, {"end_cause": "complete"})
+        writer.flush()
+    finally:
+        writer.close()
+    assert [row["id"] for row in ended] == [first.id] and said == [] and writer.losses == []
+    assert _ids(db) == [first.id]
+
+
+def test_an_on_end_that_fails_is_said_in_one_line_and_the_exchange_stays_stored(tmp_path: Path):
+    """The per-exchange log failing (`on_end` raising) never stops the writer: it is said in one line naming the
+    exchange and the error, and the exchange is stored as it ended."""
+    db = tmp_path / "w.db"
+    writer, said, _ = _writer(db)
+
+    def broken_log(row: dict) -> None:
+        raise RuntimeError("log gone")
+
+    writer.on_end = broken_log
+    try:
+        handle = _record(writer)
+        writer.flush()
+        second = _record(writer)
+        writer.flush()
+    finally:
+        writer.close()
+    assert said == [f"streamreplay: could not report exchange #{h.id}: RuntimeError: log gone"
+                    for h in (handle, second)]
+    assert [(ex.id, ex.end_cause, ex.store_error) for ex in Store(db).exchanges()] == [
+        (handle.id, "complete", None), (second.id, "complete", None)]
+
+
+def test_an_on_failure_that_fails_never_stops_the_writer(tmp_path: Path):
+    """A failure line that cannot be said (`on_failure` raising: stderr gone) is dropped: the writer goes on, and
+    the exchanges after the failure are stored."""
+    db = tmp_path / "w.db"
+    writer = StoreWriter(db, "t", "test")
+
+    def broken_stderr(line: str) -> None:
+        raise OSError("stderr gone")
+
+    writer.on_failure = broken_stderr
+    writer.start()
+    try:
+        bad = writer.begin(dict(REQUEST), finish=_unreadable)
+        writer.end(bad, {"end_cause": "complete"})
+        writer.flush()
+        good = _record(writer)
+        writer.flush()
+        assert writer.alive
+    finally:
+        writer.close()
+    assert _ids(db) == [good.id] and [ref for ref, _ in writer.losses] == [bad.ref]
+
+
+def test_a_summary_that_cannot_be_stored_is_said_in_one_line_and_the_exchange_stays_stored_whole(tmp_path: Path):
+    """A summary the DB has no room for under --max-db-size (a big answer's text, written after its chunks) is said
+    in one line naming the exchange and why; the exchange itself is stored whole, without its summary."""
+    db = tmp_path / "w.db"
+    writer, said, _ = _writer(db, max_bytes=1536 * 1024)
+    answer = chat_chunk({"content": "x" * 900_000})
+    try:
+        handle = _record(writer, [answer])
+        writer.flush()
+    finally:
+        writer.close()
+    assert said == [f"streamreplay: no summary for exchange #{handle.id}: sqlite: database or disk is full"]
+    ex = Store(db).exchange(handle.id)
+    assert (ex.end_cause, ex.store_error, ex.text) == ("complete", None, None)
+    assert [c.data for c in Store(db).chunks(handle.id)] == [answer] and writer.losses == []

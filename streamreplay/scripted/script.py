@@ -32,7 +32,9 @@ class Script:
     split_events: bool = False
     #: "done", "no_done" (clean end without [DONE]), "close" (mid-body), "reset" (TCP reset)
     ending: str = "done"
-    #: for close/reset: events written before the ending (default: all but the finish chunk)
+    #: for close/reset: events written before the ending (default: each wire's `default_stop_after`;
+    #: chat leaves out its last two events: the finish chunk and the usage chunk, or without usage the
+    #: last text piece, so a chat close cuts mid-text)
     stop_after: int | None = None
     finish_reason: str | None = "stop"
     #: non-2xx answers an OpenAI error body before any stream
@@ -113,6 +115,7 @@ class Wire:
                           "code": None}}
 
     def default_stop_after(self, events: list[bytes]) -> int:
-        """For close/reset without `stop_after`: the events written before the ending (by default all
-        but the last two, the finish and the terminal event, never come)."""
+        """For close/reset without `stop_after`: the events written before the ending. By default all but
+        the last two never come; chat has no `[DONE]` then, so those are its finish chunk and either its
+        usage chunk or its last text piece."""
         return len(events) - 2
