@@ -500,14 +500,14 @@ def diagnose_command(exchange_ref: str, db: str, as_json: bool) -> None:
 @click.option("--at-chunk", type=int, help="Where to stall for --by timing (default: before the largest gap).")
 @click.option("--over", type=click.Choice(["stall", "speed"]), default="stall", show_default=True,
               help="--by timing searches a stall's length, or (speed) how much slower the whole stream may run.")
-@click.option("--max", "maximum", default=60.0, show_default=True,
+@click.option("--max", "maximum", type=float, show_default="60 s; with --over speed 20",
               help="Longest stall to try (s); with --over speed, the largest slowdown factor.")
 @click.option("--resolution", default=0.1, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Stop when the threshold is this narrow (s).")
 @click.option("--speed", default=0.0, show_default=True, help="Replay speed during the search (0: no waits).")
 @click.option("--check-timeout", type=float, help="Kill a check that runs longer than this (s): bad.")
 def bisect_command(exchange_ref: str, db: str, axis: str, check: str | None, oracle: str, kind: str,
-                   at_chunk: int | None, over: str, maximum: float, resolution: float, speed: float,
+                   at_chunk: int | None, over: str, maximum: float | None, resolution: float, speed: float,
                    check_timeout: float | None) -> None:
     """Find the chunk, the timing threshold or the client behaviour at which an app flips from good to bad."""
     from streamreplay.bisect import Bisector, ClientOracle, CommandOracle
@@ -528,13 +528,14 @@ def bisect_command(exchange_ref: str, db: str, axis: str, check: str | None, ora
         raise click.ClickException(exc.args[0]) from exc
     from streamreplay.replay import FaultSpecError
 
+    limit = {} if maximum is None else {"maximum": maximum}  # else each search's own default
     try:
         if axis == "chunk":
             result = run_cancellable(bisector.by_chunk(kind))
         elif over == "speed":
-            result = run_cancellable(bisector.by_slowdown(maximum, resolution))
+            result = run_cancellable(bisector.by_slowdown(resolution=resolution, **limit))
         else:
-            result = run_cancellable(bisector.by_timing(at_chunk, maximum, resolution))
+            result = run_cancellable(bisector.by_timing(at_chunk, resolution=resolution, **limit))
     except FaultSpecError as exc:  # --max or --at-chunk past what a fault takes
         raise click.UsageError(str(exc)) from exc
     say(f"{result.runs} runs: {result.answer}")

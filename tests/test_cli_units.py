@@ -1,0 +1,124 @@
+"""The `streamreplay` command's own words, defaults and exit statuses, run in-process through click's CliRunner."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from streamreplay.bundled import bundled_dir
+from streamreplay.cli import main
+from streamreplay.store import Store
+
+RECORDINGS = bundled_dir()
+MULTI = RECORDINGS / "agent-multi-turn.jsonl"
+APPS = Path(__file__).resolve().parent / "apps"
+
+
+def run(*args: object) -> str:
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 0, (args, result.output)
+    return result.output
+
+
+def test_a_command_that_reads_a_db_that_is_not_there_says_so_and_makes_none(tmp_path: Path) -> None:
+    """`ls --db` naming no file is the one-line error "no recordings at PATH", not a new empty DB."""
+    missing = tmp_path / "typo.db"
+    result = CliRunner().invoke(main, ["ls", "--db", str(missing)])
+    assert result.exit_code == 1 and result.output == f"Error: no recordings at {missing}\n"
+    assert not missing.exists()
+
+
+def test_ls_of_an_empty_db_counts_zero_in_the_plural(tmp_path: Path) -> None:
+    """An empty DB's `ls` ends "0 exchanges, 0 tapes": the counts read as English at zero too."""
+    Store(tmp_path / "empty.db").close()
+    assert run("ls", "--db", tmp_path / "empty.db").splitlines()[-1].startswith("0 exchanges, 0 tapes, DB ")
+
+
+def test_show_json_gives_each_chunk_its_index_time_bytes_and_the_text_it_added() -> None:
+    """`show --json` lists each chunk with its index, offset, size, raw data and `delta`, the text it added."""
+    shown = json.loads(run("show", "agent-multi-turn:0", "--db", MULTI, "--json"))
+    chunks = shown["chunks"]
+    assert [c["index"] for c in chunks] == list(range(shown["chunk_count"]))
+    assert all(c["bytes"] == len(c["data"].encode()) and c["t_ns"] > 0 for c in chunks)
+    assert "".join(c["delta"] for c in chunks).startswith(shown["text"])
+
+
+def test_import_says_the_tape_it_made_named_after_the_cassette_or_as_asked(tmp_path: Path) -> None:
+    """`import` ends "imported N exchanges into DB as tape NAME": the cassette's own tape name, or `--tape`'s."""
+    db = tmp_path / "i.db"
+    assert run("import", MULTI, "--db", db) == f"imported 3 exchanges into {db} as tape agent-multi-turn\n"
+    assert run("import", MULTI, "--db", db, "--tape", "mine") == f"imported 3 exchanges into {db} as tape mine\n"
+
+
+def test_play_says_its_speed_as_given_and_each_fault_joined_with_plus() -> None:
+    """`play`'s first line names the speed as written (`speed 1`, not `speed 1.0`) and its faults as a `+` chain."""
+    proc = subprocess.Popen([sys.executable, "-m", "streamreplay.cli", "play", "--db", str(MULTI), "--port", "0",
+                             "--fault", "cut:chunk=3", "--fault", "close:chunk=1"], stdout=subprocess.PIPE, text=True)
+    banner = proc.stdout.readline() if proc.stdout else ""
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=10)
+    said = f"(playing 3 exchanges from {MULTI}, speed 1, faults cut:chunk=3 + close:chunk=1)"
+    assert banner.rstrip("\n").endswith(said), banner
+
+
+def test_repro_writes_into_repro_id_by_default_whatever_names_the_exchange(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without `-o`, `repro` writes the folder `repro_ID/` (the exchange's id), named by id or by TAPE:SEQ."""
+    monkeypatch.chdir(tmp_path)
+    run("import", MULTI, "--db", "m.db")
+    exchange_id = Store(tmp_path / "m.db").resolve("agent-multi-turn:1")
+    assert f"wrote repro_{exchange_id}/cassette.jsonl" in run("repro", "agent-multi-turn:1", "--db", "m.db")
+    assert (tmp_path / f"repro_{exchange_id}" / "repro.py").is_file()
+
+
+def test_tapes_copy_says_how_many_it_copied_and_how_many_were_there_already(tmp_path: Path) -> None:
+    """`tapes --copy DIR` leaves the tapes already in DIR as they are and says how many it copied and kept."""
+    total = len(list(RECORDINGS.glob("*.jsonl")))
+    assert run("tapes", "--copy", tmp_path) == f"copied {total} bundled tapes into {tmp_path}\n"
+    (tmp_path / "consumer-break.jsonl").unlink()
+    assert run("tapes", "--copy", tmp_path) == f"copied 1 bundled tape into {tmp_path} ({total - 1} there already)\n"
+
+
+def test_clients_lists_the_chat_clients_first() -> None:
+    """`clients` is a table by dialect, chat (the OpenAI SDK's) first."""
+    header, first = run("clients").splitlines()[:2]
+    assert header.split() == ["dialect", "id", "label", "runs"] and first.split()[:2] == ["chat", "openai-sync"]
+
+
+def test_client_runs_openai_async_at_the_recorded_speed_by_default() -> None:
+    """`client` with no `--client` or `--speed` is the async OpenAI SDK at the recorded timing: a read
+    timeout shorter than the recorded 240 ms to the first byte fires."""
+    out = run("client", "agent-multi-turn:0", "--db", MULTI, "--behaviour", "timeout:0.1")
+    assert out.startswith("client     openai async, read timeout 0.1 s\n"), out
+    assert "httpx.ReadTimeout" in out and "the client left at chunk 0" in out, out
+
+
+def test_bisect_by_default_cuts_chunks_judged_by_the_check_s_exit_at_speed_0() -> None:
+    """`bisect EXCHANGE --check CMD` alone searches `--by chunk` with the check's exit status as judge, and
+    prints the boundary to replay at `--speed 0`; without `--check` it is a usage error (exit 2)."""
+    needs_finish = f"{sys.executable} {APPS / 'plain_agent.py'} needs-finish"
+    out = run("bisect", "agent-multi-turn:0", "--db", MULTI, "--check", needs_finish)
+    assert "runs: bad for cut at or before chunk 17, good from 18: the app needs chunk 17" in out, out
+    assert out.endswith(f"replay the boundary: streamreplay play --db {MULTI} --tape agent-multi-turn --speed 0 "
+                        "--fault cut:chunk=17\n"), out
+    unchecked = CliRunner().invoke(main, ["bisect", "agent-multi-turn:0", "--db", str(MULTI)])
+    assert unchecked.exit_code == 2 and "--by chunk and --by timing need --check COMMAND" in unchecked.output
+
+
+def test_bisect_by_timing_searches_a_stall_s_length_unless_over_speed() -> None:
+    """`--by timing` searches how long a stall the app survives (up to 60 s by default); `--over speed` a slowdown
+    (up to 20x by default); `--max` raises either."""
+    stall = run("bisect", "agent-multi-turn:0", "--db", MULTI, "--by", "timing", "--check", "true")
+    assert stall.endswith("2 runs: good even at 60 s (stall:chunk=0,seconds=60): raise --max to find a limit\n"), stall
+    slower = run("bisect", "agent-multi-turn:0", "--db", MULTI, "--by", "timing", "--over", "speed", "--check", "true")
+    assert "step 1: gap-scale:factor=1 " in slower, slower
+    assert slower.endswith("2 runs: good even at 20x (gap-scale:factor=20): raise --max to find a limit\n"), slower
+    wider = run("bisect", "agent-multi-turn:0", "--db", MULTI, "--by", "timing", "--over", "speed", "--max", 30,
+                "--check", "true")
+    assert wider.endswith("good even at 30x (gap-scale:factor=30): raise --max to find a limit\n"), wider
