@@ -676,3 +676,18 @@ async def test_an_https_upstream_is_an_upstream_too():
         port = s.getsockname()[1]
     with pytest.raises(DriftError, match="^cannot reach the upstream https://127"):
         await drift(bundled_tape("openai-happy-path"), None, f"https://127.0.0.1:{port}/v1")
+
+
+def test_an_event_type_that_comes_back_after_another_is_listed_again_in_its_place():
+    """A stream's event types are kept in order, a run of one type read as one: content, then a tool call, then
+    content again is three entries, so a live answer that changes that order is said to."""
+    content = b'data: {"choices":[{"delta":{"content":"Hi"},"index":0}]}\n\n'
+    call = (b'data: {"choices":[{"delta":{"tool_calls":[{"index":0,"id":"c","type":"function",'
+            b'"function":{"name":"f","arguments":"{}"}}]},"index":0}]}\n\n')
+    stream = [content, content, call, content, EVENTS[1], EVENTS[2]]
+    got = shape_of(chat_exchange(), [Chunk(i, i * MS, d) for i, d in enumerate(stream)])
+    assert got.events == ["content", "tool_calls", "content", "finish", "[DONE]"]
+    calls_last = [content, content, content, call, EVENTS[1], EVENTS[2]]
+    live = shape_of(chat_exchange(), [Chunk(i, i * MS, d) for i, d in enumerate(calls_last)])
+    assert said(got, live) == ["event order: content tool_calls content finish [DONE] -> "
+                               "content tool_calls finish [DONE]"]

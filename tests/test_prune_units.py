@@ -496,3 +496,13 @@ def test_make_room_past_a_thousand_exchanges_says_it_removed_them_all(tmp_path: 
         conn.execute(f"pragma max_page_count = {conn.execute('pragma page_count').fetchone()[0]}")
         assert len(make_room(conn, 10**12)) == 1001
     assert ids(db) == []
+
+
+def test_the_report_of_a_db_says_how_many_it_kept_for_each_reason(tmp_path: Path):
+    """Pruning a DB by age under `--keep-cutoffs`, the report counts apart the exchanges the rule chose but kept
+    because they are still being recorded and the ones kept because they did not end complete."""
+    db = tmp_path / "r.db"
+    fill(db, "t", [(5, COMPLETE, 1), (5, LEFT, 1), (4, EndCause.UPSTREAM_RESET, 1), (1, LEFT, 1), (4, None, 1)])
+    lines = prune(db, older_than=2 * DAY, keep_cutoffs=True, dry_run=True, now=NOW).lines()
+    assert lines[1:3] == ["would keep 1 exchange still being recorded",
+                          "would keep 2 exchanges that did not end complete (--keep-cutoffs)"], lines

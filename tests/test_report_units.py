@@ -70,6 +70,14 @@ def test_an_ls_row_has_every_column_in_order():
                                       "3", "15", "36", "complete", "Hello there")]
 
 
+
+def test_the_end_column_marks_where_a_client_left_only_when_its_leaving_ended_the_exchange():
+    """`client_left@K` for a client that left at chunk K; a client that closed after `[DONE]` (the chunk it left at
+    is noted too) leaves the exchange `complete`, shown without a mark, and so does a drained one's upstream end."""
+    assert row(end_cause=EndCause.CLIENT_LEFT, client_left_at_chunk=2)["end"] == "client_left@2"
+    assert row(end_cause=EndCause.COMPLETE, client_left_at_chunk=3)["end"] == "complete"
+    assert row(end_cause=EndCause.UPSTREAM_RESET, client_left_at_chunk=1)["end"] == "upstream_reset"
+
 def test_an_ls_row_of_an_open_unstreamed_exchange_with_nothing_known_says_so():
     assert row(started_at=None, model=None, stream=False, ttfb_ns=None, duration_ns=None, end_cause=None,
                text=None, path="/responses") == {

@@ -9,6 +9,8 @@ import contextlib
 import json
 import os
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -920,3 +922,25 @@ def test_a_summary_that_cannot_be_stored_is_said_in_one_line_and_the_exchange_st
     ex = Store(db).exchange(handle.id)
     assert (ex.end_cause, ex.store_error, ex.text) == ("complete", None, None)
     assert [c.data for c in Store(db).chunks(handle.id)] == [answer] and writer.losses == []
+
+
+def test_an_open_exchange_names_its_recorder_so_another_process_leaves_it_open(tmp_path: Path):
+    """A row the writer opens carries the recording process's pid: a command run in another process while the
+    stream is in flight (`ls`, `prune`, another recorder) leaves it open instead of marking it interrupted."""
+    db = tmp_path / "w.db"
+    writer, said, _ = _writer(db)
+    try:
+        handle = _record(writer, end=False)
+        writer.flush()
+        assert Store(db).db.conn.execute("select recorder_pid from exchanges").fetchall() == [(os.getpid(),)]
+        elsewhere = subprocess.run(
+            [sys.executable, "-c", "import sys; from streamreplay.store import Store; "
+             "from streamreplay.store.maintenance import mark_interrupted; "
+             "print(mark_interrupted(Store(sys.argv[1]).db.conn))", str(db)],
+            capture_output=True, text=True, timeout=60, check=True)
+        assert elsewhere.stdout == "[]\n"
+        assert Store(db).exchanges()[0].end_cause is None
+        writer.end(handle, {"end_cause": "complete", "chunk_count": len(BODY), "status": 200})
+    finally:
+        writer.close()
+    assert said == []
