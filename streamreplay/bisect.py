@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import math
 import os
+import shlex
 import signal
 import time
 from collections.abc import Callable
@@ -129,7 +130,8 @@ class Bisector:
     def _replay(self, spec: str, speed: float) -> str:
         # at the speed the search ran: the printed command replays the very run that was judged bad
         at_speed = "" if speed == 1.0 else f" --speed {speed:g}"
-        return f"streamreplay play --db {self.db_label} --tape {self.exchange.tape}{at_speed} --fault {spec}"
+        return (f"streamreplay play --db {shlex.quote(self.db_label)} --tape {shlex.quote(self.exchange.tape)}"
+                f"{at_speed} --fault {spec}")
 
     async def by_chunk(self, kind: str = "cut") -> Result:
         """The smallest cut point at which the app is good: everything it needs is before it."""

@@ -612,3 +612,9 @@ def test_the_cli_refuses_a_resolution_that_is_not_above_zero_as_a_usage_error():
     out = CliRunner().invoke(main, ["bisect", "openai-happy-path", "--db", str(tape), "--by", "timing",
                                     "--check", "true", "--resolution", "0"])
     assert out.exit_code == 2 and "Invalid value for '--resolution': 0.0 is not in the range x>0." in out.output
+
+
+async def test_the_printed_command_quotes_a_db_path_with_a_space_so_it_runs_as_printed(story):
+    """A DB path (or tape) a shell would split is quoted in the command bisect prints, as `diagnose` quotes it."""
+    result = await Bisector(story, 1, ScriptedOracle(good_from_chunk(12)), db_label="my recordings/rec.db").by_chunk()
+    assert result.replay == "streamreplay play --db 'my recordings/rec.db' --tape t --speed 0 --fault cut:chunk=11"

@@ -155,3 +155,15 @@ def test_a_bad_fault_by_header_is_logged_as_a_bad_fault():
         line = srv.requests[-1].line()
     assert response.status_code == 400 and response.json()["error"]["code"] == "bad_fault_spec"
     assert "-> refused 400: bad fault spec: cut: unknown parameter 'chnk'" in line and "no match" not in line
+
+
+def test_ls_cause_with_tape_lists_the_exchanges_of_that_tape_that_ended_that_way(tmp_path: Path):
+    """`ls --cause C --tape T` lists exactly the exchanges of T that ended C: both must hold, not either."""
+    db = tmp_path / "both.db"
+    run("import", BREAK, "--db", db, "--tape", "first")
+    run("import", BREAK, "--db", db, "--tape", "second")
+    run("import", HAPPY, "--db", db)
+    out = run("ls", "--cause", "client_left", "--tape", "second", "--json", "--db", db)
+    assert [(row["tape"], row["end_cause"]) for row in map(json.loads, out.splitlines())] == [
+        ("second", "client_left")]
+    assert run("ls", "--cause", "complete", "--tape", "second", "--json", "--db", db) == ""

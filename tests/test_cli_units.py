@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -122,3 +123,38 @@ def test_bisect_by_timing_searches_a_stall_s_length_unless_over_speed() -> None:
     wider = run("bisect", "agent-multi-turn:0", "--db", MULTI, "--by", "timing", "--over", "speed", "--max", 30,
                 "--check", "true")
     assert wider.endswith("good even at 30x (gap-scale:factor=30): raise --max to find a limit\n"), wider
+
+
+def test_show_json_reads_each_chunk_s_text_in_the_exchange_s_dialect() -> None:
+    """`show --json` gives each chunk of an Anthropic exchange the text it added read in Anthropic's events (the
+    answer's words, then `message_stop`), not as chat chunks that add nothing."""
+    shown = json.loads(run("show", "anthropic-happy-path:0", "--db", RECORDINGS / "anthropic-happy-path.jsonl",
+                           "--json"))
+    deltas = [c["delta"] for c in shown["chunks"]]
+    assert shown["text"] and "".join(deltas).startswith(shown["text"])
+    assert deltas[-1].endswith("message_stop")
+
+
+def test_ls_gives_a_db_of_a_megabyte_or_more_in_decimal_megabytes(tmp_path: Path) -> None:
+    """`ls` ends with the DB's size in KB (1,000 bytes) under a million bytes and in MB (1,000,000 bytes,
+    one decimal) from a million on."""
+    db = tmp_path / "big.db"
+    run("import", RECORDINGS / "consumer-break.jsonl", "--db", db)
+
+    def size() -> int:
+        store = Store(db)
+        try:
+            return store.size_bytes()
+        finally:
+            store.close()
+
+    small = size()
+    assert small < 1e6 and run("ls", "--db", db).splitlines()[-1] == f"1 exchange, 1 tape, DB {small / 1e3:.0f} KB"
+    # a stored text of 2.5 million bytes, which ls does not show, makes the file a few MB
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("update exchanges set end_detail = ?", ["x" * 2_500_000])
+    conn.close()
+    big = size()
+    assert 2.5e6 < big < 3e6
+    assert run("ls", "--db", db).splitlines()[-1] == f"1 exchange, 1 tape, DB {big / 1e6:.1f} MB"

@@ -19,6 +19,7 @@ from streamreplay.proxy import RecordingProxy
 from streamreplay.proxy.recorder import RecordOptions
 from streamreplay.store import Store
 from streamreplay.testing import Script, ScriptedUpstream
+from tests.helpers import chat, record
 
 MESSAGES = [{"role": "user", "content": "Tell me a story."}]
 STORY = "Once upon a time a small robot learned to read streams to the very end."
@@ -184,3 +185,17 @@ async def test_unreachable_timeout_and_interrupted(tmp_path: Path):
     reopened.close()
     found = diagnose(Store(db), 1)
     assert found.cause == "interrupted" and found.ended_by == "daemon"
+
+
+async def test_a_round_limit_is_read_from_a_db_only_when_every_exchange_of_that_tape_completed(tmp_path: Path):
+    """Recorded through the proxy, diagnosed from the DB: the last of two complete exchanges points at a round limit;
+    the last of a tape with a failed exchange before it, or beside a tape in the same DB that failed, does not."""
+    db = tmp_path / "rounds.db"
+    await record(db, [Script(ending="reset"), Script()], [chat("one"), chat("two")], tape="broken")
+    await record(db, [Script(), Script()], [chat("one"), chat("two")], tape="whole")
+    store = Store(db)
+    broken, whole = store.exchanges(tape="broken"), store.exchanges(tape="whole")
+    assert [ex.end_cause for ex in broken + whole] == ["upstream_reset", "complete", "complete", "complete"]
+    assert diagnose(store, broken[-1].id).cause == "complete"
+    assert diagnose(store, whole[-1].id).cause == "round_limit"
+    assert "after exactly 2 complete exchanges" in diagnose(store, whole[-1].id).summary

@@ -333,3 +333,32 @@ def test_tape_facts_read_from_the_db_are_those_of_the_exchanges_themselves(tmp_p
     retry = f"the same request came again right after (exchange {tape[1].id}): the client retried"
     assert retry in diagnose(store, first.id, "db").evidence
     assert not any("came again" in line for line in diagnose(store, tape[2].id, "db").evidence)
+
+
+def test_a_silence_past_the_floor_but_under_three_usual_gaps_is_no_timeout():
+    """Well above the usual gap means more than three times it: 260 ms of silence in a stream of 100 ms gaps
+    is past TIMEOUT_SILENCE_S yet no timeout, and 310 ms is one."""
+    chunks = at(100, 200, 300, 400, 500, 600)
+    under = diagnose_exchange(exchange(**LEFT, client_left_at_chunk=3, client_left_ns=560 * MS), chunks, ALONE, "db")
+    assert (under.cause, under.gap_before_s) == ("consumer_stopped_reading", pytest.approx(0.26))
+    over = diagnose_exchange(exchange(**LEFT, client_left_at_chunk=3, client_left_ns=610 * MS), chunks, ALONE, "db")
+    assert over.cause == "client_timeout"
+
+
+def test_the_usual_gap_leaves_out_the_wait_for_the_first_chunk():
+    """The stream's usual gap is the median of the gaps between chunks, not counting the wait from the
+    response head to the first chunk: a slow first chunk does not hide a timeout."""
+    # gaps between chunks 100 and 300 ms (usual 200 ms); the first chunk came 1.95 s after the head
+    chunks = at(2000, 2100, 2400)
+    d = diagnose_exchange(exchange(**LEFT, client_left_at_chunk=3, client_left_ns=3100 * MS), chunks, ALONE, "db")
+    assert d.cause == "client_timeout"
+    assert d.evidence[1] == "the client left 0.700 s after chunk 2 arrived; the stream's usual gap is 200 ms"
+
+
+@pytest.mark.parametrize(("k", "cause"), [(3, "consumer_stopped_reading"), (4, "client_deadline")])
+def test_a_deadline_is_leaving_after_more_than_the_first_three_chunks(k: int, cause: str):
+    """Mid-flow means after more than EARLY_CHUNKS (3) chunks: leaving exactly 1 s after the request with 3
+    chunks read is a consumer that stopped, with 4 chunks read a deadline."""
+    chunks = at(*range(1000 - 100 * k, 1500, 100))  # a chunk every 100 ms; k of them read before 1 s
+    d = diagnose_exchange(exchange(**LEFT, client_left_at_chunk=k, client_left_ns=1000 * MS), chunks, ALONE, "db")
+    assert d.cause == cause

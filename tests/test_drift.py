@@ -320,3 +320,20 @@ def test_real_model_drift_names_what_a_changed_setting_did(db_path: Path):
     assert said[0] == "finish_reason: stop -> length"
     assert said[1].startswith(f"chunks: {recorded.chunk_count} -> ")
     assert text.strip() and text.strip() not in changed.output
+
+
+def test_json_report_holds_the_tolerances_asked_and_each_side_s_own_shape(db_path: Path,
+                                                                          chat_upstream: ScriptedUpstream):
+    """`--json` carries the tolerances given on the command line, and the recorded and live shapes each as they
+    were: a field, a stop reason and an ending only the live answer has are under `live`, not `recorded`."""
+    result = drift_against(db_path, chat_upstream, Script(gap=GAP, finish_reason="length", ending="no_done",
+                                                          chunk_fields={"service_tier": "default"}),
+                           "--json", "--tolerance", 5, "--count-tolerance", 4)
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.output)
+    assert (report["tolerance"]["timing"], report["tolerance"]["count"]) == (5.0, 4.0)
+    [exchange] = report["exchanges"]
+    recorded, live = exchange["recorded"], exchange["live"]
+    assert (recorded["stop_reason"], recorded["ending"]) == ("stop", "complete")
+    assert (live["stop_reason"], live["ending"]) == ("length", "eof_without_done")
+    assert "service_tier" in live["fields"] and "service_tier" not in recorded["fields"]

@@ -691,3 +691,23 @@ def test_an_event_type_that_comes_back_after_another_is_listed_again_in_its_plac
     live = shape_of(chat_exchange(), [Chunk(i, i * MS, d) for i, d in enumerate(calls_last)])
     assert said(got, live) == ["event order: content tool_calls content finish [DONE] -> "
                                "content tool_calls finish [DONE]"]
+
+
+async def test_a_live_answer_s_head_and_first_byte_are_timed_from_the_request_sent(aiohttp_server: Any):
+    """The live answer is timed as recording times it, from the moment the request is sent: an upstream that
+    thinks 200 ms before its head gives a head and a first byte that late (150 ms at least), not near zero."""
+    async def slow_head(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        await asyncio.sleep(0.2)
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(b"".join(EVENTS))
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", slow_head)
+    server = await aiohttp_server(app)
+    live, chunks = await live_answer(str(server.make_url("/v1")))
+    assert live.end_cause == EndCause.COMPLETE and chunks
+    assert 150 * MS <= live.headers_ns <= live.ttfb_ns == chunks[0].t_ns <= live.duration_ns

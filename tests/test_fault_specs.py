@@ -339,3 +339,32 @@ def test_chained_gap_scales_stay_playable(recording: Path, servers):
             assert resp.status_code == 200
             resp.read()
         assert client.get(f"{ui.origin}/exchange/1", params={"fault": spec}).status_code == 200
+
+
+def test_a_new_fault_s_bounds_are_both_included_and_the_parser_refuses_past_them_in_the_same_words():
+    """A registered fault's parameter takes both ends of its `param()` range; the parser refuses a value past
+    either end, or a fraction for an integer, naming the fault, the range and the value."""
+
+    @dataclasses.dataclass(frozen=True)
+    class Every(Fault):
+        name = "every-test-only"
+        usage = "every-test-only:every=K"
+        help = "test only"
+        every: int = param(3, Range(1, 9))
+
+        def apply(self, schedule):
+            return schedule
+
+    register(Every)
+    try:
+        assert parse_faults("every-test-only:every=1") == [Every(every=1)]
+        assert parse_faults("every-test-only:every=9") == [Every(every=9)]
+        for value in ("0", "10"):
+            with pytest.raises(FaultSpecError) as caught:
+                parse_faults(f"every-test-only:every={value}")
+            assert str(caught.value) == f"every-test-only: every must be an integer between 1 and 9, got {value}"
+        with pytest.raises(FaultSpecError) as caught:
+            parse_faults("every-test-only:every=2.5")
+        assert str(caught.value) == "every-test-only: every='2.5' is not an integer"  # as cut:chunk=2.5 is
+    finally:
+        del FAULTS[Every.name]

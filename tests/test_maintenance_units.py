@@ -130,3 +130,15 @@ def test_a_recorder_this_user_may_not_signal_is_taken_as_running():
     os.close(read)
     os.waitpid(child, 0)
     assert answer == b"1"
+
+
+def test_every_exchange_a_dead_recorder_left_open_is_counted_and_summed_up_on_its_own(tmp_path: Path, dead_pid: int):
+    """Of several exchanges a dead recorder left open, each becomes `interrupted` with its own chunks counted
+    and its own text summed up, not only the first."""
+    store = Store(tmp_path / "r.db")
+    first = _open_exchange(store, dead_pid, EVENTS)
+    second = _open_exchange(store, dead_pid, EVENTS[1:])
+    assert store.mark_interrupted() == [first, second]
+    got = [(ex.end_cause, ex.chunk_count, ex.byte_count, ex.text) for ex in map(store.exchange, (first, second))]
+    assert got == [("interrupted", 2, sum(map(len, EVENTS)), "Half an answer"),
+                   ("interrupted", 1, len(EVENTS[1]), "an answer")]

@@ -466,3 +466,15 @@ def test_three_identical_requests_get_three_recordings_in_order():
 def test_the_closest_to_a_request_that_matches_names_no_field():
     index = Index([exchange(1, body())])
     assert index.closest(req(body())).reason.endswith("closest is exchange 1 (tape t, #0): ")
+
+
+def test_a_recording_of_another_method_or_path_is_farther_than_several_body_fields():
+    """A miss names the recording of the request's own method and path, three body fields off, before one
+    with the very body on another path or with another method: method and path outweigh body fields."""
+    same_body = body("new")
+    exchanges = [exchange(1, same_body, path="/completions"), exchange(2, same_body, method="PUT"),
+                 exchange(3, body("old", temperature=1, top_p=1))]
+    index = Index(exchanges)
+    miss = index.lookup(index.request("POST", "/chat/completions", same_body))
+    assert isinstance(miss, Miss) and miss.closest.id == 3
+    assert miss.reason.endswith("body differs: messages[0].content: 'new' != 'old' (request != recording)")

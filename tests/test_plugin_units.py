@@ -477,3 +477,47 @@ def test_the_session_summary_lists_each_test_s_unused_recordings_and_misses(pyte
     assert summary == ["test_summary.py::test_asks_nothing: openai-happy-path: 1 recorded exchange(s) never requested",
                        "test_summary.py::test_misses_twice: openai-happy-path: 1 recorded exchange(s) never requested",
                        "test_summary.py::test_misses_twice: openai-happy-path: 2 miss(es)"]
+
+
+def test_assert_all_used_names_every_recording_never_asked_for_and_not_those_asked_for():
+    """With three recordings of which the middle one was asked for, `assert_all_used()` names the first and the
+    last, each once, and not the one served."""
+    multi = bundled_tape("agent-multi-turn")
+    with ReplayServer(multi, speed=0) as server:
+        fixture = StreamReplay(server.base_url, "agent-multi-turn", multi, "none", server)
+        first, middle, last = server.unused()
+        assert _ask(server.base_url, middle) == 200
+        with pytest.raises(AssertionError) as failed:
+            fixture.assert_all_used()
+    # pytest adds its own explanation under the message's line
+    assert str(failed.value).splitlines()[0] == "recorded exchanges never requested: " + "; ".join(
+        f"#{ex.seq} {ex.method} {ex.path} ({(ex.text or '')[:30]!r})" for ex in (first, last))
+
+
+USED_AND_UNUSED_TESTS = """
+import httpx, pytest
+
+ASKED = {"max_tokens": 60, "messages": [{"content": "Name three colors of the rainbow.", "role": "user"}],
+         "model": "smollm2", "stream": True, "temperature": 0}
+
+@pytest.mark.streamreplay("openai-happy-path", cassette_dir=CASSETTES)
+def test_asks_its_recording(streamreplay):
+    assert httpx.post(streamreplay.base_url + "/chat/completions", json=ASKED).status_code == 200
+
+@pytest.mark.streamreplay("openai-happy-path", cassette_dir=CASSETTES)
+def test_asks_nothing(streamreplay):
+    pass
+"""
+
+
+def test_the_session_summary_leaves_out_a_test_that_asked_for_its_recording(pytester: pytest.Pytester,
+                                                                            monkeypatch: pytest.MonkeyPatch):
+    """Only the recordings no request asked for are listed: a test that replayed its cassette's one exchange has
+    no note, the test beside it that asked nothing has one."""
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    pytester.makepyfile(test_used=USED_AND_UNUSED_TESTS.replace("CASSETTES", repr(str(bundled_dir()))))
+    monkeypatch.setenv("COLUMNS", "300")
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+    notes = [line for line in result.stdout.lines if line.startswith("test_used.py::")]
+    assert notes == ["test_used.py::test_asks_nothing: openai-happy-path: 1 recorded exchange(s) never requested"]

@@ -506,3 +506,47 @@ def test_the_report_of_a_db_says_how_many_it_kept_for_each_reason(tmp_path: Path
     lines = prune(db, older_than=2 * DAY, keep_cutoffs=True, dry_run=True, now=NOW).lines()
     assert lines[1:3] == ["would keep 1 exchange still being recorded",
                           "would keep 2 exchanges that did not end complete (--keep-cutoffs)"], lines
+
+
+def page_bytes(db: Path) -> int:
+    """The DB's size as prune measures it: its pages, in use or free."""
+    (size,), = rows(db, "select page_size * page_count from pragma_page_size, pragma_page_count")
+    return size
+
+
+def test_a_real_prune_says_the_chunk_bytes_it_removed_and_the_db_s_size_before_and_after(tmp_path: Path):
+    """Pruning a DB the writer filled, the report's lines give what each tape lost (seq runs, chunk bytes as
+    stored), that it compacted, and the DB's size before and after the compaction, as measured."""
+    db = tmp_path / "r.db"
+    fill(db, "t", [(5, COMPLETE, 20), (4, COMPLETE, 10), (1, COMPLETE, 1)])
+    before = page_bytes(db)
+    lines = prune(db, older_than=2 * DAY, now=NOW).lines()
+    after = page_bytes(db)
+    assert after < before - 20_000
+    assert lines == ["pruned tape t: 2 exchanges (seq 0-1), 30 KB of chunks",
+                     "compacted the DB (VACUUM)",
+                     f"pruned 2 exchanges (1 tape), 30 KB; DB {format_size(before)} -> {format_size(after)}"]
+
+
+def test_a_real_prune_that_cannot_get_under_max_size_says_so(tmp_path: Path):
+    """When what is left is still being recorded, a `--max-size` prune (dry run or not) says the DB is still over
+    it."""
+    db = tmp_path / "r.db"
+    fill(db, "t", [(1, None, 20)])
+    dry = prune(db, max_size=1000, dry_run=True, now=NOW).lines()
+    real = prune(db, max_size=1000, now=NOW).lines()
+    assert dry[0] == ("the DB would still be over --max-size 1 KB: what is left is being recorded, kept, or "
+                      "outside --tape")
+    assert real[0] == "the DB is still over --max-size 1 KB: what is left is being recorded, kept, or outside --tape"
+
+
+def test_a_real_prune_told_not_to_compact_does_not_and_does_not_say_it_did(tmp_path: Path):
+    """With `compact=False` the freed pages stay in the file: the report has no compaction line and the DB's
+    size reads the same before and after."""
+    db = tmp_path / "r.db"
+    fill(db, "t", [(5, COMPLETE, 20), (1, COMPLETE, 1)])
+    before = page_bytes(db)
+    report = prune(db, older_than=2 * DAY, compact=False, now=NOW)
+    assert (report.compacted, page_bytes(db)) == (False, before)
+    assert report.lines() == ["pruned tape t: 1 exchange (seq 0), 20 KB of chunks",
+                              f"pruned 1 exchange (1 tape), 20 KB; DB {format_size(before)} -> {format_size(before)}"]

@@ -11,6 +11,7 @@ import json
 import re
 import socket
 import time
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -796,3 +797,49 @@ async def test_a_gzipped_request_body_reaches_the_upstream_readable_and_is_store
     assert "content-encoding" not in echo["headers"]
     assert (ex.status, ex.request_body) == (200, b'{"a": 1}')
     assert ["Content-Encoding", "gzip"] in ex.request_headers  # stored as the client sent it
+
+
+@pytest.mark.parametrize("encoding", ["deflate", "Deflate", "GZIP"])
+async def test_a_deflated_or_capitalised_request_encoding_is_forwarded_decoded_without_its_header(
+        tmp_path: Path, encoding: str):
+    """Deflate is undone like gzip, and an encoding named in capitals is still the one aiohttp undid: the upstream
+    gets the readable body with no Content-Encoding, and the stored headers keep what the client sent."""
+    packed = gzip.compress(b'{"a": 1}') if encoding == "GZIP" else zlib.compress(b'{"a": 1}')
+    async with rig(tmp_path) as r:
+        async with httpx.AsyncClient() as client:
+            resp = await client.post(f"{r.proxy.base_url}/files/x", content=packed,
+                                     headers={"Content-Encoding": encoding})
+        ex, _ = await r.stored()
+    echo = resp.json()
+    assert (resp.status_code, echo["body"]) == (200, '{"a": 1}')
+    assert "content-encoding" not in echo["headers"]
+    assert (ex.request_body, ["Content-Encoding", encoding] in ex.request_headers) == (b'{"a": 1}', True)
+
+
+async def test_a_path_that_only_starts_with_the_base_path_s_letters_is_not_forwarded(tmp_path: Path):
+    """Only a path under the upstream's base path (`/v1` itself or `/v1/...`) goes upstream, there under that base
+    path; `/v1x/...` and `/v2/...` are refused with a 404 that names the base path, and nothing is recorded."""
+    async with rig(tmp_path) as r:
+        assert r.proxy.base_url == f"{r.proxy.origin}/v1"
+        async with httpx.AsyncClient() as client:
+            under = await client.post(f"{r.proxy.origin}/v1/files/x", content=b"{}")
+            near = await client.post(f"{r.proxy.origin}/v1x/files/x", content=b"{}")
+            other = await client.post(f"{r.proxy.origin}/v2/files/x", content=b"{}")
+        await r.proxy.settle()
+    assert (under.status_code, under.json()["path"]) == (200, "/v1/files/x")
+    assert (near.status_code, other.status_code) == (404, 404)
+    assert near.json()["error"]["message"] == "path /v1x/files/x is not under the base path /v1"
+    assert [ex.path for ex in Store(r.db).exchanges()] == ["/files/x"]
+
+
+async def test_abort_closes_the_upstream_connection_so_the_upstream_cannot_send_the_rest(tmp_path: Path):
+    """`--on-client-disconnect abort` stops reading by closing the upstream connection: the upstream's
+    writes after the client left fail, and it never finishes its answer."""
+    sent_three = await first_writes(3)
+    async with rig(tmp_path, Script(pauses={3: 0.3}), on_client_disconnect="abort") as r:
+        await read_until(r.proxy.base_url, chat(), len(sent_three))
+        await r.stored()
+        # past the upstream's pause: had its connection stayed open, it would have sent all of its answer
+        await asyncio.sleep(0.6)
+        sent = r.upstream.sent[0]
+        assert (sent.finished, len(sent.writes)) == (False, 3)

@@ -32,7 +32,7 @@ from streamreplay.replay.source import StoreSource, open_source
 from streamreplay.replay.storeindex import StoreIndex
 from streamreplay.store import Chunk, Store
 from streamreplay.testing import Script, ScriptedUpstream
-from tests.helpers import chat, post, record, until
+from tests.helpers import chat, chat_chunk, post, record, until
 
 GAP = 0.02  # between the recorded events: wide enough that every event is a read of its own
 SAY_HELLO = chat("Say hello")
@@ -538,3 +538,74 @@ def test_a_server_closes_the_db_it_opened_and_leaves_a_source_passed_in_open(tmp
         source.close()
     finally:
         gc.enable()
+
+
+def test_a_speed_or_bound_of_exactly_zero_is_accepted(tape: Path):
+    """Only a negative speed or bound is refused: 0 is a speed (no waits) and a bound (keep no requests, cache
+    no bytes) of its own."""
+    srv = ReplayServer(tape, speed=0, keep_requests=0, cache_bytes=0)
+    assert (srv.speed, srv.options.keep_requests, srv.options.cache_bytes) == (0, 0, 0)
+
+
+async def test_a_client_that_closes_right_after_done_is_not_noted_as_leaving(tmp_path: Path):
+    """A client that closes as soon as it has `[DONE]`, a piece of the recording still to come, had the whole
+    answer: its line says the replay's clean ending at the chunk it reached, not "the client left"."""
+    db = tmp_path / "after-done.db"
+    raw = [chat_chunk({"content": "Hi"}), chat_chunk({}, finish="stop"), b"data: [DONE]\n\n", b": bye\n\n"]
+    await record(db, [Script(raw=raw, gap=GAP, content_type="text/event-stream")], [SAY_HELLO])
+    async with serving(db) as (srv, lines):
+        async with httpx.AsyncClient() as client, client.stream(
+                "POST", f"{srv.base_url}/chat/completions", json=SAY_HELLO,
+                headers={"X-Streamreplay-Fault": "stall:chunk=3,seconds=5"}) as resp:
+            got = b""
+            async for data in resp.aiter_raw():
+                got += data
+                if b"[DONE]" in got:
+                    break
+        (rec,) = srv.requests
+        await until(lambda: lines)
+    assert (rec.client_left_at_chunk, rec.done_delivered, rec.finished, srv.counts.unfinished) == (3, True, True, 0)
+    assert lines == ["#1 POST /chat/completions -> exchange 1 [stall:chunk=3,seconds=5.0] 200: 3/4 chunks, ended clean"]
+
+
+async def seconds_to_head(base_url: str, payload: dict, headers: dict[str, str] | None = None) -> float:
+    """Seconds from sending the request to the response head's arrival (the body is read after)."""
+    async with httpx.AsyncClient(timeout=10) as client:
+        started = time.monotonic()
+        async with client.stream("POST", f"{base_url}/chat/completions", json=payload, headers=headers or {}) as resp:
+            head = time.monotonic() - started
+            await resp.aread()
+    return head
+
+
+async def test_delay_first_holds_back_the_response_head_too_at_speed_zero(tape: Path):
+    """`delay-first:seconds=S` delays the first byte, the response head included, by S wall-clock seconds
+    even at speed 0: a client's wait for the head sees the delay."""
+    async with serving(tape) as (srv, _):
+        head = await seconds_to_head(srv.base_url, SAY_HELLO, {"X-Streamreplay-Fault": "delay-first:seconds=0.3"})
+    assert head >= 0.3
+
+
+async def test_the_response_head_goes_out_at_its_recorded_offset(tmp_path: Path):
+    """At speed 1 the response head goes out at its recorded offset from the request (an upstream that took
+    0.3 s to answer replays as one), not at once."""
+    db = tmp_path / "slow_head.db"
+    await record(db, [Script(first_delay=0.3)], [SAY_HELLO])
+    store = Store(db)
+    assert store.exchanges()[0].headers_ns >= 0.3e9
+    store.close()
+    async with serving(db, speed=1) as (srv, _):
+        head = await seconds_to_head(srv.base_url, SAY_HELLO)
+    assert head >= 0.3
+
+
+async def test_the_server_matches_whatever_the_delivery_fields_say_and_ignores_each_ignore_field(tape: Path):
+    """Served by a real ReplayServer: `stream_options` never decides a match, and a field named in
+    `ignore_fields` (`--ignore-field`) does not either, while it does when not named."""
+    with_options = {**SAY_HELLO, "stream_options": {"include_usage": True}}
+    seeded = {**with_options, "seed": 7}
+    async with serving(tape) as (srv, _):
+        assert (await post(srv.base_url, with_options))[:2] == (200, body_of(tape))
+        assert (await post(srv.base_url, seeded))[0] == 404
+    async with serving(tape, ignore_fields=("seed",)) as (srv, _):
+        assert (await post(srv.base_url, seeded))[:2] == (200, body_of(tape))

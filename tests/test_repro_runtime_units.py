@@ -9,14 +9,16 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import httpx
 import pytest
 
 from streamreplay.clients import Outcome
-from streamreplay.replay import Replayed
+from streamreplay.replay import Replayed, ReplayServer
 from streamreplay.repro_runtime import REFERENCE_CLIENTS, report, run_reference
 from streamreplay.testing import Script, ScriptedUpstream
-from tests.helpers import chat_chunk
+from tests.helpers import chat, chat_chunk, record, until
 
 
 @dataclass
@@ -187,3 +189,36 @@ def test_the_report_is_given_as_soon_as_the_replay_ends_or_its_client_leaves_not
     lines = report("openai", Outcome("Hel"), _Server([left]), wait=30.0).splitlines()
     assert lines[-1] == "ended at   chunk 3 of 10, 0.250 s in"
     assert time.monotonic() - start < 0.9  # a second look comes 10 ms after the first, not a second later
+
+
+_ANSWER_THEN_A_COMMENT = [chat_chunk({"role": "assistant", "content": ""}), chat_chunk({"content": "Hi"}),
+                          chat_chunk({}, finish="stop"), b"data: [DONE]\n\n", b": bye\n\n"]
+
+
+async def _report_of_a_client_that_closes_at(db: Path, marker: bytes, fault: str) -> list[str]:
+    """The report's two ending lines for a real replay of the tape's one exchange, read by a client that closes as
+    soon as it has `marker` while `fault` holds back the rest."""
+    async with ReplayServer(db, speed=0) as srv:
+        async with httpx.AsyncClient() as client, client.stream(
+                "POST", f"{srv.base_url}/chat/completions", json=chat(),
+                headers={"X-Streamreplay-Fault": fault}) as resp:
+            got = b""
+            async for data in resp.aiter_raw():
+                got += data
+                if marker in got:
+                    break
+        await until(lambda: srv.requests and srv.requests[0].client_left_at_chunk is not None)
+        return report("openai", Outcome("Hi"), srv, wait=0.0).splitlines()[-2:]
+
+
+async def test_a_real_replay_reports_a_client_that_closed_after_done_as_a_clean_ending(tmp_path: Path):
+    """Through a real ReplayServer, not a hand-made record: a client that closes right after `[DONE]` (one piece
+    still to come) is the replay's clean ending at the chunk it reached; one that closes before it is "the client
+    left" at its chunk."""
+    db = tmp_path / "after-done.db"
+    await record(db, [Script(raw=_ANSWER_THEN_A_COMMENT, gap=0.02, content_type="text/event-stream")], [chat()])
+    assert await _report_of_a_client_that_closes_at(db, b"[DONE]", "stall:chunk=4,seconds=5") == [
+        "ending     clean [stall:chunk=4,seconds=5.0]", "ended at   chunk 4 of 5"]
+    ending, where = await _report_of_a_client_that_closes_at(db, b'"stop"', "stall:chunk=3,seconds=5")
+    assert ending == "ending     the client left (the replay was to end clean) [stall:chunk=3,seconds=5.0]"
+    assert where.startswith("ended at   chunk 3 of 5, ")
