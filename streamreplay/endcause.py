@@ -101,7 +101,7 @@ CAUSES: dict[EndCause, EndCauseInfo] = {
         Ending.CLEAN, "upstream", "error", "upstream unreachable", "failed",
         fix="check the upstream URL and that it is up; clients retry this (the openai SDK twice)"),
     EndCause.HTTP_ERROR: EndCauseInfo(
-        "a non-2xx status from the upstream",
+        "a 4xx or 5xx status from the upstream (a redirect is relayed and ends `complete`)",
         Ending.CLEAN, "upstream", "error", "HTTP error", "failed"),
     EndCause.CLIENT_LEFT: EndCauseInfo(
         "the client closed first; `client_left_at_chunk` and `client_left_ns` say where and when, `upstream_end` "

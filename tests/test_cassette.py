@@ -6,14 +6,16 @@ import json
 import os
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from streamreplay.bundled import bundled_dir
-from streamreplay.cassette import CassetteError, export_tape, import_cassette
+from streamreplay.cassette import CassetteError, export_tape, import_cassette, read_cassette
 from streamreplay.cli import main
+from streamreplay.prune import prune
 from streamreplay.replay import ReplayServer
 from streamreplay.replay.source import CassetteSource
 from streamreplay.store import Store
@@ -136,3 +138,43 @@ def test_a_cassette_is_utf_8_whatever_the_locale_says(tmp_path: Path):
         assert run.returncode == 0, run.stderr.decode(errors="replace")
     assert text in cassette.read_bytes()  # the text itself, readable in a diff, not escaped
     assert [c.data for c in Store(copy).chunks(1)] == [c.data for c in Store(db).chunks(1)]
+
+
+async def test_a_recording_exported_has_no_row_id_host_port_or_date_and_numbers_its_exchanges_from_0(
+        db_path: Path, tmp_path: Path) -> None:
+    """Recorded through the proxy into a DB that already holds another tape (so row ids are not the tape's order),
+    the cassette numbers its exchanges 0, 1 and carries no row id, no `Host` (its port) and no `Date`."""
+    import_cassette(bundled_dir() / "openai-happy-path.jsonl", db_path)
+    await record(db_path, [Script(gap=0.01), Script(gap=0.01)], [chat("one"), chat("two")], tape="two")
+    assert [ex.id for ex in Store(db_path).exchanges(tape="two")] == [2, 3]
+    cassette = tmp_path / "two.jsonl"
+    export_tape(db_path, "two", cassette)
+    lines = [json.loads(line) for line in cassette.read_text().splitlines()]
+    assert [(line["type"], line["seq"]) for line in lines[1:] if line["type"] != "chunk"] == [
+        ("request", 0), ("response", 0), ("end", 0), ("request", 1), ("response", 1), ("end", 1)]
+    assert {line["seq"] for line in lines[1:] if line["type"] == "chunk"} == {0, 1}
+    assert not any("id" in line or "exchange_id" in line for line in lines)
+    headers = {name.lower() for line in lines for name, _ in line.get("headers", [])}
+    assert headers and not headers & {"host", "date", "content-length"}, headers
+
+
+async def test_a_tape_whose_oldest_exchange_was_pruned_exports_each_exchange_with_its_own_chunks_numbered_from_0(
+        db_path: Path, tmp_path: Path):
+    """After its oldest exchange was pruned a tape's seqs start at 1 in the DB: its cassette numbers them from 0,
+    each exchange with its own chunks."""
+    await record(db_path, [Script(text="first answer")], [chat("one")], tape="t")
+    await record(db_path, [Script(text="second answer"), Script(text="third answer")], [chat("two"), chat("three")],
+                 tape="t")
+    oldest, second, _ = Store(db_path).exchanges(tape="t")
+    # ages count from the second exchange's start: the first alone is older than a millisecond then
+    report = prune(db_path, older_than=0.0005, tape="t", now=datetime.fromisoformat(second.started_at))
+    assert [p.id for p in report.pruned] == [oldest.id]
+    store = Store(db_path)
+    kept = store.exchanges(tape="t")
+    assert [ex.seq for ex in kept] == [1, 2]
+    cassette = tmp_path / "t.jsonl"
+    export_tape(db_path, "t", cassette)
+    _, exchanges, chunks = read_cassette(cassette)
+    assert [ex.seq for ex in exchanges] == [0, 1]
+    assert [[c.data for c in chunks[ex.id]] for ex in exchanges] == [
+        [c.data for c in store.chunks(ex.id)] for ex in kept]

@@ -313,3 +313,17 @@ def test_an_import_keeps_the_time_each_request_was_recorded(tmp_path: Path):
     assert [ex.started_at for ex in Store(db).exchanges(tape="t")] == times
     assert export_tape(db, "t", tmp_path / "again.jsonl") == 2
     assert (tmp_path / "again.jsonl").read_text() == path.read_text()
+
+
+@pytest.mark.parametrize("key", ["text", "i", "t_ns"])
+def test_a_chunk_line_without_its_bytes_index_or_time_is_refused_naming_the_line_and_the_key(
+        tmp_path: Path, key: str) -> None:
+    """A chunk line needs its bytes (`text`, or `b64`), its index and its time: without one it is refused, naming
+    the line and the key, never read as an empty or unplaced chunk."""
+    lines = [json.loads(line) for line in cassette_lines("t", [exchange(0)], chunks_of)]
+    number = next(i for i, line in enumerate(lines) if line.get("type") == "chunk")
+    del lines[number][key]
+    path = write(tmp_path / "c.jsonl", *lines)
+    with pytest.raises(CassetteError) as caught:
+        read_cassette(path)
+    assert str(caught.value) == f"{path}:{number + 1}: {key!r}"

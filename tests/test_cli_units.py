@@ -158,3 +158,54 @@ def test_ls_gives_a_db_of_a_megabyte_or_more_in_decimal_megabytes(tmp_path: Path
     big = size()
     assert 2.5e6 < big < 3e6
     assert run("ls", "--db", db).splitlines()[-1] == f"1 exchange, 1 tape, DB {big / 1e6:.1f} MB"
+
+
+def test_record_around_a_command_runs_on_uvloop_and_play_on_asyncio_s_own_loop(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With uvloop installed, `record -- CMD` serves on uvloop and `play -- CMD` on asyncio's own loop, whose
+    timers read the clock when set."""
+    import asyncio
+
+    import streamreplay.wrap
+
+    monkeypatch.delenv("STREAMREPLAY_UVLOOP", raising=False)
+    loops: dict[str, str] = {}
+    served = streamreplay.wrap.run_command
+
+    async def noting_the_loop(server: object, command: object, settle: object = None) -> int:
+        # the loop the command's server is served on, then the command run as it is
+        loops[type(server).__name__] = type(asyncio.get_running_loop()).__module__
+        return await served(server, command, settle)
+
+    monkeypatch.setattr(streamreplay.wrap, "run_command", noting_the_loop)
+    quiet = [sys.executable, "-c", "pass"]
+    for args in (["record", "--upstream", "http://127.0.0.1:9/v1", "--db", tmp_path / "r.db", "--", *quiet],
+                 ["play", "--db", MULTI, "--", *quiet]):
+        result = CliRunner().invoke(main, [str(a) for a in args])
+        assert result.exit_code == 0, (args, result.output)
+    assert loops["RecordingProxy"].startswith("uvloop") and loops["ReplayServer"].startswith("asyncio"), loops
+
+
+def test_play_of_one_tape_says_that_tape_its_own_count_and_the_speed_as_given(tmp_path: Path) -> None:
+    """`play --tape T --speed 2.5` on a DB of two tapes says T, the count of T's exchanges only and `speed 2.5`."""
+    db = tmp_path / "two.db"
+    run("import", MULTI, "--db", db)
+    run("import", RECORDINGS / "openai-happy-path.jsonl", "--db", db)
+    proc = subprocess.Popen([sys.executable, "-m", "streamreplay.cli", "play", "--db", str(db), "--port", "0",
+                             "--tape", "openai-happy-path", "--speed", "2.5"], stdout=subprocess.PIPE, text=True)
+    banner = proc.stdout.readline() if proc.stdout else ""
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=10)
+    said = f"(playing 1 exchange from {db}, tape openai-happy-path, speed 2.5)"
+    assert banner.rstrip("\n").endswith(said), banner
+
+
+def test_import_into_a_tape_that_holds_a_single_exchange_is_refused_and_leaves_it_as_it_was(tmp_path: Path) -> None:
+    """`import` refuses a tape that holds one exchange as it refuses one that holds many, in one line."""
+    db = tmp_path / "i.db"
+    happy = RECORDINGS / "openai-happy-path.jsonl"
+    run("import", happy, "--db", db)
+    again = CliRunner().invoke(main, ["import", str(happy), "--db", str(db)])
+    assert again.exit_code == 1 and again.output == (
+        f"Error: tape 'openai-happy-path' already exists in {db}; import it under another name with --tape\n")
+    assert Store(db).count("openai-happy-path") == 1

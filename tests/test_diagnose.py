@@ -199,3 +199,21 @@ async def test_a_round_limit_is_read_from_a_db_only_when_every_exchange_of_that_
     assert diagnose(store, broken[-1].id).cause == "complete"
     assert diagnose(store, whole[-1].id).cause == "round_limit"
     assert "after exactly 2 complete exchanges" in diagnose(store, whole[-1].id).summary
+
+
+async def test_diagnose_says_the_upstream_ended_it_at_its_last_chunk_and_names_the_exchange_by_tape_and_seq(
+        tmp_path: Path) -> None:
+    """An upstream reset recorded through the proxy: the `ended by` line names the upstream, at chunk n of n,
+    and the replay and repro commands name the exchange as TAPE:SEQ (not its id) and quote the DB's path."""
+    db = tmp_path / "my recordings" / "s.db"
+    db.parent.mkdir()
+    store = await recorded(db, [Script(text=STORY, ending="reset", gap=0.01)])
+    n = len(store.chunks(1))
+    out = CliRunner().invoke(main, ["diagnose", "1", "--db", str(db)])
+    assert out.exit_code == 0, out.output
+    lines = out.output.splitlines()
+    assert lines[0] == "exchange d:0 (id 1): the upstream reset the connection mid-stream"
+    ended = next(line for line in lines if line.startswith("ended"))
+    assert ended.startswith(f"ended by   the upstream, at chunk {n} of {n}, "), ended
+    assert f"replay     streamreplay play --db '{db}' --tape d" in lines
+    assert f"repro      streamreplay repro d:0 --db '{db}' -o repro_d-0/" in lines

@@ -494,3 +494,21 @@ def test_a_blocking_annotation_is_the_stop_reason():
 def test_an_annotation_after_the_answer_keeps_its_created():
     body = b"".join(async_filter_events(Script(), "chatcmpl-0001"))
     assert dialect_for(PATH).assemble_stream(body).created == CREATED
+
+
+async def test_an_annotation_after_the_finish_chunk_leaves_the_stop_reason_of_the_whole_answer(db_path: Path):
+    """An Asynchronous Filter stream that passed ends with an annotation whose `finish_reason` is null,
+    after the finish chunk: the stored summary and the whole answer replay makes of it keep `stop`."""
+    events = async_filter_events(Script(), "chatcmpl-0001")
+    async with ScriptedUpstream() as upstream:
+        upstream.queue(Script(raw=events))
+        async with RecordingProxy(RecordOptions(upstream=upstream.origin, db=str(db_path), tape="t")) as proxy:
+            await post(proxy.base_url, SDK_BODY, path=PATH + QUERY)
+            await proxy.settle()
+    assert [(ex.text, ex.finish_reason) for ex in Store(db_path).exchanges()] == [(TEXT, "stop")]
+    async with ReplayServer(db_path, speed=0) as srv:
+        status, body, _ = await post(srv.origin, {**SDK_BODY, "stream": False}, path=PATH + QUERY)
+    assert srv.requests[0].applied == ["stream->json"]
+    whole = json.loads(body)
+    assert (status, whole["choices"][0]["message"]["content"], whole["choices"][0]["finish_reason"]) == \
+        (200, TEXT, "stop")

@@ -23,7 +23,9 @@ from streamreplay.dialects.responses import (
     sse_event,
     word_pieces,
 )
+from streamreplay.scripted.azure import async_filter_events
 from streamreplay.sse import Event, SSEParser
+from streamreplay.testing import Script
 from tests.helpers import chat_chunk, sse_data
 
 CHAT = dialect_named("chat")
@@ -1406,3 +1408,40 @@ def ends_split_at_every_byte(dialect_name: str, body: bytes) -> list[int]:
 ])
 def test_a_terminal_marker_split_anywhere_between_two_reads_is_found_within_the_seam(dialect: str, body: bytes):
     assert ends_split_at_every_byte(dialect, body) == []
+
+
+def test_a_count_of_the_wrong_type_in_a_stream_is_read_as_absent_never_raising() -> None:
+    """Where a count goes, a bool or a string is read as absent, never raising: Ollama's token counts, a chat
+    tool call's index (so the call goes on as one without an index would), an Anthropic content block's index."""
+    counts = json.dumps({"model": "m", "message": {"role": "assistant", "content": "Hi"}, "done": True,
+                         "done_reason": "stop", "prompt_eval_count": True, "eval_count": "7"}).encode() + b"\n"
+    ollama = dialect_named("ollama").assemble_stream(counts)
+    assert (ollama.text, ollama.finish_reason, ollama.usage, ollama.problems) == ("Hi", "stop", None, [])
+    # an index of true or "0" is no index: the first piece starts the call, the second continues it
+    calls = (chat_chunk({"tool_calls": [{"index": True, "id": "call_a", "type": "function",
+                                         "function": {"name": "f", "arguments": '{"a"'}}]})
+             + chat_chunk({"tool_calls": [{"index": "0", "function": {"arguments": ":1}"}}]}, "tool_calls")
+             + b"data: [DONE]\n\n")
+    chat = CHAT.assemble_stream(calls)
+    assert [(c["id"], c["function"]["name"], c["function"]["arguments"]) for c in chat.tool_calls] == [
+        ("call_a", "f", '{"a":1}')]
+    assert chat.problems == []
+    blocks = (sse_event({"type": "content_block_start", "index": True,
+                         "content_block": {"type": "text", "text": "Hi"}})
+              + sse_event({"type": "content_block_delta", "index": "0",
+                           "delta": {"type": "text_delta", "text": " there"}}))
+    anthropic = dialect_named("anthropic").assemble_stream(blocks)
+    assert anthropic.text == ""
+    assert anthropic.problems == ["event 0: content_block_start without an index or a content_block",
+                                  "event 1: content_block_delta without an index or a delta"]
+
+
+def test_an_azure_filter_annotation_after_the_finish_chunk_keeps_the_answer_s_stop_reason_and_metadata() -> None:
+    """Under Azure's Asynchronous Filter the verdicts come after the finish chunk, in an annotation with a null
+    `finish_reason` and empty metadata: the assembled answer still stopped with `stop`, under its own id, model,
+    fingerprint and time."""
+    events = async_filter_events(Script(text="Hi there"), "chatcmpl-0001")
+    result = dialect_named("azure").assemble(b"".join(events), "text/event-stream")
+    assert (result.text, result.finish_reason, result.done, result.problems) == ("Hi there", "stop", True, [])
+    assert (result.id, result.model, result.system_fingerprint, result.created) == (
+        "chatcmpl-0001", "gpt-4o-mini-2024-07-18", "fp_0ba0d124f1", 1732000000)

@@ -337,3 +337,15 @@ def test_json_report_holds_the_tolerances_asked_and_each_side_s_own_shape(db_pat
     assert (recorded["stop_reason"], recorded["ending"]) == ("stop", "complete")
     assert (live["stop_reason"], live["ending"]) == ("length", "eof_without_done")
     assert "service_tier" in live["fields"] and "service_tier" not in recorded["fields"]
+
+
+def test_count_tolerance_on_the_command_line_judges_the_chunks_instead_of_2x(db_path: Path,
+                                                                             chat_upstream: ScriptedUpstream):
+    """`drift --count-tolerance N` judges chunk counts and sizes by N times, not the default 2x."""
+    # a word a chunk recorded, a character a chunk live: far past 2x, within 1000x
+    more = Script(gap=GAP, pieces=list(TEXT))
+    assert drift_against(db_path, chat_upstream, more, "--tolerance", 1000).exit_code == 1
+    allowed = drift_against(db_path, chat_upstream, more, "--tolerance", 1000, "--count-tolerance", 1000)
+    assert allowed.exit_code == 0, allowed.output
+    assert "tolerance: timing 1000x (and 100 ms first byte, 20 ms gap), chunks 1000x (and 4 chunks, 64 bytes)" in \
+        allowed.output

@@ -521,3 +521,10 @@ def test_the_session_summary_leaves_out_a_test_that_asked_for_its_recording(pyte
     result.assert_outcomes(passed=2)
     notes = [line for line in result.stdout.lines if line.startswith("test_used.py::")]
     assert notes == ["test_used.py::test_asks_nothing: openai-happy-path: 1 recorded exchange(s) never requested"]
+
+
+@pytest.mark.streamreplay("openai-happy-path", cassette_dir=str(bundled_dir()), match="sequence")
+def test_the_marker_s_match_reaches_the_server(streamreplay: StreamReplay):
+    """`match="sequence"` on the marker serves the recordings in order, whatever a request's body says."""
+    assert _ask(streamreplay.base_url) == 200  # a body the recording never had: a miss by key
+    assert streamreplay.miss_count == 0

@@ -550,3 +550,15 @@ def test_a_real_prune_told_not_to_compact_does_not_and_does_not_say_it_did(tmp_p
     assert (report.compacted, page_bytes(db)) == (False, before)
     assert report.lines() == ["pruned tape t: 1 exchange (seq 0), 20 KB of chunks",
                               f"pruned 1 exchange (1 tape), 20 KB; DB {format_size(before)} -> {format_size(before)}"]
+
+
+def test_an_age_rule_given_with_a_size_rule_still_says_what_it_kept_and_why(tmp_path: Path):
+    """`--older-than` given with `--max-size` still counts and says the old exchanges it kept: one still
+    being recorded, and one that did not end complete under `--keep-cutoffs`."""
+    db = tmp_path / "r.db"
+    fill(db, "t", [(5, COMPLETE, 1), (5, LEFT, 1), (4, None, 1)])
+    report = prune(db, older_than=2 * DAY, max_size=10**9, keep_cutoffs=True, now=NOW)
+    assert [p.id for p in report.pruned] == [1] and ids(db) == [2, 3]
+    assert (report.kept_open, report.kept_cutoffs) == (1, 1)
+    assert report.lines()[1:3] == ["kept 1 exchange still being recorded",
+                                   "kept 1 exchange that did not end complete (--keep-cutoffs)"]

@@ -843,3 +843,22 @@ async def test_abort_closes_the_upstream_connection_so_the_upstream_cannot_send_
         await asyncio.sleep(0.6)
         sent = r.upstream.sent[0]
         assert (sent.finished, len(sent.writes)) == (False, 3)
+
+
+async def test_a_full_db_says_storing_failed_once_and_then_a_line_for_each_exchange_it_lost(tmp_path: Path):
+    """A DB with no room left says `STORING FAILED` once for its cause, then one line per exchange it could not
+    store whole, each naming that exchange."""
+    said: list[str] = []
+    async with ScriptedUpstream(Script(text="word " * 2000, gap=0)) as upstream:
+        options = RecordOptions(upstream=upstream.base_url, db=str(tmp_path / "full.db"), tape="full",
+                                max_db_bytes=300_000, errors=said.append)
+        async with RecordingProxy(options) as proxy:
+            for _ in range(4):
+                assert (await post(proxy.base_url, chat()))[:1] == (200,)
+            await proxy.settle()
+            losses = list(proxy.losses)
+    failed = [line for line in said if "STORING FAILED" in line]
+    assert len(failed) == 1 and "(sqlite: database or disk is full)" in failed[0], said
+    assert len(losses) >= 3
+    for ref, _ in losses:
+        assert any(line.startswith(f"streamreplay: exchange {ref} ") for line in said), (ref, said)

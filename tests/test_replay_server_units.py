@@ -17,6 +17,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from aiohttp import web
+from openai import AsyncOpenAI
 
 from streamreplay.bundled import bundled_tape
 from streamreplay.cassette import import_cassette
@@ -32,7 +34,7 @@ from streamreplay.replay.source import StoreSource, open_source
 from streamreplay.replay.storeindex import StoreIndex
 from streamreplay.store import Chunk, Store
 from streamreplay.testing import Script, ScriptedUpstream
-from tests.helpers import chat, chat_chunk, post, record, until
+from tests.helpers import chat, chat_chunk, chat_upstream, post, record, until
 
 GAP = 0.02  # between the recorded events: wide enough that every event is a read of its own
 SAY_HELLO = chat("Say hello")
@@ -609,3 +611,93 @@ async def test_the_server_matches_whatever_the_delivery_fields_say_and_ignores_e
         assert (await post(srv.base_url, seeded))[0] == 404
     async with serving(tape, ignore_fields=("seed",)) as (srv, _):
         assert (await post(srv.base_url, seeded))[:2] == (200, body_of(tape))
+
+
+RECORDED_DATE = "Mon, 01 Jan 2024 00:00:00 GMT"
+
+
+async def _overloaded(request: web.Request) -> web.Response:
+    """An upstream answer with a status, ids and a date of its own, for replay to give back."""
+    return web.json_response({"error": {"message": "overloaded", "type": "server_error"}}, status=503,
+                             headers={"x-request-id": "req-recorded", "Retry-After": "7", "Date": RECORDED_DATE})
+
+
+async def test_replay_answers_with_the_recorded_status_and_headers_but_not_their_date_or_length(tmp_path: Path):
+    """A replayed answer has the status and the headers the upstream recorded (its ids, its content type),
+    but not the recorded `Date` or `Content-Length`: replay frames the body itself."""
+    db = tmp_path / "rec.db"
+    async with chat_upstream(_overloaded) as upstream, \
+            RecordingProxy(RecordOptions(upstream=upstream, db=str(db), tape="t")) as proxy:
+        await post(proxy.base_url, SAY_HELLO)
+        await proxy.settle()
+    async with serving(db) as (srv, _), httpx.AsyncClient(timeout=10) as client:
+        replayed = await client.post(f"{srv.base_url}/chat/completions", json=SAY_HELLO)
+    assert replayed.status_code == 503
+    assert replayed.json() == {"error": {"message": "overloaded", "type": "server_error"}}
+    assert (replayed.headers["x-request-id"], replayed.headers["retry-after"]) == ("req-recorded", "7")
+    assert replayed.headers["content-type"].startswith("application/json")
+    assert replayed.headers["date"] != RECORDED_DATE and "content-length" not in replayed.headers
+
+
+TWO_CALLS = [{"name": "get_weather", "arguments": '{"city": "Paris"}'},
+             {"name": "get_time", "arguments": '{"zone": "Europe/Paris"}'}]
+
+
+async def test_parallel_tool_calls_stay_apart_when_a_whole_answer_is_served_as_a_stream(tmp_path: Path):
+    """A JSON recording with two tool calls, asked for as a stream, reaches the real SDK as both calls,
+    each with its own id, name and arguments, as they were recorded."""
+    db = tmp_path / "rec.db"
+    await record(db, [Script(tool_calls=TWO_CALLS)], [chat("Weather and time in Paris", stream=False)])
+    calls: dict[int, dict[str, str]] = {}
+    async with serving(db) as (srv, _):
+        client = AsyncOpenAI(base_url=srv.base_url, api_key="sk-replay", max_retries=0)
+        stream = await client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "Weather and time in Paris"}], stream=True)
+        async for chunk in stream:
+            for delta in chunk.choices[0].delta.tool_calls or []:
+                call = calls.setdefault(delta.index, {"id": "", "name": "", "arguments": ""})
+                call["id"] += delta.id or ""
+                call["name"] += (delta.function and delta.function.name) or ""
+                call["arguments"] += (delta.function and delta.function.arguments) or ""
+        await client.close()
+    assert srv.requests[0].applied == ["json->stream"]
+    assert [calls[i] for i in sorted(calls)] == [{"id": f"call_{i}", **call} for i, call in enumerate(TWO_CALLS)]
+
+
+async def test_a_field_another_tape_redacted_is_matched_exactly_on_the_tape_played(tmp_path: Path):
+    """The fields a recording's `--redact-field` hid match any value on its own tape only: on another tape
+    played with `--tape`, a request must still send the value that tape recorded there."""
+    db = tmp_path / "rec.db"
+    asked = chat("Who am I?", user="alice")
+    async with ScriptedUpstream() as upstream:
+        for tape, hidden in (("plain", ()), ("hidden", ("user",))):
+            options = RecordOptions(upstream=upstream.base_url, db=str(db), tape=tape, redact_fields=hidden)
+            async with RecordingProxy(options) as proxy:
+                await post(proxy.base_url, asked)
+                await proxy.settle()
+    async with serving(db, tape="plain") as (srv, _):
+        same, _, _ = await post(srv.base_url, asked)
+        other, _, _ = await post(srv.base_url, {**asked, "user": "mallory"})
+    async with serving(db, tape="hidden") as (srv, _):
+        masked, _, _ = await post(srv.base_url, {**asked, "user": "mallory"})
+    assert (same, other, masked) == (200, 404, 200)
+
+
+async def _two_hops(request: web.Request) -> web.Response:
+    """A whole answer with a header the upstream sent twice, in an order of its own."""
+    response = web.json_response({"id": "c", "object": "chat.completion", "choices": []})
+    response.headers.add("X-Trace-Hop", "edge")
+    response.headers.add("X-Trace-Hop", "origin")
+    return response
+
+
+async def test_replay_repeats_a_header_the_upstream_sent_twice_in_its_order(tmp_path: Path):
+    """A header recorded twice is replayed twice, its values in the recorded order."""
+    db = tmp_path / "rec.db"
+    async with chat_upstream(_two_hops) as upstream, \
+            RecordingProxy(RecordOptions(upstream=upstream, db=str(db), tape="t")) as proxy:
+        await post(proxy.base_url, SAY_HELLO)
+        await proxy.settle()
+    async with serving(db) as (srv, _), httpx.AsyncClient(timeout=10) as client:
+        replayed = await client.post(f"{srv.base_url}/chat/completions", json=SAY_HELLO)
+    assert replayed.headers.get_list("x-trace-hop") == ["edge", "origin"]

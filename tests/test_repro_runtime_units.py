@@ -222,3 +222,26 @@ async def test_a_real_replay_reports_a_client_that_closed_after_done_as_a_clean_
     ending, where = await _report_of_a_client_that_closes_at(db, b'"stop"', "stall:chunk=3,seconds=5")
     assert ending == "ending     the client left (the replay was to end clean) [stall:chunk=3,seconds=5.0]"
     assert where.startswith("ended at   chunk 3 of 5, ")
+
+
+def test_plain_http_reads_a_recorded_request_with_no_stream_flag_as_a_whole_answer() -> None:
+    """A recorded request that leaves `stream` out asked for a whole answer (the API's default): plain HTTP reads
+    the JSON body, not `data:` lines."""
+    whole = json.dumps({"choices": [{"message": {"content": "Hi"}, "finish_reason": "stop"}]}).encode()
+    with _upstream(whole, "application/json") as upstream:
+        got = run_reference("http", upstream.base_url, {"messages": [{"role": "user", "content": "q"}]}, timeout=5)
+    assert (got.text, got.finish_reason, got.error) == ("Hi", "stop", None)
+
+
+def test_a_reference_sdk_client_sends_a_recorded_system_prompt_or_input_as_its_chat_messages() -> None:
+    """An SDK client replays another API's recorded conversation as chat messages: Anthropic's `system` first,
+    a Responses `input` string as the user's turn."""
+    stream = chat_chunk({"content": "Yo"}) + chat_chunk({}, finish="stop") + b"data: [DONE]\n\n"
+    question = {"role": "user", "content": "q"}
+    for request, messages in (({"system": "Be brief.", "messages": [question], "max_tokens": 9},
+                               [{"role": "system", "content": "Be brief."}, question]),
+                              ({"input": "q", "model": "m"}, [question])):
+        with _upstream(stream, "text/event-stream") as upstream:
+            got = run_reference("openai-sync", upstream.base_url, request, timeout=5)
+        assert (got.text, got.error) == ("Yo", None)
+        assert upstream.sent[0].request["messages"] == messages

@@ -167,3 +167,11 @@ def test_an_ollama_stream_s_last_line_without_its_newline_is_read_and_noted():
     columns = summarizer.columns()
     assert (columns["text"], columns["finish_reason"]) == ("Hi there", "stop")
     assert _problems(columns) == [f"trailing unterminated line at end of stream (byte {len(body)})"]
+
+
+def test_a_stream_told_by_its_first_read_stays_a_stream_whatever_its_later_reads_start_with():
+    """With no content type to say so, the first read decides that a body is a stream for every read
+    after it: a read that starts mid-event is still read as part of the stream."""
+    for content_type in (None, "text/plain"):
+        columns = _summary([STREAM[:7], STREAM[7:40], STREAM[40:]], content_type)
+        assert (columns["text"], columns["finish_reason"], columns["problems"]) == ("Hello", "stop", None)

@@ -27,7 +27,7 @@ from streamreplay.store import Store
 from streamreplay.testing import Script, ScriptedUpstream
 from streamreplay.timeline import exchange_page, replay_series, timeline_svg
 from streamreplay.ui import UIServer
-from tests.helpers import chat, post, write_exchange
+from tests.helpers import chat, chat_chunk, post, record, until, write_exchange
 
 STORY = "Once upon a time a small robot learned to read streams to the very end."
 INJECTION = '<script>alert("x")</script><img src=x onerror=alert(1)> & more'
@@ -444,3 +444,25 @@ def test_a_50_mb_exchange_page_does_not_grow_the_ui_memory(big_db):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+async def test_a_replay_whose_client_read_done_then_left_inside_a_stall_is_drawn_as_ended_not_as_left(
+        tmp_path: Path) -> None:
+    """A recording with a comment after `[DONE]`, replayed with a stall before that comment: the client that read
+    `[DONE]` and timed out inside the stall did not leave early, so its lane ends as the replay did."""
+    db = tmp_path / "done.db"
+    raw = [chat_chunk({"role": "assistant", "content": "Hi"}), chat_chunk({}, "stop"), b"data: [DONE]\n\n",
+           b": keep-alive\n\n"]
+    await record(db, [Script(raw=raw, gap=0.01)], [chat("hi")], tape="done")
+    async with ReplayServer(db, tape="done", faults=["stall:chunk=3,seconds=2"]) as server:
+        async with httpx.AsyncClient(timeout=0.25) as client:
+            with pytest.raises(httpx.ReadTimeout):
+                async with client.stream("POST", f"{server.base_url}/chat/completions", json=chat("hi")) as r:
+                    async for _ in r.aiter_raw():
+                        pass
+        await until(lambda: server.requests and server.requests[0].client_left_at_chunk is not None)
+    (replayed,) = server.requests
+    assert (replayed.delivered, replayed.total, replayed.done_delivered) == (3, 4, True)
+    lane = replay_series(replayed, Store(db).chunks(1))
+    assert lane.note == "3/4 chunks delivered · ended clean"
+    assert [m.kind for m in lane.markers] == ["stall", "end"]

@@ -12,7 +12,9 @@ import httpx
 import pytest
 
 from streamreplay.bundled import bundled_tape
+from streamreplay.cassette import import_cassette
 from streamreplay.store import Store
+from streamreplay.timeline.svg import PAD
 from streamreplay.ui import (
     FULL_BYTES,
     FULL_CHUNKS,
@@ -515,3 +517,59 @@ def test_an_overview_s_lane_counts_the_bytes_recorded(store: Store):
     eid = _exchange(store, [3] * 1001)
     page = render_exchange(store, eid, "ui.db")
     assert "1001 chunks · 3003 bytes · 1.00 s · 900 bars" in page
+
+
+def test_compare_puts_both_recordings_on_one_time_axis_that_reaches_the_longer_one_s_end(tmp_path: Path) -> None:
+    """`/compare/A/B` of a 0.6 s and a 2.7 s recording, either way round: every bar of both lanes stands at its
+    time on one shared scale, and the longer recording's last bar is still on the plot."""
+    db = tmp_path / "two.db"
+    import_cassette(bundled_tape("openai-happy-path"), db)
+    import_cassette(bundled_tape("client-timeout"), db)
+    store = Store(db)
+    short, long = (ex.id for ex in store.exchanges())
+    for a, b in ((short, long), (long, short)):
+        page = render_compare(store, a, b)
+        assert 'viewBox="0 0 1000 ' in page
+        # a chunk's bar: its time, then its 3-pixel rect, which starts 1.5 px left of that time
+        bar = r'<g class="chunk[^"]*" data-index="\d+" data-t-ms="([\d.]+)".*?<rect x="([-\d.]+)"'
+        bars = [(float(t), float(x) + 1.5) for t, x in re.findall(bar, page, re.S)]
+        assert len(bars) == 18 + 203
+        last_t, last_x = max(bars)
+        assert last_x <= 1000 - PAD
+        per_ms = (last_x - PAD) / last_t
+        assert all(abs(x - (PAD + t * per_ms)) <= 0.2 for t, x in bars), (a, b)
+
+
+def test_an_open_exchange_s_page_reloads_every_2_s_even_when_drawn_as_an_overview(store: Store) -> None:
+    """A recording still running has a page that reloads itself every 2 s, drawn whole or, past 1000 chunks, as an
+    overview; once it has ended its page stays as it is."""
+    refresh = '<meta http-equiv="refresh" content="2">'
+    for sizes in ([1] * 3, [1] * 1001):
+        ended = _exchange(store, sizes)
+        still_open = write_exchange(store, [((i + 1) * 1_000_000, b"x") for i in range(len(sizes))],
+                                    chunk_count=len(sizes), headers_ns=1)
+        assert is_big(store, still_open) is (len(sizes) > FULL_CHUNKS)
+        assert refresh in render_exchange(store, still_open, "ui.db", links=True)
+        assert refresh not in render_exchange(store, ended, "ui.db", links=True)
+
+
+def test_the_list_filtered_by_an_end_cause_still_offers_every_cause_and_marks_only_a_client_that_left_early(
+        store: Store) -> None:
+    """Filtered by one end cause, the list keeps every cause's filter with its count; its end column marks where
+    a client left (`@K`) only when the leaving ended the exchange, not after `[DONE]` (the openai SDK's close)."""
+    done_then_closed = write_exchange(store, [(1, b"x")], end_cause="complete", client_left_at_chunk=5,
+                                      client_left_ns=9_000_000, chunk_count=5)
+    left = write_exchange(store, [(1, b"x")], end_cause="client_left", upstream_end="complete",
+                          client_left_at_chunk=2, client_left_ns=3_000_000, chunk_count=4)
+    write_exchange(store, [(1, b"x")], end_cause="upstream_reset", chunk_count=1)
+    page = index_html(store)
+    end = '</td><td class="d">{}</td>'
+    assert (f'<a href="/exchange/{done_then_closed}">' in page
+            and end.format('<span class="badge b-complete">complete</span>') in page and "@5" not in page)
+    assert end.format('<span class="badge b-client_left">client_left</span>@2') in page
+    scoped = index_html(store, cause="client_left")
+    assert ('<nav class="causes">end cause: <a href="/">all (3)</a> · <a href="/?cause=client_left"><span class="badge '
+            'b-client_left">client_left</span> 1</a> · <a href="/?cause=complete"><span class="badge '
+            'b-complete">complete</span> 1</a> · <a href="/?cause=upstream_reset"><span class="badge '
+            'b-upstream_reset">upstream_reset</span> 1</a></nav>') in scoped
+    assert f'<a href="/exchange/{left}">' in scoped and f'<a href="/exchange/{done_then_closed}">' not in scoped

@@ -944,3 +944,29 @@ def test_an_open_exchange_names_its_recorder_so_another_process_leaves_it_open(t
     finally:
         writer.close()
     assert said == []
+
+
+# the writer thread is made to die: that it ends by an exception is the case under test
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+async def test_a_writer_that_died_with_chunks_uncommitted_holds_no_stream_waiting_for_room(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """`room()`, which the proxy awaits past the backlog bound, returns at once once the writer thread is gone,
+    however many bytes it left uncommitted and though no failure was said."""
+    holding = threading.Event()
+
+    def die_after_the_backlog_built_up(self: StoreWriter, conn: sqlite3.Connection, messages: list) -> list:
+        holding.wait(5)
+        raise SystemExit("the writer thread dies")
+
+    monkeypatch.setattr(StoreWriter, "_write", die_after_the_backlog_built_up)
+    writer, _, _ = _writer(tmp_path / "w.db")
+    try:
+        _record(writer, [b"x" * 1_000] * 3, end=False)
+        holding.set()
+        deadline = time.monotonic() + 5
+        while writer.alive and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert not writer.alive and writer.failure is None and writer.backlog == 3_000
+        await asyncio.wait_for(writer.room(below=0), 5)
+    finally:
+        writer.close()
