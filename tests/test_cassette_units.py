@@ -327,3 +327,15 @@ def test_a_chunk_line_without_its_bytes_index_or_time_is_refused_naming_the_line
     with pytest.raises(CassetteError) as caught:
         read_cassette(path)
     assert str(caught.value) == f"{path}:{number + 1}: {key!r}"
+
+
+@pytest.mark.parametrize(("payload", "stream"), [({"model": "m"}, True), ({"model": "m", "stream": False}, False),
+                                                 ({"model": "m", "stream": True}, True)])
+def test_an_ollama_request_without_a_stream_flag_reads_back_as_the_stream_ollama_sends(tmp_path: Path, payload: dict,
+                                                                                       stream: bool):
+    """Ollama streams unless asked not to: a cassette's /api/chat request with no `stream` key is a stream, as the
+    recorder stored it."""
+    path = write(tmp_path / "c.jsonl", HEADER, {"type": "request", "seq": 0, "method": "POST", "path": "/api/chat",
+                                                "body": {"json": payload}})
+    [ex] = read_cassette(path)[1]
+    assert ex.stream is stream
