@@ -27,6 +27,16 @@ def run(*args: object) -> str:
     return result.output
 
 
+def play_banner(*args: object) -> str:
+    """The first line `streamreplay play ARGS --port 0` prints, from a real daemon then stopped with Ctrl-C."""
+    proc = subprocess.Popen([sys.executable, "-m", "streamreplay.cli", "play", *map(str, args), "--port", "0"],
+                            stdout=subprocess.PIPE, text=True)
+    banner = proc.stdout.readline() if proc.stdout else ""
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=10)
+    return banner
+
+
 def test_a_command_that_reads_a_db_that_is_not_there_says_so_and_makes_none(tmp_path: Path) -> None:
     """`ls --db` naming no file is the one-line error "no recordings at PATH", not a new empty DB."""
     missing = tmp_path / "typo.db"
@@ -59,11 +69,7 @@ def test_import_says_the_tape_it_made_named_after_the_cassette_or_as_asked(tmp_p
 
 def test_play_says_its_speed_as_given_and_each_fault_joined_with_plus() -> None:
     """`play`'s first line names the speed as written (`speed 1`, not `speed 1.0`) and its faults as a `+` chain."""
-    proc = subprocess.Popen([sys.executable, "-m", "streamreplay.cli", "play", "--db", str(MULTI), "--port", "0",
-                             "--fault", "cut:chunk=3", "--fault", "close:chunk=1"], stdout=subprocess.PIPE, text=True)
-    banner = proc.stdout.readline() if proc.stdout else ""
-    proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=10)
+    banner = play_banner("--db", MULTI, "--fault", "cut:chunk=3", "--fault", "close:chunk=1")
     said = f"(playing 3 exchanges from {MULTI}, speed 1, faults cut:chunk=3 + close:chunk=1)"
     assert banner.rstrip("\n").endswith(said), banner
 
@@ -191,11 +197,7 @@ def test_play_of_one_tape_says_that_tape_its_own_count_and_the_speed_as_given(tm
     db = tmp_path / "two.db"
     run("import", MULTI, "--db", db)
     run("import", RECORDINGS / "openai-happy-path.jsonl", "--db", db)
-    proc = subprocess.Popen([sys.executable, "-m", "streamreplay.cli", "play", "--db", str(db), "--port", "0",
-                             "--tape", "openai-happy-path", "--speed", "2.5"], stdout=subprocess.PIPE, text=True)
-    banner = proc.stdout.readline() if proc.stdout else ""
-    proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=10)
+    banner = play_banner("--db", db, "--tape", "openai-happy-path", "--speed", "2.5")
     said = f"(playing 1 exchange from {db}, tape openai-happy-path, speed 2.5)"
     assert banner.rstrip("\n").endswith(said), banner
 

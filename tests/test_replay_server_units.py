@@ -11,7 +11,7 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 
@@ -613,6 +613,18 @@ async def test_the_server_matches_whatever_the_delivery_fields_say_and_ignores_e
         assert (await post(srv.base_url, seeded))[:2] == (200, body_of(tape))
 
 
+async def _recorded_then_replayed(tmp_path: Path, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                                  ) -> httpx.Response:
+    """SAY_HELLO recorded through the proxy from an upstream answering with `handler`, then replayed once."""
+    db = tmp_path / "rec.db"
+    async with chat_upstream(handler) as upstream, \
+            RecordingProxy(RecordOptions(upstream=upstream, db=str(db), tape="t")) as proxy:
+        await post(proxy.base_url, SAY_HELLO)
+        await proxy.settle()
+    async with serving(db) as (srv, _), httpx.AsyncClient(timeout=10) as client:
+        return await client.post(f"{srv.base_url}/chat/completions", json=SAY_HELLO)
+
+
 RECORDED_DATE = "Mon, 01 Jan 2024 00:00:00 GMT"
 
 
@@ -625,13 +637,7 @@ async def _overloaded(request: web.Request) -> web.Response:
 async def test_replay_answers_with_the_recorded_status_and_headers_but_not_their_date_or_length(tmp_path: Path):
     """A replayed answer has the status and the headers the upstream recorded (its ids, its content type),
     but not the recorded `Date` or `Content-Length`: replay frames the body itself."""
-    db = tmp_path / "rec.db"
-    async with chat_upstream(_overloaded) as upstream, \
-            RecordingProxy(RecordOptions(upstream=upstream, db=str(db), tape="t")) as proxy:
-        await post(proxy.base_url, SAY_HELLO)
-        await proxy.settle()
-    async with serving(db) as (srv, _), httpx.AsyncClient(timeout=10) as client:
-        replayed = await client.post(f"{srv.base_url}/chat/completions", json=SAY_HELLO)
+    replayed = await _recorded_then_replayed(tmp_path, _overloaded)
     assert replayed.status_code == 503
     assert replayed.json() == {"error": {"message": "overloaded", "type": "server_error"}}
     assert (replayed.headers["x-request-id"], replayed.headers["retry-after"]) == ("req-recorded", "7")
@@ -693,11 +699,5 @@ async def _two_hops(request: web.Request) -> web.Response:
 
 async def test_replay_repeats_a_header_the_upstream_sent_twice_in_its_order(tmp_path: Path):
     """A header recorded twice is replayed twice, its values in the recorded order."""
-    db = tmp_path / "rec.db"
-    async with chat_upstream(_two_hops) as upstream, \
-            RecordingProxy(RecordOptions(upstream=upstream, db=str(db), tape="t")) as proxy:
-        await post(proxy.base_url, SAY_HELLO)
-        await proxy.settle()
-    async with serving(db) as (srv, _), httpx.AsyncClient(timeout=10) as client:
-        replayed = await client.post(f"{srv.base_url}/chat/completions", json=SAY_HELLO)
+    replayed = await _recorded_then_replayed(tmp_path, _two_hops)
     assert replayed.headers.get_list("x-trace-hop") == ["edge", "origin"]

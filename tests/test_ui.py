@@ -139,16 +139,21 @@ async def test_a_replay_under_faults_is_drawn_on_the_same_axis(recorded):
     assert "A and B part at chunk 3: chunk 3 comes at" in page  # the stall parts them before the cut does
 
 
+async def _read_until_a_quarter_second_of_silence(server: ReplayServer, body: dict) -> None:
+    """A client whose read timeout is 0.25 s reads the replay until a silence that long makes it give up."""
+    async with httpx.AsyncClient(timeout=0.25) as client:
+        with pytest.raises(httpx.ReadTimeout):
+            async with client.stream("POST", f"{server.base_url}/chat/completions", json=body) as r:
+                async for _ in r.aiter_raw():
+                    pass
+
+
 async def test_a_client_that_times_out_inside_a_stall_is_drawn_leaving_there(recorded):
     db, ids = recorded
     store = Store(db)
     ex, chunks = store.exchange(ids["complete"]), store.chunks(ids["complete"])
     async with ReplayServer(db, tape="ui", faults=["stall:chunk=3,seconds=2"]) as server:
-        async with httpx.AsyncClient(timeout=0.25) as client:
-            with pytest.raises(httpx.ReadTimeout):
-                async with client.stream("POST", f"{server.base_url}/chat/completions", json=chat("complete")) as r:
-                    async for _ in r.aiter_raw():
-                        pass
+        await _read_until_a_quarter_second_of_silence(server, chat("complete"))
         await asyncio.sleep(0.05)  # let the server see the client go
     (replayed,) = server.requests
     assert replayed.delivered == 3 and replayed.client_left_at_chunk == 3
@@ -455,11 +460,7 @@ async def test_a_replay_whose_client_read_done_then_left_inside_a_stall_is_drawn
            b": keep-alive\n\n"]
     await record(db, [Script(raw=raw, gap=0.01)], [chat("hi")], tape="done")
     async with ReplayServer(db, tape="done", faults=["stall:chunk=3,seconds=2"]) as server:
-        async with httpx.AsyncClient(timeout=0.25) as client:
-            with pytest.raises(httpx.ReadTimeout):
-                async with client.stream("POST", f"{server.base_url}/chat/completions", json=chat("hi")) as r:
-                    async for _ in r.aiter_raw():
-                        pass
+        await _read_until_a_quarter_second_of_silence(server, chat("hi"))
         await until(lambda: server.requests and server.requests[0].client_left_at_chunk is not None)
     (replayed,) = server.requests
     assert (replayed.delivered, replayed.total, replayed.done_delivered) == (3, 4, True)
