@@ -248,8 +248,7 @@ def _read_line(line: dict[str, Any], exchanges: dict[int, Exchange], chunks: dic
         # what a cassette does not carry, derived from what it does
         body = line.get("body") or {}
         payload = body.get("json") if isinstance(body.get("json"), dict) else {}
-        ex.stream = ex.dialect.wants_stream(payload)  # as the recorder decided it: Ollama streams unless told not to
-        ex.model = payload.get("model") if isinstance(payload.get("model"), str) else None
+        ex.stream, ex.model = ex.dialect.stream_and_model(payload)  # as the recorder stored them
         ex.client = next((v for k, v in ex.request_headers if k.lower() == "user-agent"), None)
         ex.request_key = request_key(ex.method, ex.path, ex.request_body)
         chunks[seq + 1] = []

@@ -156,6 +156,12 @@ class Dialect:
         """Whether a request body asks for a stream."""
         return bool(request.get("stream"))
 
+    def stream_and_model(self, request: dict[str, Any]) -> tuple[bool, str | None]:
+        """What an exchange's row says of its request body: whether it asked for a stream, and its model.
+        The recorder and a cassette's reader both ask this, so a recording reads back as it was stored."""
+        model = request.get("model")
+        return self.wants_stream(request), model if isinstance(model, str) else None
+
     def is_stream(self, content_type: str | None) -> bool:
         """Whether a response with this content type is a stream of this dialect."""
         return self.stream_content_type in (content_type or "").lower()

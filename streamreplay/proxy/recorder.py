@@ -266,7 +266,7 @@ class RecordingProxy(AppServer):
         redacted, the stream flag and model read from the body, the whole encoded. None of it changes what
         is forwarded, so the forwarding path (time to first byte) does not wait for it."""
         body = redact_body(row["request_body"], self.options.redact_fields)
-        stream, model = _stream_and_model(body, dialect_for(row["path"]))
+        stream, model = dialect_for(row["path"]).stream_and_model(json_object(body) or {})
         headers = facts.headers
         return {**row, **exchange_row(
             started_at=datetime.fromtimestamp(facts.started, timezone.utc).isoformat(timespec="milliseconds"),
@@ -429,11 +429,6 @@ class RecordingProxy(AppServer):
         await asyncio.to_thread(self.writer.flush)
 
 
-def _stream_and_model(body: bytes, dialect: Dialect) -> tuple[bool, str | None]:
-    payload = json_object(body) or {}
-    model = payload.get("model")
-    return dialect.wants_stream(payload), model if isinstance(model, str) else None
-
 
 def redact_body(body: bytes, fields: Iterable[str]) -> bytes:
     """The body as stored: secret-looking fields at any depth and the --redact-field ones as [redacted],
@@ -453,4 +448,3 @@ def format_exchange_line(s: dict[str, Any]) -> str:
         left += " NOT STORED WHOLE"
     return (f"#{s.get('id')} {s.get('method')} {s.get('path')} {s.get('model') or '-'} {s.get('status') or '-'} "
             f"{kind} {s.get('chunk_count') or 0} chunks {dur:.2f}s {s.get('end_cause')}{left}")
-
