@@ -21,7 +21,7 @@ from streamreplay.cli import main as cli
 from streamreplay.jsonvalues import as_int
 from streamreplay.scripted.azure import async_filter_events
 from streamreplay.testing import Script, ScriptedUpstream
-from tests.helpers import chat, post
+from tests.helpers import MESSAGES, chat, post
 
 TOOL = {"name": "f", "arguments": '{"a":1}'}
 AZURE_PATH = "/openai/deployments/dep/chat/completions"
@@ -135,7 +135,6 @@ OLLAMA_EMPTY = (
     b'{"model":"smollm2","created_at":"2024-11-19T07:06:40.512346Z","message":{"role":"assistant","content":""},'
     b'"done":true,"done_reason":"stop","total_duration":54397709,"load_duration":12875042,"prompt_eval_count":9,'
     b'"prompt_eval_duration":40318250}\n')
-MESSAGES = [{"role": "user", "content": "Say hello"}]
 
 
 def _sse_events(body: bytes) -> list[tuple[str, dict[str, Any]]]:
