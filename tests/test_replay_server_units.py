@@ -689,6 +689,26 @@ async def test_a_field_another_tape_redacted_is_matched_exactly_on_the_tape_play
     assert (same, other, masked) == (200, 404, 200)
 
 
+async def test_a_db_played_whole_serves_a_request_recorded_with_and_without_its_field_redacted(tmp_path: Path):
+    """Without `--tape`, a field one tape's `--redact-field` hid matches any value on every tape played: each
+    recording of the request is served in turn (the DB's own index and the in-memory one agree)."""
+    db = tmp_path / "rec.db"
+    asked = chat("Who am I?", user="alice")
+    async with ScriptedUpstream() as upstream:
+        for tape, hidden, text in (("hidden", ("user",), "First answer"), ("plain", (), "Second answer")):
+            upstream.queue(Script(text=text))
+            options = RecordOptions(upstream=upstream.base_url, db=str(db), tape=tape, redact_fields=hidden)
+            async with RecordingProxy(options) as proxy:
+                await post(proxy.base_url, asked)
+                await proxy.settle()
+    async with serving(db) as (srv, _):
+        assert isinstance(srv.index, StoreIndex)
+        served = [await post(srv.base_url, {**asked, "user": "mallory"}) for _ in range(3)]
+    assert [status for status, _, _ in served] == [200] * 3
+    assert [b"First" in body for _, body, _ in served] == [True, False, False]
+    assert [b"Second" in body for _, body, _ in served] == [False, True, True]
+
+
 async def _two_hops(request: web.Request) -> web.Response:
     """A whole answer with a header the upstream sent twice, in an order of its own."""
     response = web.json_response({"id": "c", "object": "chat.completion", "choices": []})

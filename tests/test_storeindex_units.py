@@ -184,6 +184,39 @@ def test_the_masks_are_every_stored_bodys_redacted_fields(store: Store):
     assert ask(index, "a", user="eve", metadata={"key": "k-1"}).id == 1
 
 
+def test_recordings_made_with_and_without_a_redaction_are_served_as_the_in_memory_index_serves_them(store: Store):
+    """One recording stored its `user` "[redacted]", others of the same request kept theirs: the mask applies to
+    every recording played, so each answers any `user`, in recorded order, as the in-memory index has it."""
+    put(store, "a", user="[redacted]")
+    put(store, "a", user="alice", tape="other")
+    put(store, "a", user="carol", metadata={"team": "x"}, tape="other")
+    put(store, "b", user="dave")
+    in_db, in_memory = StoreIndex(store), Index(store.exchanges())
+    requests = [("a", "bob"), ("a", "eve"), ("a", "bob"), ("a", "bob"), ("b", "zed"), ("c", "bob")]
+    answered = [answers_one(index, prompt, user=user) for index in (in_db, in_memory) for prompt, user in requests]
+    assert answered[:len(requests)] == answered[len(requests):]
+    assert answered[:4] == [1, 2, 2, 2]  # "a" with metadata is another request
+    assert answered[4] == 4
+    assert [ex.id for ex in in_db.unused()] == [ex.id for ex in in_memory.unused()] == [3]
+
+
+@pytest.mark.parametrize("field", [("metadata", "team"), ("we\"ird",), ("a.b",), ("it's",)])
+def test_a_nested_or_oddly_named_field_redacted_in_one_recording_is_masked_in_the_others(store: Store, field):
+    def at(value: str) -> dict[str, Any]:
+        return {field[0]: {field[1]: value}} if len(field) == 2 else {field[0]: value}
+    put(store, "a", **at("[redacted]"))
+    put(store, "a", tape="other", **at("alice"))
+    put(store, "a", tape="other", **at("alice"), **{"user" if field[0] != "user" else "u": "x"})
+    index = StoreIndex(store)
+    assert index.masks == frozenset({field})
+    assert [answers_one(index, "a", **at("bob")) for _ in range(3)] == [1, 2, 2]
+
+
+def answers_one(index: Index, prompt: str, **extra: Any) -> object:
+    found = ask(index, prompt, **extra)
+    return (found.reason, found.closest and found.closest.id) if isinstance(found, Miss) else found.id
+
+
 def test_a_redacted_field_in_a_body_stored_as_a_blob_is_masked_too(store: Store):
     """A body that is not UTF-8 is stored as a blob (exchange.body_for_db); one holding a lone surrogate's
     bytes is still JSON, and its "[redacted]" field is still masked."""

@@ -7,6 +7,10 @@ writer stores as `requestkey.request_key` of the stored body, the default matche
 recording on a miss by scanning the most recent ones, the unused ones by streaming. What it keeps
 grows with the distinct requests served, not with the DB.
 
+A field some recording's `--redact-field` hid is masked in every recording played, as `Index` masks it;
+a recording made without that redaction was stored under its unmasked key, so those few are found at
+start and kept by their masked key.
+
 It serves key mode with the default matchers and no extra ignored field, the stored key's terms;
 `use_store_index` says when, and the replay server falls back to `Index` otherwise.
 """
@@ -61,6 +65,9 @@ class StoreIndex(Index):
         self.repeat = repeat
         self.masks = frozenset(self._masks())
         self.rules = MatchRules(matchers_named(DEFAULT_MATCH_ON), self.ignore, self.masks)
+        #: the ids of recordings whose stored key was made without a mask (the same request recorded with
+        #: and without --redact-field), by their masked key, the key Index gives them
+        self._rekeyed: dict[str, list[int]] = self._rekey() if self.masks else {}
         self.paths = {row[0] for row in self._query("select distinct path from exchanges")}
         self._used: dict[Hashable, int] = {}
         #: exchanges recorded while serving (a miss forwarded upstream), by key; they may live in another DB
@@ -101,6 +108,18 @@ class StoreIndex(Index):
             found |= redacted_paths(canonical_body(raw, self.ignore))
         return found
 
+    def _rekey(self) -> dict[str, list[int]]:
+        """The recordings holding a value at a masked path, keyed as Index keys them. SQLite's JSON functions
+        pick them out, so only those bodies are read; a path whose key SQLite cannot quote picks every row."""
+        found: dict[str, list[int]] = {}
+        held, params = _any_value_at(self.masks)
+        for ex in self.store.query_exchanges(*self._where(f"select * from exchanges where ({held})", params,
+                                                          " order by id")):
+            key = self._stored_key(self.key_of(ex))
+            if key != ex.request_key:
+                found.setdefault(key, []).append(ex.id)
+        return found
+
     @property
     def exchanges(self) -> list[Any]:  # type: ignore[override]
         """Every exchange, read from the DB now: for a look at a small tape (tests); serving never asks."""
@@ -134,8 +153,9 @@ class StoreIndex(Index):
     def lookup(self, request: Request) -> Any:
         request = self._ours(request)
         key = request.key
-        ids = [row[0] for row in self._query("select id from exchanges where request_key = ?",
-                                              [self._stored_key(key)], " order by id")]
+        stored_key = self._stored_key(key)
+        ids = [row[0] for row in self._query("select id from exchanges where request_key = ?", [stored_key])]
+        ids = sorted([*ids, *self._rekeyed.get(stored_key, ())])
         added = self._added.get(key, [])
         total = len(ids) + len(added)
         if not total:
@@ -166,3 +186,15 @@ class StoreIndex(Index):
     def upstreams(self) -> list[str]:
         return [row[0] for row in self._query("select distinct upstream from exchanges")] + \
             [ex.upstream for ex in self._added_list]
+
+
+def _any_value_at(paths: Iterable[tuple[str, ...]]) -> tuple[str, list[str]]:
+    """An SQL condition and its parameters: the request body is JSON with something at one of `paths`."""
+    body = "cast(request_body as text)"
+    conds, params = [], []
+    for path in sorted(paths):
+        if any('"' in key for key in path):  # SQLite's JSON path cannot quote it: every row may hold it
+            return "1", []
+        conds.append(f"(case when json_valid({body}) then json_type({body}, ?) end) is not null")
+        params.append("$" + "".join(f'."{key}"' for key in path))
+    return " or ".join(conds) or "0", params
