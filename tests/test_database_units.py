@@ -64,6 +64,26 @@ def test_a_file_that_is_no_db_is_said_in_one_line(tmp_path: Path):
         open_store(bad)
 
 
+@pytest.mark.parametrize(("schema", "said"), [
+    ("create table t (a); create view exchanges as select * from t", "exchanges is a view, not our table"),
+    ("create table exchanges (id integer primary key, amount real)",
+     "its table exchanges lacks the columns method, path, tape"),
+    ("create table chunks (exchange_id, idx, t_ns)", "its table chunks lacks the columns data"),
+])
+def test_another_program_s_db_is_refused_in_one_line_and_left_as_it_was(tmp_path: Path, schema: str, said: str):
+    """A DB whose table of one of our names has another shape is someone else's: refused before the schema
+    is made, so no column, table, index or journal mode of ours is added to it."""
+    theirs = tmp_path / "theirs.db"
+    conn = sqlite3.connect(theirs)
+    conn.executescript(schema)
+    conn.close()
+    before = theirs.read_bytes()
+    with pytest.raises(StoreError, match=rf"theirs\.db is not a usable streamreplay database: {said}$"):
+        open_store(theirs)
+    assert theirs.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["theirs.db"]
+
+
 def test_a_folder_that_cannot_be_made_is_said_in_one_line(tmp_path: Path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(StoreError, match=r"cannot be opened: "):

@@ -16,6 +16,10 @@ DEFAULT_DB = "recordings/streamreplay.db"
 #: replay's lookups by request (replay.storeindex), with or without a tape: made when a DB is opened
 KEY_INDEX = "idx_exchanges_request_key_tape"
 SCHEMA_VERSION = 2
+#: the columns each of our tables has had since the first version: a DB whose table of that name lacks
+#: them (or holds a view by that name) is another program's, and is refused before anything is changed
+FIRST_COLUMNS = {"tapes": {"name"}, "exchanges": {"id", "tape", "method", "path"},
+                 "chunks": {"exchange_id", "idx", "t_ns", "data"}}
 
 
 class StoreError(Exception):
@@ -62,6 +66,11 @@ class Store:
         # one thread at a time, but not always the one that opened it (a server started from sync code)
         self.db = sqlite_utils.Database(sqlite3.connect(str(path), check_same_thread=False))
         self.db.conn.execute("PRAGMA busy_timeout = 5000")
+        try:
+            self.refuse_foreign()
+        except StoreError:
+            self.close()
+            raise
         self.ensure_schema()
 
     def close(self) -> None:
@@ -76,6 +85,18 @@ class Store:
         self.close()
 
     # -- schema ------------------------------------------------------------------------------
+
+    def refuse_foreign(self) -> None:
+        """A StoreError when a table this DB needs exists with another shape: the file belongs to another
+        program (or is damaged), and making the schema would change it."""
+        views, tables = set(self.db.view_names()), set(self.db.table_names())
+        for name, needed in FIRST_COLUMNS.items():
+            if name in views:
+                raise StoreError(f"{self.path} is not a usable streamreplay database: {name} is a view, not our table")
+            missing = needed - set(self.db[name].columns_dict) if name in tables else set()
+            if missing:
+                raise StoreError(f"{self.path} is not a usable streamreplay database: its table {name} lacks "
+                                 f"the columns {', '.join(sorted(missing))}")
 
     def ensure_schema(self) -> None:
         db = self.db
