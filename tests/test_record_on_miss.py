@@ -55,6 +55,23 @@ async def test_a_recorded_miss_is_served_from_its_recording_from_the_next_reques
     assert srv.counts.endings == {"recorded": 1, "clean": 2} and srv.unused() == [old]
 
 
+async def test_a_forwarded_miss_the_client_left_is_logged_with_the_chunk_and_moment_it_left(tape: Path):
+    lines: list[str] = []
+    async with ScriptedUpstream(Script(gap=0.05)) as upstream, \
+            ReplayServer(tape, tape="t", speed=0, upstream=upstream.base_url, log=lines.append) as srv:
+        async with httpx.AsyncClient(timeout=10) as client, \
+                client.stream("POST", f"{srv.base_url}/chat/completions", json=NEW) as resp:
+            async for _ in resp.aiter_raw():
+                break
+        await srv.settle()
+    new = Store(tape).exchanges(tape="t")[-1]
+    assert new.end_cause == "client_left" and new.client_left_at_chunk is not None
+    k = new.client_left_at_chunk
+    assert 1 <= k < new.chunk_count
+    assert lines == [f"#1 POST /chat/completions -> upstream, recorded as exchange {new.id} 200: {k}/{new.chunk_count} "
+                     f"chunks, the client left at chunk {k} ({new.client_left_ns / 1e9:.3f}s), ended client_left"]
+
+
 async def test_identical_misses_at_once_go_upstream_once(tape: Path):
     lines: list[str] = []
     async with ScriptedUpstream(Script(gap=0.01)) as upstream:

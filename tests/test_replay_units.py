@@ -224,6 +224,10 @@ def test_finished_and_broken(fields: dict[str, Any], finished: bool, broken: boo
      "#3 POST /chat/completions -> exchange 5 200: 4/4 chunks, ended clean"),
     (served(exchange_id=9, total=7, delivered=7, ending="recorded", recorded="complete"),
      "#3 POST /chat/completions -> upstream, recorded as exchange 9 200: 7/7 chunks, ended complete"),
+    (served(exchange_id=9, total=7, delivered=2, ending="recorded", recorded="client_left", client_left_at_chunk=2,
+            client_left_ns=250_000_000),
+     "#3 POST /chat/completions -> upstream, recorded as exchange 9 200: 2/7 chunks, the client left at chunk 2 "
+     "(0.250s), ended client_left"),
     (served(exchange_id=None, status=502, ending="recorded", recorded="", miss="kept from before"),
      "#3 POST /chat/completions -> upstream 502: forwarded, but its recording never joined the index (see any "
      "storing errors above)"),

@@ -45,6 +45,12 @@ class Replayed:
     def broken(self) -> bool:
         return not self.finished or self.ending != Ending.CLEAN.value or self.status >= 400
 
+    def _left(self) -> str:
+        """", the client left at chunk K (its moment)" when it left before the answer's end, else ""."""
+        if self.client_left_at_chunk is None or self.done_delivered:
+            return ""
+        return f", the client left at chunk {self.client_left_at_chunk} ({(self.client_left_ns or 0) / 1e9:.3f}s)"
+
     def line(self) -> str:
         if self.exchange_id is not None:
             target = f"exchange {self.exchange_id}"
@@ -54,16 +60,14 @@ class Replayed:
         if self.recorded is not None:
             if self.exchange_id is not None:
                 target = f"upstream, recorded as exchange {self.exchange_id}"
-                how = f"{self.delivered}/{self.total} chunks, ended {self.recorded}"
+                how = f"{self.delivered}/{self.total} chunks{self._left()}, ended {self.recorded}"
             else:
                 target = "upstream"
                 how = "forwarded, but its recording never joined the index (see any storing errors above)"
         elif self.miss:
             how = self.miss
-        elif self.client_left_at_chunk is not None and not self.done_delivered:
-            left_s = (self.client_left_ns or 0) / 1e9
-            how = (f"{self.delivered}/{self.total} chunks, the client left at chunk {self.client_left_at_chunk} "
-                   f"({left_s:.3f}s)")
+        elif self._left():
+            how = f"{self.delivered}/{self.total} chunks{self._left()}"
         else:
             how = f"{self.delivered}/{self.total} chunks, ended {self.ending}"
         retry = f", repeats #{self.retry_of} after it was cut (a retry)" if self.retry_of else ""
