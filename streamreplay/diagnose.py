@@ -58,7 +58,7 @@ class Diagnosis:
             out.append(f"{who}, at chunk {self.chunk} of {self.chunks}, {self.at_s:.3f} s{gap}")
         answer = "complete" if self.upstream_complete else "not complete"
         dialect = dialect_named(self.dialect)
-        out.append(f"upstream   answer {answer}: {dialect.stop_field} {self.finish_reason}, "
+        out.append(f"upstream   answer {answer}: {dialect.stop_said(self.finish_reason)}, "
                    f"{dialect.terminal + ' seen' if self.done else 'no ' + dialect.terminal}")
         out.append(f"cause      {self.cause}")
         out += [f"evidence   {e}" for e in self.evidence]
@@ -151,7 +151,7 @@ def diagnose_exchange(ex: Exchange, chunks: list[Chunk], tape: list[Exchange] | 
                               "answer and no error (see streamreplay matrix)")
             d.fix = f"check {api.stop_field} in the app; treat a stream without it as failed, and retry"
         else:
-            d.summary = (f"the upstream finished the answer ({api.stop_field} {ex.finish_reason}) but never sent "
+            d.summary = (f"the upstream finished the answer ({api.stop_said(ex.finish_reason)}) but never sent "
                          f"{api.terminal}")
             d.fix = f"nothing is lost; a client that waits for {api.terminal} would hang or fail"
     elif cause in (EndCause.HTTP_ERROR, EndCause.UPSTREAM_UNREACHABLE):
@@ -245,7 +245,7 @@ def _completed(d: Diagnosis, ex: Exchange, chunks: list[Chunk], tape: TapeFacts,
     if ex.finish_reason in api.length_reasons:
         d.cause = "max_tokens"
         d.summary = (f"the stream completed, but the answer was cut by the token limit "
-                     f"({api.stop_field} {ex.finish_reason})")
+                     f"({api.stop_said(ex.finish_reason)})")
         d.fix = "raise max_tokens (or max_completion_tokens, max_output_tokens, num_predict)"
         return
     if ex.stream and ex.finish_reason is None:

@@ -143,7 +143,7 @@ def show_lines(ex: Exchange, chunks: list[Chunk]) -> list[str]:
         lines.append(f"upstream  {ex.upstream_end}")
     terminal = ex.dialect.terminal
     lines.append(f"done      {terminal + ' seen' if ex.done else 'no ' + terminal}  "
-                 f"{ex.dialect.stop_field} {ex.finish_reason}  {ex.chunk_count} chunks  {ex.byte_count} bytes  "
+                 f"{ex.dialect.stop_said(ex.finish_reason)}  {ex.chunk_count} chunks  {ex.byte_count} bytes  "
                  f"{_ms(ex.duration_ns)} ms")
     if ex.usage:
         lines.append(f"usage     {json.dumps(ex.usage)}")

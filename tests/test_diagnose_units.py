@@ -236,7 +236,7 @@ def test_completed_answers_cut_by_the_token_limit_without_a_stop_reason_or_whole
 
 @pytest.mark.parametrize(("path", "reason", "words", "other"), [
     ("/v1/messages", "max_tokens", "stop_reason max_tokens", "length"),  # Anthropic's own word for it
-    ("/v1/responses", "max_output_tokens", "status max_output_tokens", "max_tokens"),
+    ("/v1/responses", "length", "status incomplete: max_output_tokens", "max_tokens"),  # as the recorder stores it
     ("/v1/chat/completions", "length", "finish_reason length", "max_tokens"),
 ])
 def test_the_token_limit_is_read_in_each_api_s_own_words(path: str, reason: str, words: str, other: str):

@@ -195,9 +195,13 @@ async def test_ls_and_show_read_text_tool_call_usage_and_status(db_path: Path):
     usage = next(line for line in shown if line.startswith("usage"))
     assert json.loads(usage.removeprefix("usage"))["total_tokens"] == 21
     done = next(line for line in shown if line.startswith("done"))
-    assert done.startswith("done      response.completed seen  status tool_calls")
+    assert done.startswith("done      response.completed seen  status completed  ")
     length = runner.invoke(main, ["show", "r:1", "--db", str(db_path)]).output
-    assert "status length" in length and "end       complete" in length
+    assert "  status incomplete: max_output_tokens  " in length and "end       complete" in length
+    diagnosed = runner.invoke(main, ["diagnose", "r:1", "--db", str(db_path)]).output.splitlines()
+    assert "upstream   answer complete: status incomplete: max_output_tokens, response.completed seen" in diagnosed
+    assert diagnosed[0] == ("exchange r:1 (id 2): the stream completed, but the answer was cut by the token limit "
+                            "(status incomplete: max_output_tokens)")
 
 
 async def test_the_terminal_event_decides_the_end_cause(db_path: Path):

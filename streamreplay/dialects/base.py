@@ -152,6 +152,10 @@ class Dialect:
         """Whether a request path (relative to the upstream's base) is this dialect's."""
         raise NotImplementedError
 
+    def stop_said(self, reason: str | None) -> str:
+        """A stored stop reason in this API's own words: "finish_reason length"."""
+        return f"{self.stop_field} {reason}"
+
     def wants_stream(self, request: dict[str, Any]) -> bool:
         """Whether a request body asks for a stream."""
         return bool(request.get("stream"))

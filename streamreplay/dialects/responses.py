@@ -189,6 +189,14 @@ class Responses(Dialect):
     stop_field = "status"
     length_reasons = frozenset({"length", "max_output_tokens"})
 
+    def stop_said(self, reason: str | None) -> str:
+        # the stored reason is chat's word (see the module's docstring); say the status the wire carried
+        if reason in ("stop", "tool_calls"):
+            return "status completed"
+        if reason is not None:
+            return f"status incomplete: {'max_output_tokens' if reason == 'length' else reason}"
+        return super().stop_said(reason)
+
     def recognises(self, path: str) -> bool:
         return path.rstrip("/").endswith("/responses")
 
