@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import sqlite3
 import subprocess
@@ -129,6 +130,19 @@ def test_bisect_by_timing_searches_a_stall_s_length_unless_over_speed() -> None:
     wider = run("bisect", "agent-multi-turn:0", "--db", MULTI, "--by", "timing", "--over", "speed", "--max", 30,
                 "--check", "true")
     assert wider.endswith("good even at 30x (gap-scale:factor=30): raise --max to find a limit\n"), wider
+
+
+def test_bisect_by_timing_stops_when_the_threshold_is_as_narrow_as_resolution() -> None:
+    """`--resolution` reaches the search: with 0.4 s over a 1 s range it stops after halving twice (4 runs, the
+    flip inside 0.25 s); the default 0.1 s would go on to 6 runs."""
+    timeout = f"{sys.executable} {APPS / 'plain_agent.py'} timeout 0.3"
+    out = run("bisect", "agent-multi-turn:0", "--db", MULTI, "--by", "timing", "--at-chunk", 1, "--max", 1,
+              "--resolution", 0.4, "--check", timeout)
+    found = re.search(r"\n(\d+) runs: good at ([\d.]+) s, bad at ([\d.]+) s of silence before chunk 1: ", out)
+    assert found, out
+    runs, good, bad = int(found[1]), float(found[2]), float(found[3])
+    assert runs == sum(line.startswith("step ") for line in out.splitlines()) == 4, out
+    assert 0 < bad - good == 0.25, out  # wherever the flip falls under load: 1 s halved twice
 
 
 def test_show_json_reads_each_chunk_s_text_in_the_exchange_s_dialect() -> None:
