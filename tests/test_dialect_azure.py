@@ -486,6 +486,33 @@ async def test_a_chunk_after_the_finish_with_no_finish_reason_leaves_the_one_the
     assert live == replayed == (TEXT, "stop", None)
 
 
+async def test_a_whole_answer_from_a_stream_keeps_each_category_s_last_verdict_and_a_blocking_one_over_any_later(
+        db_path: Path):
+    """The verdicts of a stream asked as a whole answer: each category's last, but one that filtered stays
+    (Azure's later annotations cover other offsets; the answer was still blocked)."""
+    *head, first, blocking, done = async_filter_events(Script(), "chatcmpl-0001", blocked=True)
+
+    def with_verdicts(annotation: bytes, verdicts: dict[str, Any]) -> bytes:
+        obj = json.loads(annotation[6:])
+        obj["choices"][0]["content_filter_results"] = verdicts
+        return f"data: {json.dumps(obj)}\n\n".encode()
+
+    high = {"filtered": True, "severity": "high"}
+    events = [*head, first, with_verdicts(blocking, {"violence": high}),
+              with_verdicts(first, {"violence": {"filtered": False, "severity": "safe"}}), done]
+    async with ScriptedUpstream() as upstream:
+        upstream.queue(Script(raw=events))
+        async with RecordingProxy(RecordOptions(upstream=upstream.origin, db=str(db_path), tape="t")) as proxy:
+            await post(proxy.base_url, SDK_BODY, path=PATH + QUERY)
+            await proxy.settle()
+    async with ReplayServer(db_path, speed=0) as srv:
+        status, body, _ = await post(srv.origin, {**SDK_BODY, "stream": False}, path=PATH + QUERY)
+    assert (status, srv.requests[0].applied) == (200, ["stream->json"])
+    choice = json.loads(body)["choices"][0]
+    assert choice["content_filter_results"] == {**CONTENT_FILTER_RESULTS, "violence": high}
+    assert choice["finish_reason"] == "content_filter"
+
+
 def test_a_blocking_annotation_is_the_stop_reason():
     body = b"".join(async_filter_events(Script(), "chatcmpl-0001", blocked=True))
     assert dialect_for(PATH).assemble_stream(body).finish_reason == "content_filter"

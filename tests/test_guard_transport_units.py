@@ -128,6 +128,23 @@ async def test_an_error_status_with_a_stream_s_content_type_is_not_judged():
         assert b"".join([data async for data in response.aiter_raw()]) == WHOLE[0]
 
 
+@pytest.mark.parametrize("status", [201, 206, 302])
+async def test_only_a_200_stream_is_judged_not_another_2xx_or_a_redirect(status: int):
+    """The guard judges the answer OpenAI gives a stream, a 200: another status with a stream's content type is
+    passed on as it is, even cut short."""
+    async def other(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(status=status, headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(WHOLE[0])
+        await response.write_eof()
+        return response
+
+    async with chat_upstream(other) as url, guarded_async_client() as client, \
+            client.stream("POST", f"{url}/chat/completions", json=BODY) as response:
+        assert response.status_code == status
+        assert b"".join([data async for data in response.aiter_raw()]) == WHOLE[0]
+
+
 def test_a_last_ollama_line_without_its_newline_still_ends_the_stream_whole():
     lines = [b'{"model":"m","message":{"role":"assistant","content":"Hi"},"done":false}\n',
              b'{"model":"m","message":{"role":"assistant","content":""},"done":true}']  # no newline at EOF
