@@ -540,6 +540,19 @@ def test_compare_puts_both_recordings_on_one_time_axis_that_reaches_the_longer_o
         assert all(abs(x - (PAD + t * per_ms)) <= 0.2 for t, x in bars), (a, b)
 
 
+def test_the_list_reloads_every_2_s_while_one_exchange_in_it_is_open(store: Store) -> None:
+    """While a recording runs the list reloads itself, from the first exchange still open on; the list of a tape
+    with none open stays as it is."""
+    refresh = '<meta http-equiv="refresh" content="2">'
+    write_exchange(store, [(1_000_000, b"x")], end_cause="complete")
+    assert refresh not in index_html(store)
+    write_exchange(store, [(1_000_000, b"x")], tape="live")
+    assert [refresh in index_html(store, **scope) for scope in ({}, {"tape": "live"}, {"tape": "t"})] == [
+        True, True, False]
+    write_exchange(store, [(1_000_000, b"x")], tape="live")
+    assert refresh in index_html(store)
+
+
 def test_an_open_exchange_s_page_reloads_every_2_s_even_when_drawn_as_an_overview(store: Store) -> None:
     """A recording still running has a page that reloads itself every 2 s, drawn whole or, past 1000 chunks, as an
     overview; once it has ended its page stays as it is."""
