@@ -129,6 +129,16 @@ async def test_the_responses_driver_takes_a_failed_response_s_status_as_its_fini
     assert _seen(outcome) == (TEXT, "failed", None)
 
 
+@pytest.mark.parametrize("client", [Client.OPENAI_RESPONSES, Client.OPENAI_RESPONSES_STREAM,
+                                    Client.LANGCHAIN_RESPONSES])
+async def test_the_responses_drivers_take_an_incomplete_response_s_reason_as_its_finish_reason(client: Client):
+    """`response.incomplete` says why in `incomplete_details.reason`; the status alone (`incomplete`) would not
+    tell a token limit from a content filter."""
+    async with ScriptedUpstream(Script(finish_reason="length")) as upstream:
+        outcome = await run_client(client, upstream.base_url, MESSAGES, 5.0)
+    assert (outcome.text, outcome.finish_reason) == (TEXT, "max_output_tokens")
+
+
 # -- how an error and a time are said
 
 
