@@ -21,6 +21,28 @@ if (_root := str(Path(__file__).resolve().parent.parent)) not in sys.path:
 from tests.realmodel_server import HOLDER_ENV, release_real_upstream  # noqa: E402
 
 
+def _import_rewritten_modules() -> None:
+    """Import now, on this one thread, the modules pytest rewrites (the packages that ship a pytest plugin:
+    ours, and langsmith under langchain) and the tests import lazily. Rewriting parses a module with `ast`,
+    and CPython 3.11 keeps the parser's recursion count per interpreter: a parse on a server's thread while
+    another runs could fail with "SystemError: AST constructor recursion depth mismatch" (gh-106905), which
+    a whole-suite run met as errors in a fixture that imported langchain."""
+    import contextlib
+    import importlib
+    import pkgutil
+
+    import streamreplay
+
+    for module in pkgutil.walk_packages(streamreplay.__path__, "streamreplay."):
+        importlib.import_module(module.name)
+    for optional in ("langchain_openai", "langsmith.run_trees"):  # the langchain test extra
+        with contextlib.suppress(ImportError):
+            importlib.import_module(optional)
+
+
+_import_rewritten_modules()
+
+
 def _main_process(config: pytest.Config) -> bool:
     """The xdist controller, or pytest itself without xdist (not an xdist worker)."""
     return not hasattr(config, "workerinput")
