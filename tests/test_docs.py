@@ -34,7 +34,6 @@ NO_PROMISE = {
     # a helper's or a base class's own edge, which no promise reaches alone
     "tests/test_dialect_azure.py::test_the_scripted_upstream_speaks_azures_stream",
     "tests/test_dialect_units.py::test_the_base_dialect_leaves_the_wire_specific_answers_to_each_dialect",
-    "tests/test_endcause.py::test_the_badge_tone_says_how_bad_the_ending_looks",
     "tests/test_endings_units.py::test_without_a_connection_to_watch_nothing_is_done",
     "tests/test_exchange_model.py::test_a_response_header_is_found_whatever_its_case_the_first_one_winning",
     "tests/test_exchange_model.py::test_now_iso_is_the_utc_time_to_the_millisecond",
