@@ -52,6 +52,14 @@ def test_ls_of_an_empty_db_counts_zero_in_the_plural(tmp_path: Path) -> None:
     assert run("ls", "--db", tmp_path / "empty.db").splitlines()[-1].startswith("0 exchanges, 0 tapes, DB ")
 
 
+def test_ls_gives_a_file_under_1000_bytes_in_bytes_not_0_kb(tmp_path: Path) -> None:
+    """A cassette that is only its header line is some 250 bytes: `ls` says how many, not "0 KB"."""
+    tiny = tmp_path / "tiny.jsonl"
+    tiny.write_text((RECORDINGS / "consumer-break.jsonl").read_text().splitlines()[0] + "\n")
+    size = tiny.stat().st_size
+    assert size < 500 and run("ls", "--db", tiny).splitlines()[-1] == f"0 exchanges, 1 tape, cassette {size} B"
+
+
 def test_show_json_gives_each_chunk_its_index_time_bytes_and_the_text_it_added() -> None:
     """`show --json` lists each chunk with its index, offset, size, raw data and `delta`, the text it added."""
     shown = json.loads(run("show", "agent-multi-turn:0", "--db", MULTI, "--json"))
