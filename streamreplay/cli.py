@@ -355,7 +355,8 @@ def ls_summary(store: Store, shown: int, db: str) -> str:
     total, tapes = store.count(), len(store.tapes())
     what = plural(total, "exchange") if shown == total else f"{shown} of {plural(total, 'exchange')}"
     size, kind = (Path(db).stat().st_size, "cassette") if is_cassette(db) else (store.size_bytes(), "DB")
-    shown_size = f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.0f} KB" if size >= 1e3 else f"{size} B"
+    # whole KB cut, not rounded: 999,999 bytes is "999 KB", never "1000 KB"
+    shown_size = f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size // 1000} KB" if size >= 1000 else f"{size} B"
     return f"{what}, {plural(tapes, 'tape')}, {kind} {shown_size}"
 
 

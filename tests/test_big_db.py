@@ -105,7 +105,7 @@ def test_the_size_ls_gives_counts_the_write_ahead_log_a_recorder_has_not_checkpo
         size = Store(grown).size_bytes()
         assert size == grown.stat().st_size + wal.stat().st_size
         last = CliRunner().invoke(main, ["ls", "--db", str(grown)]).output.splitlines()[-1]
-        assert last == f"6 exchanges, 1 tape, DB {size / 1e3:.0f} KB"
+        assert last == f"6 exchanges, 1 tape, DB {size // 1000} KB"
     finally:
         writer.close()
 

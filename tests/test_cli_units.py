@@ -60,6 +60,20 @@ def test_ls_gives_a_file_under_1000_bytes_in_bytes_not_0_kb(tmp_path: Path) -> N
     assert size < 500 and run("ls", "--db", tiny).splitlines()[-1] == f"0 exchanges, 1 tape, cassette {size} B"
 
 
+@pytest.mark.parametrize(("size", "said"), [(999, "999 B"), (1000, "1 KB"), (1999, "1 KB"), (999_999, "999 KB"),
+                                            (1_000_000, "1.0 MB"), (1_250_000, "1.2 MB")])
+def test_ls_gives_a_cassette_s_size_in_bytes_whole_kb_or_mb_at_each_boundary(tmp_path: Path, size: int,
+                                                                              said: str) -> None:
+    """A header-only cassette padded to the byte: bytes under 1,000, whole KB (cut) under 1,000,000, MB from there."""
+    header = json.loads((RECORDINGS / "consumer-break.jsonl").read_text().splitlines()[0])
+    line = json.dumps({**header, "source": ""}) + "\n"
+    header["source"] = "x" * (size - len(line.encode()))
+    cassette = tmp_path / "sized.jsonl"
+    cassette.write_text(json.dumps(header) + "\n")
+    assert cassette.stat().st_size == size
+    assert run("ls", "--db", cassette).splitlines()[-1] == f"0 exchanges, 1 tape, cassette {said}"
+
+
 def test_show_json_gives_each_chunk_its_index_time_bytes_and_the_text_it_added() -> None:
     """`show --json` lists each chunk with its index, offset, size, raw data and `delta`, the text it added."""
     shown = json.loads(run("show", "agent-multi-turn:0", "--db", MULTI, "--json"))
@@ -177,7 +191,7 @@ def test_ls_gives_a_db_of_a_megabyte_or_more_in_decimal_megabytes(tmp_path: Path
             store.close()
 
     small = size()
-    assert small < 1e6 and run("ls", "--db", db).splitlines()[-1] == f"1 exchange, 1 tape, DB {small / 1e3:.0f} KB"
+    assert small < 1e6 and run("ls", "--db", db).splitlines()[-1] == f"1 exchange, 1 tape, DB {small // 1000} KB"
     # a stored text of 2.5 million bytes, which ls does not show, makes the file a few MB
     conn = sqlite3.connect(db)
     with conn:

@@ -345,6 +345,16 @@ def test_a_silence_past_the_floor_but_under_three_usual_gaps_is_no_timeout():
     assert over.cause == "client_timeout"
 
 
+def test_a_silence_of_exactly_three_usual_gaps_is_no_timeout_and_a_millisecond_more_is():
+    """"Over 3 times the usual gap" at its boundary, in values floating point holds exactly: 125 ms gaps, and
+    375 ms of silence after chunk 3."""
+    chunks = at(125, 250, 375, 500, 625, 750)
+    exactly = diagnose_exchange(exchange(**LEFT, client_left_at_chunk=4, client_left_ns=875 * MS), chunks, ALONE, "db")
+    assert (exactly.cause, exactly.gap_before_s) == ("consumer_stopped_reading", 0.375)
+    past = diagnose_exchange(exchange(**LEFT, client_left_at_chunk=4, client_left_ns=876 * MS), chunks, ALONE, "db")
+    assert past.cause == "client_timeout"
+
+
 def test_the_usual_gap_leaves_out_the_wait_for_the_first_chunk():
     """The stream's usual gap is the median of the gaps between chunks, not counting the wait from the
     response head to the first chunk: a slow first chunk does not hide a timeout."""
