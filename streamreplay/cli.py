@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import math
 import os
 import signal
 import sys
@@ -59,12 +60,28 @@ def option_from(options: type, name: str, *decls: str, unit: int = 1) -> Callabl
     if "choices" in meta:
         attrs["type"] = click.Choice(list(meta["choices"]))
     elif "min" in meta:
-        attrs["type"] = click.IntRange(min=meta["min"]) if kind is int else click.FloatRange(min=meta["min"])
-    elif kind in (int, float):
-        attrs["type"] = kind
+        bounds = {"min": meta["min"], "min_open": meta.get("min_open", False)}
+        attrs["type"] = click.IntRange(**bounds) if kind is int else Number(**bounds)
+    elif kind is float:
+        attrs["type"] = Number()
+    elif kind is int:
+        attrs["type"] = int
     if unit != 1:
         attrs["callback"] = lambda ctx, param, value: value * unit
     return click.option(*(decls or (f"--{name.replace('_', '-')}",)), name, **attrs)
+
+
+class Number(click.FloatRange):
+    """A float option's type: a finite number in its range. NaN compares false with every bound, so a range
+    alone would take `--speed nan`."""
+
+    name = "float"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
 
 
 def _base_type(hint: Any) -> Any:
@@ -501,12 +518,14 @@ def diagnose_command(exchange_ref: str, db: str, as_json: bool) -> None:
 @click.option("--at-chunk", type=int, help="Where to stall for --by timing (default: before the largest gap).")
 @click.option("--over", type=click.Choice(["stall", "speed"]), default="stall", show_default=True,
               help="--by timing searches a stall's length, or (speed) how much slower the whole stream may run.")
-@click.option("--max", "maximum", type=float, show_default="60 s; with --over speed 20",
+@click.option("--max", "maximum", type=Number(min=0, min_open=True), show_default="60 s; with --over speed 20",
               help="Longest stall to try (s); with --over speed, the largest slowdown factor.")
-@click.option("--resolution", default=0.1, show_default=True, type=click.FloatRange(min=0, min_open=True),
+@click.option("--resolution", default=0.1, show_default=True, type=Number(min=0, min_open=True),
               help="Stop when the threshold is this narrow (s).")
-@click.option("--speed", default=0.0, show_default=True, help="Replay speed during the search (0: no waits).")
-@click.option("--check-timeout", type=float, help="Kill a check that runs longer than this (s): bad.")
+@click.option("--speed", default=0.0, show_default=True, type=Number(min=0),
+              help="Replay speed during the search (0: no waits).")
+@click.option("--check-timeout", type=Number(min=0, min_open=True),
+              help="Kill a check that runs longer than this (s): bad.")
 def bisect_command(exchange_ref: str, db: str, axis: str, check: str | None, oracle: str, kind: str,
                    at_chunk: int | None, over: str, maximum: float | None, resolution: float, speed: float,
                    check_timeout: float | None) -> None:
@@ -553,7 +572,7 @@ def bisect_command(exchange_ref: str, db: str, axis: str, check: str | None, ora
 @click.option("--behaviour", default="reads-to-end", show_default=True,
               help="reads-to-end, stop:K, timeout:S, slow:S or stream-off (the other clients read to the end).")
 @click.option("--fault", help="A fault spec for the replay, e.g. cut:chunk=3.")
-@click.option("--speed", default=1.0, show_default=True, help="Replay speed.")
+@click.option("--speed", default=1.0, show_default=True, type=Number(min=0), help="Replay speed.")
 def client_command(exchange_ref: str, db: str, client: str, behaviour: str, fault: str | None, speed: float) -> None:
     """Run one reference consumer against a replay of an exchange and print what it got."""
     from streamreplay.clientcheck import Behaviour, run_one
@@ -577,7 +596,7 @@ def client_command(exchange_ref: str, db: str, client: str, behaviour: str, faul
 
 @main.command()
 @db_option
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--host", default=DEFAULT_HOST, show_default=True, help="Address to bind.")
 @click.option("--port", default=8901, show_default=True, help="Port to bind; 0 picks a free one.")
 def ui(db: str, host: str, port: int) -> None:
     """A local page listing tapes and exchanges, each with its timeline, diagnosis and replay command."""
@@ -624,7 +643,8 @@ def faults_command() -> None:
               help="Only these clients (repeatable); default: every reference client of the tape's dialect.")
 @click.option("--dialect", type=click.Choice(list(DIALECTS)), default="chat", show_default=True,
               help="Without a cassette: play this dialect's bundled tape.")
-@click.option("--timeout", default=1.0, show_default=True, help="Each client's timeout, in seconds.")
+@click.option("--timeout", default=1.0, show_default=True, type=Number(min=0, min_open=True),
+              help="Each client's timeout, in seconds.")
 @click.option("--markdown", is_flag=True, help="A Markdown table.")
 @click.option("--guard", "guarded", is_flag=True,
               help="With the stream guard on in every client (streamreplay.guard): a cutoff raises TruncatedStream.")
@@ -752,16 +772,16 @@ def _setting(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
 @click.option("--header", "headers", multiple=True, callback=_header_pair,
               help="'Name: value' sent with every request (repeatable), e.g. the Authorization the recording "
                    "redacted; never shown.")
-@click.option("--tolerance", default=3.0, show_default=True, type=click.FloatRange(min=1),
+@click.option("--tolerance", default=3.0, show_default=True, type=Number(min=1),
               help="How many times slower or faster the first byte and the typical gap may get before they count "
                    "as drift (and at least 100 ms apart for the first byte, 20 ms for the gap).")
-@click.option("--count-tolerance", default=2.0, show_default=True, type=click.FloatRange(min=1),
+@click.option("--count-tolerance", default=2.0, show_default=True, type=Number(min=1),
               help="How many times more or fewer chunks (at least 4 apart), or larger or smaller chunks (at least "
                    "64 bytes apart), count as drift.")
 @click.option("--set", "settings", multiple=True, callback=_setting, metavar="FIELD=VALUE",
               help="Set a body field of every request (repeatable; VALUE is JSON, else a string), e.g. "
                    "--set max_tokens=8 or --set model=NEW, to see what that change does to the answers' shape.")
-@click.option("--timeout", default=120.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+@click.option("--timeout", default=120.0, show_default=True, type=Number(min=0, min_open=True),
               help="Seconds of upstream silence before a live answer counts as upstream_timeout.")
 @click.option("--json", "as_json", is_flag=True, help="The report as JSON: both shapes and the differences.")
 def drift_command(tape: str, db: str, upstream: str, headers: list[tuple[str, str]], tolerance: float,

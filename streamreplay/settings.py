@@ -23,6 +23,7 @@ the pytest plugin puts the table below its command line, its markers and `stream
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 from collections.abc import Mapping
@@ -298,7 +299,7 @@ def _checked(key: Key, value: Any, folder: Path) -> Any:
             raise ValueError(f"must be an array of strings, not {_toml_type(value)}")
         return tuple(value)
     if key.kind == "number":
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:  # nan too
             raise ValueError(f"must be a number of at least 0, not {_toml_type(value)}")
         return float(value)
     if key.kind == "choice":

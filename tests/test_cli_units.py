@@ -19,6 +19,7 @@ from streamreplay.store import Store
 
 RECORDINGS = bundled_dir()
 MULTI = RECORDINGS / "agent-multi-turn.jsonl"
+CASSETTE = RECORDINGS / "consumer-break.jsonl"
 APPS = Path(__file__).resolve().parent / "apps"
 
 
@@ -72,6 +73,37 @@ def test_ls_gives_a_cassette_s_size_in_bytes_whole_kb_or_mb_at_each_boundary(tmp
     cassette.write_text(json.dumps(header) + "\n")
     assert cassette.stat().st_size == size
     assert run("ls", "--db", cassette).splitlines()[-1] == f"0 exchanges, 1 tape, cassette {said}"
+
+
+@pytest.mark.parametrize(("args", "said"), [
+    (["play", "--db", CASSETTE, "--speed", "nan"], "Invalid value for '--speed': 'nan' is not a finite number."),
+    (["play", "--db", CASSETTE, "--speed", "-1"], "Invalid value for '--speed': -1.0 is not in the range x>=0."),
+    (["record", "--upstream", "http://127.0.0.1:9/v1", "--upstream-timeout", "nan"],
+     "Invalid value for '--upstream-timeout': 'nan' is not a finite number."),
+    (["record", "--upstream", "http://127.0.0.1:9/v1", "--upstream-timeout", "0"],
+     "Invalid value for '--upstream-timeout': 0.0 is not in the range x>0."),
+    (["record", "--upstream", "http://127.0.0.1:9/v1", "--max-body", "-1"],
+     "Invalid value for '--max-body': -1 is not in the range x>=1."),
+    (["record", "--upstream", "http://127.0.0.1:9/v1", "--max-db-size", "0"],
+     "Invalid value for '--max-db-size': 0 is not in the range x>=1."),
+    (["client", "consumer-break:0", "--db", CASSETTE, "--speed", "inf"],
+     "Invalid value for '--speed': 'inf' is not a finite number."),
+    (["matrix", "--timeout", "nan"], "Invalid value for '--timeout': 'nan' is not a finite number."),
+    (["bisect", "consumer-break:0", "--db", CASSETTE, "--check", "true", "--by", "timing", "--max", "nan"],
+     "Invalid value for '--max': 'nan' is not a finite number."),
+    (["bisect", "consumer-break:0", "--db", CASSETTE, "--check", "true", "--speed", "nan"],
+     "Invalid value for '--speed': 'nan' is not a finite number."),
+    (["bisect", "consumer-break:0", "--db", CASSETTE, "--check", "true", "--check-timeout", "-1"],
+     "Invalid value for '--check-timeout': -1.0 is not in the range x>0."),
+    (["drift", "consumer-break", "--db", CASSETTE, "--upstream", "http://127.0.0.1:9/v1", "--tolerance", "nan"],
+     "Invalid value for '--tolerance': 'nan' is not a finite number."),
+])
+def test_a_number_option_refuses_nan_infinity_and_values_out_of_its_range_before_starting(args: list[str],
+                                                                                          said: str) -> None:
+    """NaN compares false with every bound: each number option refuses it (and infinity, and a value below its
+    range) as a usage error naming the option, before any server starts or DB opens."""
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 2 and said in result.output, result.output
 
 
 def test_show_json_gives_each_chunk_its_index_time_bytes_and_the_text_it_added() -> None:

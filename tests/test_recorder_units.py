@@ -147,6 +147,22 @@ async def test_the_upstream_gets_the_request_as_sent_but_for_its_host_and_encodi
     assert r.lines[0].startswith("#1 POST /files/x/y - 200 json 1 chunks ")
 
 
+@pytest.mark.parametrize(("field", "value", "said"), [
+    ("upstream_timeout", float("nan"), "upstream_timeout must be a number of seconds over 0, not nan"),
+    ("upstream_timeout", 0.0, "upstream_timeout must be a number of seconds over 0, not 0.0"),
+    ("upstream_timeout", float("inf"), "upstream_timeout must be a number of seconds over 0, not inf"),
+    ("max_body", 0, "max_body and max_db_bytes must be 1 byte or more"),
+    ("max_db_bytes", -5, "max_body and max_db_bytes must be 1 byte or more"),
+])
+def test_a_proxy_refuses_a_timeout_or_bound_that_is_no_number_in_its_range(tmp_path: Path, field: str, value: object,
+                                                                            said: str):
+    """From Python as from the command line: refused before the DB is made."""
+    options = RecordOptions(upstream="http://127.0.0.1:9/v1", db=str(tmp_path / "r.db"), **{field: value})
+    with pytest.raises(ValueError, match=f"^{re.escape(said)}$"):
+        RecordingProxy(options)
+    assert not (tmp_path / "r.db").exists()
+
+
 async def test_a_get_without_a_body_is_forwarded_without_one(tmp_path: Path):
     async with rig(tmp_path) as r:
         async with httpx.AsyncClient() as client:

@@ -390,8 +390,9 @@ async def test_keep_requests_bounds_the_records_not_the_counts(tape: Path):
 
 
 def test_options_are_checked_and_overrides_win(tape: Path):
-    with pytest.raises(ValueError, match=r"^speed must be 0 \(no waits\) or more$"):
-        ReplayServer(tape, speed=-0.5)
+    for speed in (-0.5, float("nan"), float("inf")):  # NaN compares false with every bound
+        with pytest.raises(ValueError, match=r"^speed must be 0 \(no waits\) or more$"):
+            ReplayServer(tape, speed=speed)
     for bad in ({"keep_requests": -1}, {"cache_bytes": -1}):
         with pytest.raises(ValueError, match=r"^keep_requests and cache_bytes must be 0 or more$"):
             ReplayServer(tape, **bad)

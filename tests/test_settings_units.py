@@ -123,6 +123,8 @@ def test_a_table_of_upstreams_is_name_equals_url_in_order(here: Path):
     ('redact_fields = ["a", 1]', "redact_fields must be an array of strings, not an array"),
     ("speed = true", "speed must be a number of at least 0, not a boolean (True)"),
     ("speed = -0.5", "speed must be a number of at least 0, not a float (-0.5)"),
+    ("speed = nan", "speed must be a number of at least 0, not a float (nan)"),
+    ("speed = inf", "speed must be a number of at least 0, not a float (inf)"),
     ("speed = 1979-05-27", "speed must be a number of at least 0, not a date or time (datetime.date(1979, 5, 27))"),
     ('match = ["key"]', "match must be one of key, sequence, not an array"),
     ("mode = 1", "mode must be one of none, once, new, all, new_episodes, rewrite, not an integer (1)"),

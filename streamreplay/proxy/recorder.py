@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -59,7 +60,8 @@ class RecordOptions:
     tape: str | None = field(default=None, metadata={
         "help": "Tape name for this session (default: rec-YYYYmmdd-HHMMSS)."})
     upstream_timeout: float = field(default=DEFAULT_UPSTREAM_TIMEOUT, metadata={
-        "help": "Seconds of upstream silence before the exchange ends as upstream_timeout."})
+        "help": "Seconds of upstream silence before the exchange ends as upstream_timeout.", "min": 0,
+        "min_open": True})
     on_client_disconnect: str = field(default="drain", metadata={
         "help": "drain: keep reading upstream so the recording is whole; abort: stop reading.",
         "choices": ("drain", "abort")})
@@ -67,12 +69,12 @@ class RecordOptions:
         "help": "Another header whose value never reaches disk."})
     redact_fields: tuple[str, ...] = field(default=(), metadata={
         "help": "A body field stored as [redacted]: a dotted path (metadata.user_id) or a bare name, any depth."})
-    max_body: int = field(default=DEFAULT_MAX_BODY, metadata={"help": "Largest request body, bytes."})
+    max_body: int = field(default=DEFAULT_MAX_BODY, metadata={"help": "Largest request body, bytes.", "min": 1})
     note: str = field(default="", metadata={
         "help": "Free text stored with the tape: where and how it was recorded."})
     max_db_bytes: int | None = field(default=None, metadata={
         "help": "Bytes the DB may grow to. Near it, the oldest exchanges that ended complete are pruned (said "
-                "once); cutoffs and open exchanges stay, and storing fails, said, only when none is left."})
+                "once); cutoffs and open exchanges stay, and storing fails, said, only when none is left.", "min": 1})
     log: Callable[[str], None] | None = field(default=None, metadata={
         "help": "Called with one line per finished exchange."})
     errors: Callable[[str], None] | None = field(default=None, metadata={
@@ -125,6 +127,11 @@ class RecordingProxy(AppServer):
 
     def __init__(self, options: RecordOptions, host: str = "127.0.0.1", port: int = 0) -> None:
         super().__init__(host, port)
+        # `not x > 0`: NaN is refused too
+        if not options.upstream_timeout > 0 or not math.isfinite(options.upstream_timeout):
+            raise ValueError(f"upstream_timeout must be a number of seconds over 0, not {options.upstream_timeout}")
+        if options.max_body < 1 or (options.max_db_bytes is not None and options.max_db_bytes < 1):
+            raise ValueError("max_body and max_db_bytes must be 1 byte or more")
         self.options = options
         self.routes = parse_routes(options.upstream)
         self.upstream = self.routes[0].url  # the first (or only) upstream

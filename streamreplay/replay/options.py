@@ -37,7 +37,7 @@ class ReplayOptions:
     source: str | Path | TapeSource = field(metadata={
         "help": "The recordings: a SQLite DB, a .jsonl cassette, or a TapeSource."})
     tape: str | None = option(None, "Serve only this tape (default: every exchange in the DB, or the cassette).")
-    speed: float = option(1.0, "1 recorded timing, 2 twice as fast, 0 no waits.")
+    speed: float = option(1.0, "1 recorded timing, 2 twice as fast, 0 no waits.", min=0)
     faults: tuple[Fault | str, ...] = option((), "A fault for every request, e.g. cut:chunk=3 (repeatable).")
     match: str = option("key", "key: by method, path and body; sequence: the tape's exchanges in order, "
                                "whatever the body.", choices=MATCH_MODES)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import Counter, OrderedDict, deque
 from collections.abc import Hashable
 from dataclasses import dataclass, field, replace
@@ -98,7 +99,7 @@ class ReplayServer(AppServer):
         super().__init__(host, port)
         options = source if isinstance(source, ReplayOptions) else ReplayOptions(source)
         options = replace(options, **overrides) if overrides else options
-        if options.speed < 0:
+        if not 0 <= options.speed < math.inf:  # NaN too
             raise ValueError("speed must be 0 (no waits) or more")
         if options.keep_requests < 0 or options.cache_bytes < 0:
             raise ValueError("keep_requests and cache_bytes must be 0 or more")
