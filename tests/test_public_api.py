@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 import streamreplay
 
 
@@ -28,7 +30,11 @@ def test_an_unknown_name_is_an_attribute_error():
         raise AssertionError("no AttributeError")
 
 
-def test_importing_the_package_loads_no_server_code():
-    code = "import sys, streamreplay; print('aiohttp' in sys.modules)"
+@pytest.mark.parametrize("module", ["streamreplay", "streamreplay.guard"])
+def test_importing_the_package_loads_no_server_code(module: str):
+    """Neither the package nor the guard an app imports loads aiohttp or a server, store or replay module."""
+    code = (f"import sys, {module}; print(sorted(m for m in sys.modules if m == 'aiohttp' or m == 'sqlite_utils' "
+            "or m.startswith(('streamreplay.proxy', 'streamreplay.replay', 'streamreplay.store', "
+            "'streamreplay.serving'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "False"
+    assert out.strip() == "[]"
