@@ -106,6 +106,14 @@ def test_a_number_option_refuses_nan_infinity_and_values_out_of_its_range_before
     assert result.exit_code == 2 and said in result.output, result.output
 
 
+@pytest.mark.parametrize("setting", ["max_tokens", "=3", "a..b=1", ".a=1"])
+def test_drift_set_refuses_a_setting_that_is_no_field_equals_value_before_sending(setting: str) -> None:
+    result = CliRunner().invoke(main, ["drift", "consumer-break", "--db", str(CASSETTE), "--upstream",
+                                       "http://127.0.0.1:9/v1", "--set", setting])
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '--set': give a field as FIELD=VALUE (a dotted path), got '{setting}'" in result.output
+
+
 def test_show_json_gives_each_chunk_its_index_time_bytes_and_the_text_it_added() -> None:
     """`show --json` lists each chunk with its index, offset, size, raw data and `delta`, the text it added."""
     shown = json.loads(run("show", "agent-multi-turn:0", "--db", MULTI, "--json"))
