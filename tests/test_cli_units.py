@@ -142,9 +142,14 @@ def test_repro_writes_into_repro_id_by_default_whatever_names_the_exchange(
     """Without `-o`, `repro` writes the folder `repro_ID/` (the exchange's id), named by id or by TAPE:SEQ."""
     monkeypatch.chdir(tmp_path)
     run("import", MULTI, "--db", "m.db")
-    exchange_id = Store(tmp_path / "m.db").resolve("agent-multi-turn:1")
-    assert f"wrote repro_{exchange_id}/cassette.jsonl" in run("repro", "agent-multi-turn:1", "--db", "m.db")
-    assert (tmp_path / f"repro_{exchange_id}" / "repro.py").is_file()
+    store = Store(tmp_path / "m.db")
+    exchange_id, last_id = store.resolve("agent-multi-turn:1"), store.resolve("agent-multi-turn")
+    store.close()
+    assert exchange_id != last_id
+    for named, expected in (("agent-multi-turn:1", exchange_id), (str(exchange_id), exchange_id),
+                            ("agent-multi-turn", last_id)):  # a bare TAPE is its last exchange
+        assert f"wrote repro_{expected}/cassette.jsonl" in run("repro", named, "--db", "m.db")
+        assert (tmp_path / f"repro_{expected}" / "repro.py").is_file()
 
 
 def test_tapes_copy_says_how_many_it_copied_and_how_many_were_there_already(tmp_path: Path) -> None:
