@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -37,6 +38,24 @@ def play_banner(*args: object) -> str:
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=10)
     return banner
+
+
+def test_play_listens_on_the_host_given_and_only_there() -> None:
+    """`--host` reaches the server: `play --host 127.0.0.2` answers there, and nothing listens on 127.0.0.1."""
+    proc = subprocess.Popen([sys.executable, "-m", "streamreplay.cli", "play", "--db", str(CASSETTE), "--host",
+                             "127.0.0.2", "--port", "0"], stdout=subprocess.PIPE, text=True)
+    try:
+        banner = proc.stdout.readline() if proc.stdout else ""
+        found = re.search(r"base_url http://127\.0\.0\.2:(\d+)/v1 ", banner)
+        assert found, banner
+        port = int(found[1])
+        with socket.create_connection(("127.0.0.2", port), timeout=5):
+            pass
+        with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=10)
 
 
 def test_a_command_that_reads_a_db_that_is_not_there_says_so_and_makes_none(tmp_path: Path) -> None:
