@@ -137,6 +137,13 @@ def test_an_overview_keeps_at_most_its_bars_when_the_last_chunk_ends_the_span():
     assert len(s.marks) <= 10  # "keeps at most `bars` marks": the page's size is bounded by it
 
 
+def test_an_overview_draws_900_bars_by_default():
+    """The README's "at most its 900 bars": 3,000 evenly spread chunks fill each of 900 slices, no more."""
+    rows = [(i, i * MS, 10) for i in range(3000)]
+    s = overview_series(_exchange(end_cause=EndCause.COMPLETE), rows, span_ns=3000 * MS)
+    assert len(s.marks) == 900 and sum(m.size for m in s.marks) == 30_000 and s.note.endswith(" · 900 bars")
+
+
 def _replayed(**fields: object) -> Replayed:
     offsets = fields.pop("offsets", [10 * MS, 20 * MS, 30 * MS])
     base: dict = {"n": 1, "method": "POST", "path": "/chat/completions", "total": 3, "delivered": 3,
