@@ -44,8 +44,11 @@ log = logging.getLogger("streamreplay")
 
 
 def forwardable(headers: Iterable[tuple[str, str]], drop: Iterable[str] = ()) -> CIMultiDict[str]:
-    """Headers minus hop-by-hop ones and any named in `drop` (lower case)."""
-    dropped = HOP_BY_HOP | frozenset(drop)
+    """Headers minus hop-by-hop ones (the standard ones, and those a `Connection` header names: RFC 9110
+    7.6.1) and any named in `drop` (lower case)."""
+    headers = list(headers)
+    named = {token.strip().lower() for k, v in headers if k.lower() == "connection" for token in v.split(",")}
+    dropped = HOP_BY_HOP | named | frozenset(drop)
     return CIMultiDict((k, v) for k, v in headers if k.lower() not in dropped)
 
 

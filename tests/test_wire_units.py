@@ -74,6 +74,9 @@ def test_hop_by_hop_headers_are_not_forwarded_whatever_their_case():
             ("Authorization", "Bearer k"), ("X-Custom", "1"), ("x-custom", "2")]
     assert list(forwardable(sent, drop=("host",)).items()) == [
         ("Authorization", "Bearer k"), ("X-Custom", "1"), ("x-custom", "2")]
+    # a header the Connection header names is this hop's too (RFC 9110 7.6.1), whatever either's case
+    named = [("Connection", "close, X-Trace-Hop , x-debug"), ("x-trace-hop", "a"), ("X-Debug", "b"), ("X-Kept", "c")]
+    assert list(forwardable(named).items()) == [("X-Kept", "c")]
 
 
 def test_an_openai_error_has_its_four_fields_and_names_its_code_in_a_header():
