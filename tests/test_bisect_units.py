@@ -9,6 +9,7 @@ import json
 import shlex
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -618,3 +619,13 @@ async def test_the_printed_command_quotes_a_db_path_with_a_space_so_it_runs_as_p
     """A DB path (or tape) a shell would split is quoted in the command bisect prints, as `diagnose` quotes it."""
     result = await Bisector(story, 1, ScriptedOracle(good_from_chunk(12)), db_label="my recordings/rec.db").by_chunk()
     assert result.replay == "streamreplay play --db 'my recordings/rec.db' --tape t --speed 0 --fault cut:chunk=11"
+
+
+async def test_the_printed_command_quotes_a_tape_name_a_shell_would_split(tmp_path: Path):
+    """`record --tape` takes any name ("night run"): the command bisect prints quotes it, as it quotes the DB."""
+    db = tmp_path / "rec.db"
+    await record(db, [Script(text=STORY, gap=0.001)], [chat("Tell me a story.")], tape="night run")
+    with Store(db) as store:
+        result = await Bisector(store, 1, ScriptedOracle(good_from_chunk(12))).by_chunk()
+    assert result.replay.startswith(f"streamreplay play --db {db} --tape 'night run' --speed 0 --fault cut:chunk=")
+    assert shlex.split(result.replay)[4:6] == ["--tape", "night run"]
