@@ -48,8 +48,10 @@ def test_the_script_says_what_the_client_had_when_it_left(tmp_path: Path):
     of the chunks before the one it left at."""
     store = Store(":memory:")
     load_cassette(store, bundled_tape("consumer-break"))
-    info = write_repro(store, store.exchanges()[0].id, tmp_path)
-    assert "Ended: the client left at chunk 2 of 63, " in docstring(info.script)
+    ex = store.exchanges()[0]
+    info = write_repro(store, ex.id, tmp_path)
+    assert f"Ended: the client left at chunk 2 of 63, {ex.client_left_ns / 1e9:.3f} s in " in docstring(info.script)
+    assert 0 < ex.client_left_ns / 1e9 < 10  # the recorded moment, in seconds
     assert docstring(info.script).endswith("(the upstream went on: complete); it had 'The'.\n"
                                            "Run: python repro.py [--client NAME] [--fault SPEC] [--speed S]; "
                                            "with neither, the recorded outcome.")
