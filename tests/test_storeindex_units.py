@@ -42,12 +42,14 @@ def ask(index: Index, prompt: str, path: str = CHAT, **extra: Any) -> Any:
 
 
 def answers(index: Index, prompts: list[str]) -> list[object]:
-    """Each prompt's answer in turn: the exchange's id, or the miss's reason and the id it names closest."""
-    out: list[object] = []
-    for prompt in prompts:
-        found = ask(index, prompt)
-        out.append((found.reason, found.closest and found.closest.id) if isinstance(found, Miss) else found.id)
-    return out
+    """Each prompt's answer in turn (see answers_one)."""
+    return [answers_one(index, prompt) for prompt in prompts]
+
+
+def answers_one(index: Index, prompt: str, **extra: Any) -> object:
+    """A prompt's answer: the exchange's id, or the miss's reason and the id it names closest."""
+    found = ask(index, prompt, **extra)
+    return (found.reason, found.closest and found.closest.id) if isinstance(found, Miss) else found.id
 
 
 @pytest.fixture
@@ -210,11 +212,6 @@ def test_a_nested_or_oddly_named_field_redacted_in_one_recording_is_masked_in_th
     index = StoreIndex(store)
     assert index.masks == frozenset({field})
     assert [answers_one(index, "a", **at("bob")) for _ in range(3)] == [1, 2, 2]
-
-
-def answers_one(index: Index, prompt: str, **extra: Any) -> object:
-    found = ask(index, prompt, **extra)
-    return (found.reason, found.closest and found.closest.id) if isinstance(found, Miss) else found.id
 
 
 def test_a_redacted_field_in_a_body_stored_as_a_blob_is_masked_too(store: Store):
