@@ -626,6 +626,26 @@ async def _recorded_then_replayed(tmp_path: Path, handler: Callable[[web.Request
         return await client.post(f"{srv.base_url}/chat/completions", json=SAY_HELLO)
 
 
+async def _connection_named(request: web.Request) -> web.Response:
+    """An upstream answer whose Connection header names a header of this hop (RFC 9110 7.6.1)."""
+    return web.json_response({"id": "c", "object": "chat.completion", "choices": []},
+                             headers={"Connection": "keep-alive, X-Hop-Only", "X-Hop-Only": "1", "X-Kept": "2"})
+
+
+async def test_replay_leaves_out_a_header_the_recorded_connection_header_names_as_the_live_relay_did(tmp_path: Path):
+    db = tmp_path / "rec.db"
+    async with chat_upstream(_connection_named) as upstream, \
+            RecordingProxy(RecordOptions(upstream=upstream, db=str(db), tape="t")) as proxy, \
+            httpx.AsyncClient(timeout=10) as client:
+        live = await client.post(f"{proxy.base_url}/chat/completions", json=SAY_HELLO)
+        await proxy.settle()
+    (ex,) = Store(db).exchanges()
+    assert ("X-Hop-Only", "1") in [tuple(h) for h in ex.response_headers]  # stored as the upstream sent it
+    async with serving(db) as (srv, _), httpx.AsyncClient(timeout=10) as client:
+        replayed = await client.post(f"{srv.base_url}/chat/completions", json=SAY_HELLO)
+    assert [("x-hop-only" in r.headers, r.headers.get("x-kept")) for r in (live, replayed)] == [(False, "2")] * 2
+
+
 RECORDED_DATE = "Mon, 01 Jan 2024 00:00:00 GMT"
 
 

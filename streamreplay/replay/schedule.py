@@ -8,10 +8,10 @@ from dataclasses import dataclass, field, replace
 from streamreplay.dialects import CHAT, Dialect, dialect_for
 from streamreplay.endcause import Ending, wire_ending
 from streamreplay.store import Chunk, Exchange
-from streamreplay.wire import HOP_BY_HOP
+from streamreplay.wire import forwardable
 
-#: recorded response headers replay does not repeat: the framing is replay's own
-NOT_REPLAYED = HOP_BY_HOP | {"date", "content-length"}
+#: recorded response headers replay does not repeat besides the hop-by-hop ones: the framing is replay's own
+NOT_REPLAYED = ("date", "content-length")
 
 
 @dataclass
@@ -64,7 +64,8 @@ def recorded_ending(ex: Exchange) -> Ending:
 
 
 def recorded_schedule(ex: Exchange, chunks: list[Chunk]) -> Schedule:
-    headers = [(k, v) for k, v in ex.response_headers if k.lower() not in NOT_REPLAYED]
+    # the live relay's own filter, so replay leaves out what the client never got
+    headers = list(forwardable(ex.response_headers, drop=NOT_REPLAYED).items())
     return Schedule(
         status=ex.status or 502,
         headers=headers,
