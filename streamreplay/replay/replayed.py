@@ -57,17 +57,18 @@ class Replayed:
         else:
             target = "refused" if self.ending == "refused" else "no match"
         faults = f" [{' + '.join(self.applied)}]" if self.applied else ""
+        left = self._left()
         if self.recorded is not None:
             if self.exchange_id is not None:
                 target = f"upstream, recorded as exchange {self.exchange_id}"
-                how = f"{self.delivered}/{self.total} chunks{self._left()}, ended {self.recorded}"
+                how = f"{self.delivered}/{self.total} chunks{left}, ended {self.recorded}"
             else:
                 target = "upstream"
                 how = "forwarded, but its recording never joined the index (see any storing errors above)"
         elif self.miss:
             how = self.miss
-        elif self._left():
-            how = f"{self.delivered}/{self.total} chunks{self._left()}"
+        elif left:
+            how = f"{self.delivered}/{self.total} chunks{left}"
         else:
             how = f"{self.delivered}/{self.total} chunks, ended {self.ending}"
         retry = f", repeats #{self.retry_of} after it was cut (a retry)" if self.retry_of else ""
