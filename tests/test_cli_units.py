@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import signal
@@ -9,6 +10,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,22 +32,27 @@ def run(*args: object) -> str:
     return result.output
 
 
-def play_banner(*args: object) -> str:
-    """The first line `streamreplay play ARGS --port 0` prints, from a real daemon then stopped with Ctrl-C."""
+@contextlib.contextmanager
+def play_daemon(*args: object) -> Iterator[str]:
+    """`streamreplay play ARGS --port 0` as a real daemon: the first line it prints, then Ctrl-C stops it."""
     proc = subprocess.Popen([sys.executable, "-m", "streamreplay.cli", "play", *map(str, args), "--port", "0"],
                             stdout=subprocess.PIPE, text=True)
-    banner = proc.stdout.readline() if proc.stdout else ""
-    proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=10)
-    return banner
+    try:
+        yield proc.stdout.readline() if proc.stdout else ""
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=10)
+
+
+def play_banner(*args: object) -> str:
+    """The first line `streamreplay play ARGS --port 0` prints, from a real daemon then stopped with Ctrl-C."""
+    with play_daemon(*args) as banner:
+        return banner
 
 
 def test_play_listens_on_the_host_given_and_only_there() -> None:
     """`--host` reaches the server: `play --host 127.0.0.2` answers there, and nothing listens on 127.0.0.1."""
-    proc = subprocess.Popen([sys.executable, "-m", "streamreplay.cli", "play", "--db", str(CASSETTE), "--host",
-                             "127.0.0.2", "--port", "0"], stdout=subprocess.PIPE, text=True)
-    try:
-        banner = proc.stdout.readline() if proc.stdout else ""
+    with play_daemon("--db", CASSETTE, "--host", "127.0.0.2") as banner:
         found = re.search(r"base_url http://127\.0\.0\.2:(\d+)/v1 ", banner)
         assert found, banner
         port = int(found[1])
@@ -53,9 +60,6 @@ def test_play_listens_on_the_host_given_and_only_there() -> None:
             pass
         with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port), timeout=5):
             pass
-    finally:
-        proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=10)
 
 
 def test_a_command_that_reads_a_db_that_is_not_there_says_so_and_makes_none(tmp_path: Path) -> None:
